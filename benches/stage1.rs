@@ -1,0 +1,97 @@
+//! Stage-1 CPU throughput: images/s of encode+quantize+decode and of one training step, for
+//! `tiny.json` and a 64-px base-width model. Median of several timed runs after a warm-up; one
+//! JSON line per figure on stdout.
+//!
+//! `cargo bench --bench stage1` (set `MOVQ_BENCH_ITERS` to change the number of timed runs).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use movq::config::RunConfig;
+use movq::data::image::push_chw;
+use movq::data::loader::ImageBatch;
+use movq::data::Dataset;
+use movq::rng::{rng_for, Stream};
+use movq::train::{Stage, StepContext};
+use movq::vq::stage::VqStage;
+use serde_json::json;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn batch(side: u32, n: usize) -> Result<ImageBatch> {
+    let ds = Dataset::open(&format!("builtin:shapes:{n}"), 0)?;
+    let mut pixels = Vec::new();
+    for i in 0..n {
+        push_chw(&ds.load_resized(i, side)?, &mut pixels);
+    }
+    Ok(ImageBatch {
+        pixels,
+        labels: vec![None; n],
+        side: side as usize,
+    })
+}
+
+fn bench(name: &str, cfg: &RunConfig, batch_size: usize, iters: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let side = cfg.model.resolution as u32;
+    let b = batch(side, batch_size)?;
+    let mut stage = VqStage::new(cfg, 0, &dev, vec![], None)?;
+    let x = b.tensor(&dev)?;
+    let mut times = Vec::new();
+    for i in 0..=iters {
+        let t = Instant::now();
+        let (y, _) = stage.model().forward(&x)?;
+        y.sum_all()?.to_scalar::<f32>()?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let t = median(times);
+    println!(
+        "{}",
+        json!({"bench": "stage1_inference", "config": name, "batch": batch_size, "resolution": side, "images_per_s": batch_size as f64 / t, "median_ms": t * 1e3, "device": "cpu"})
+    );
+    let mut times = Vec::new();
+    for i in 0..=iters {
+        let ctx = StepContext {
+            step: i,
+            lr: 1e-4,
+            rng: rng_for(0, Stream::Step, &[i as u64]),
+        };
+        let t = Instant::now();
+        stage.train_step(b.clone(), ctx)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let t = median(times);
+    println!(
+        "{}",
+        json!({"bench": "stage1_train_step", "config": name, "batch": batch_size, "resolution": side, "images_per_s": batch_size as f64 / t, "median_ms": t * 1e3, "device": "cpu"})
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let iters: usize = std::env::var("MOVQ_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let tiny = RunConfig::resolve("tiny")?;
+    bench("tiny", &tiny, 8, iters)?;
+    // A 64-px model with base width 64: 3 levels (f = 4), attention at 16.
+    let mut base = RunConfig::resolve("tiny")?;
+    base.model.resolution = 64;
+    base.model.ch = 64;
+    base.model.ch_mult = vec![1, 2, 2];
+    base.model.z_channels = 64;
+    base.model.norm_groups = 32;
+    base.model.attn_resolutions = vec![16];
+    base.loss.discriminator = None;
+    bench("base-64px", &base, 8, iters)?;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `movq eval`: reconstruction metrics over a folder.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use crate::cli::EvalArgs;
+use crate::commands::common::load_vq;
+use crate::data::image::{images_to_tensor, tensor_to_images};
+use crate::data::loader::load_eval;
+use crate::data::Dataset;
+use crate::device;
+use crate::metrics::{mean_scores, pair_scores, CodebookStats};
+
+pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let device = device::select(&a.common.device)?;
+    let (cfg, model, ckpt) = load_vq(&a.model, &device)?;
+    let ds = Dataset::open(&a.data, a.common.seed.unwrap_or(cfg.seed))?;
+    let side = cfg.model.resolution as u32;
+    let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));
+    let q = &cfg.model.quantizer;
+    let mut stats = CodebookStats::new(q.channels, q.codebook_size);
+    let mut scores = Vec::with_capacity(n);
+    let workers = cfg.data.worker_threads();
+    let bar = ProgressBar::new(n as u64);
+    let items: Vec<usize> = (0..n).collect();
+    for chunk in items.chunks(a.batch_size) {
+        let (_, images) = load_eval(&ds, chunk, side, workers)?;
+        if !images.is_empty() {
+            let (xrec, qo) = model.forward(&images_to_tensor(&images, &device)?)?;
+            stats.add(&qo.indices)?;
+            for (orig, rec) in images.iter().zip(tensor_to_images(&xrec)?) {
+                scores.push(pair_scores(orig, &rec));
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if scores.is_empty() {
+        bail!("--data {}: none of the images could be decoded", a.data);
+    }
+    let mean = mean_scores(&scores);
+    let cb = stats.report();
+    if a.json {
+        let out = json!({
+            "model": a.model.display().to_string(),
+            "checkpoint_step": ckpt.step,
+            "data": a.data,
+            "images": scores.len(),
+            "psnr": mean.psnr,
+            "ssim": mean.ssim,
+            "codebook": cb,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("images              {}", scores.len());
+        println!("psnr                {:.3} dB", mean.psnr);
+        println!("ssim                {:.4}", mean.ssim);
+        println!("codebook usage      {:.4}", cb.usage);
+        println!("perplexity          {:.2}", cb.perplexity);
+        for (c, (u, p)) in cb
+            .usage_per_channel
+            .iter()
+            .zip(&cb.perplexity_per_channel)
+            .enumerate()
+        {
+            println!("  channel {c}: usage {u:.4}, perplexity {p:.2}");
+        }
+    }
+    eprintln!(
+        "evaluated step {} of {} on {}",
+        ckpt.step,
+        a.model.display(),
+        device::describe(&device)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,28 @@
+//! One module per subcommand: flags → config → work.
+
+mod common;
+mod compare;
+mod eval;
+mod reconstruct;
+mod train_vq;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub use common::load_vq;
+
+/// Exit code of a run stopped by Ctrl-C after saving a checkpoint.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::TrainVq(a) => train_vq::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Compare(a) => compare::run(a),
+    }
+}

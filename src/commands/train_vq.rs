@@ -1,0 +1,186 @@
+//! `movq train-vq`: train (or resume) the stage-1 autoencoder.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::cli::TrainVqArgs;
+use crate::commands::common::interrupt_flag;
+use crate::commands::EXIT_INTERRUPTED;
+use crate::config::RunConfig;
+use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
+use crate::data::Dataset;
+use crate::device;
+use crate::fsutil;
+use crate::train::{self, LoopOptions, Outcome, RunDir, Stage};
+use crate::vq::stage::VqStage;
+
+/// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
+fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
+    let before = cfg.clone();
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if let Some(b) = a.batch_size {
+        cfg.train.batch_size = b;
+    }
+    if let Some(lr) = a.lr {
+        cfg.train.lr = lr;
+    }
+    cfg.validate().context("invalid command-line override")?;
+    Ok(*cfg != before)
+}
+
+pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
+    let device = device::select(&a.common.device)?;
+    // Resolve the config and open the data before anything is written.
+    let (cfg, existing) = if a.resume {
+        if a.config.is_some() {
+            bail!("--config cannot be combined with --resume: the run's own config.json is used");
+        }
+        let run = RunDir::open(&a.out)?;
+        let mut cfg = RunConfig::parse(
+            &run.read_config()?,
+            &run.config_path().display().to_string(),
+        )?;
+        if let Some(seed) = a.common.seed {
+            if seed != cfg.seed {
+                bail!(
+                    "--seed {seed} differs from the run's seed {}; a resumed run keeps its seed",
+                    cfg.seed
+                );
+            }
+        }
+        if apply_overrides(&mut cfg, &a)? {
+            fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
+        }
+        (cfg, Some(run))
+    } else {
+        let spec = a
+            .config
+            .as_deref()
+            .context("--config is required for a new run (a file or a preset name such as tiny)")?;
+        let mut cfg = RunConfig::resolve(spec)?;
+        if let Some(seed) = a.common.seed {
+            cfg.seed = seed;
+        }
+        apply_overrides(&mut cfg, &a)?;
+        (cfg, None)
+    };
+    let side = cfg.model.resolution as u32;
+    let ds = Arc::new(Dataset::open(&a.data, cfg.seed)?.with_cache(side, cfg.data.cache_mib));
+    let (train_items, val_items) = ds.split(cfg.data.val_fraction);
+    if train_items.is_empty() {
+        bail!(
+            "--data {}: no image left for training after the validation split",
+            a.data
+        );
+    }
+    let val_pick: Vec<usize> = if val_items.is_empty() {
+        &train_items
+    } else {
+        &val_items
+    }
+    .iter()
+    .copied()
+    .take(cfg.train.val_images.max(1))
+    .collect();
+    let workers = cfg.data.worker_threads();
+    let (_, val_images) = load_eval(&ds, &val_pick, side, workers)?;
+    if val_images.is_empty() {
+        bail!(
+            "--data {}: none of the validation images could be decoded",
+            a.data
+        );
+    }
+
+    let run = match existing {
+        Some(run) => run,
+        None => RunDir::create(&a.out, &cfg.to_json())?,
+    };
+    if cfg.loss.perceptual_weight > 0.0 {
+        eprintln!(
+            "notice: loss.perceptual_weight is {} but no perceptual (LPIPS) network is available in this build; the perceptual term is skipped",
+            cfg.loss.perceptual_weight
+        );
+    }
+    let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, None)?;
+    let start = match run.latest()? {
+        Some(ckpt) if a.resume => {
+            stage.load_checkpoint(&ckpt)?;
+            run.truncate_log_after(ckpt.step)?;
+            eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
+            ckpt.step
+        }
+        _ => 0,
+    };
+    if start >= cfg.train.steps {
+        bail!(
+            "run {} is already at step {start} of {}; pass a larger --steps to train further",
+            run.root().display(),
+            cfg.train.steps
+        );
+    }
+    eprintln!(
+        "train-vq: {} parameters, {} training / {} validation images{}, {} classes, device {}, steps {}..{}",
+        stage.store().num_parameters(),
+        train_items.len(),
+        val_items.len(),
+        if ds.skipped() > 0 { format!(" ({} unreadable skipped)", ds.skipped()) } else { String::new() },
+        ds.classes().len(),
+        device::describe(&device),
+        start,
+        cfg.train.steps
+    );
+    let opts = LoaderOptions {
+        batch_size: cfg.train.batch_size,
+        side,
+        flip: cfg.data.flip,
+        workers,
+        prefetch: cfg.data.prefetch,
+        seed: cfg.seed,
+    };
+    let mut loader = spawn_train_loader(ds.clone(), train_items, opts, start)?;
+    let interrupt = interrupt_flag()?;
+    let loop_opts = LoopOptions {
+        steps: cfg.train.steps,
+        peak_lr: cfg.train.peak_lr(),
+        warmup_steps: cfg.train.warmup_steps,
+        min_lr_ratio: cfg.train.min_lr_ratio,
+        log_every: cfg.train.log_every,
+        val_every: cfg.train.val_every,
+        checkpoint_every: cfg.train.checkpoint_every,
+        keep_checkpoints: cfg.train.keep_checkpoints,
+        seed: cfg.seed,
+    };
+    let outcome = train::run(&mut stage, &mut loader, &run, &loop_opts, start, &interrupt)?;
+    if ds.failures() > 0 {
+        eprintln!(
+            "warning: {} images failed to decode during training and were replaced",
+            ds.failures()
+        );
+    }
+    match outcome {
+        Outcome::Finished { step } => {
+            println!(
+                "{}",
+                json!({ "run": run.root().display().to_string(), "step": step, "status": "finished" })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved; continue with `movq train-vq --data {} --out {} --resume`",
+                a.data,
+                run.root().display()
+            );
+            println!(
+                "{}",
+                json!({ "run": run.root().display().to_string(), "step": step, "status": "interrupted" })
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Typed configuration: the model, its losses, training and data options.
+//!
+//! Every struct denies unknown fields, so a misspelled key is an error rather than a silently
+//! ignored setting. Derived sizes (latent grid, token count, embedding width) are methods and
+//! never stored twice. `validate` checks the relations serde cannot express and names the field
+//! and value at fault.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Built-in presets (the files of `configs/`), usable by name as `--config NAME`.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("tiny", include_str!("../configs/tiny.json")),
+    ("ffhq-256", include_str!("../configs/ffhq-256.json")),
+    ("imagenet-256", include_str!("../configs/imagenet-256.json")),
+    (
+        "kandinsky-movq",
+        include_str!("../configs/kandinsky-movq.json"),
+    ),
+];
+
+/// The full configuration of a stage-1 run, written as `config.json` into the run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of the weights, the data order and every other random choice.
+    #[serde(default)]
+    pub seed: u64,
+    pub model: VqConfig,
+    pub loss: LossConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+}
+
+/// Shape of the MoVQ autoencoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VqConfig {
+    /// Image side in pixels (square images).
+    pub resolution: usize,
+    /// Base width of the encoder/decoder.
+    pub ch: usize,
+    /// Width multiplier per level; the number of levels sets f = 2^(levels-1).
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Feature-map sides (in pixels of that level) that get a self-attention block.
+    #[serde(default)]
+    pub attn_resolutions: Vec<usize>,
+    /// Channels of the encoder output / decoder input.
+    pub z_channels: usize,
+    /// GroupNorm groups in every normalization (32 in the paper).
+    #[serde(default = "default_norm_groups")]
+    pub norm_groups: usize,
+    pub quantizer: QuantizerConfig,
+}
+
+fn default_norm_groups() -> usize {
+    32
+}
+
+/// The multichannel vector quantizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizerConfig {
+    /// `c`: chunks per latent position, each quantized against the one shared codebook.
+    pub channels: usize,
+    /// `K`: number of codes.
+    pub codebook_size: usize,
+    /// Dimension of one code.
+    pub code_dim: usize,
+    /// Commitment weight β.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// How the codebook learns.
+    #[serde(default)]
+    pub update: CodebookUpdate,
+    /// Compare and look up l2-normalised vectors (cosine similarity codebook).
+    #[serde(default)]
+    pub l2_normalize: bool,
+    /// Replace codes whose running usage falls below a threshold by current encoder outputs.
+    #[serde(default)]
+    pub restart_dead_codes: Option<DeadCodeRestart>,
+}
+
+fn default_beta() -> f64 {
+    0.25
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CodebookUpdate {
+    /// Codebook loss through gradients (VQ-VAE / VQGAN).
+    #[default]
+    Gradient,
+    /// Exponential moving averages of assignments; no codebook loss.
+    Ema { decay: f64, epsilon: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadCodeRestart {
+    /// A code whose running (EMA, decay 0.99) count per step is below this is dead.
+    pub threshold: f64,
+    /// Check every this many training steps.
+    pub every: usize,
+}
+
+impl VqConfig {
+    /// Downsampling factor f = 2^(levels-1).
+    pub fn downsample_factor(&self) -> usize {
+        1 << (self.ch_mult.len() - 1)
+    }
+
+    /// Side of the latent grid.
+    pub fn latent_size(&self) -> usize {
+        self.resolution / self.downsample_factor()
+    }
+
+    /// Width of the quantized latent: channels × code_dim.
+    pub fn embed_dim(&self) -> usize {
+        self.quantizer.channels * self.quantizer.code_dim
+    }
+
+    /// Number of tokens per image: h·w·c.
+    pub fn tokens_per_image(&self) -> usize {
+        self.latent_size() * self.latent_size() * self.quantizer.channels
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.ch_mult.is_empty() {
+            bail!("model.ch_mult must list at least one level");
+        }
+        if let Some(m) = self.ch_mult.iter().find(|&&m| m == 0) {
+            bail!("model.ch_mult entries must be positive, got {m}");
+        }
+        let f = self.downsample_factor();
+        if self.resolution == 0 || !self.resolution.is_multiple_of(f) {
+            bail!(
+                "model.resolution ({}) must be a positive multiple of the downsampling factor {f} (2^(levels-1))",
+                self.resolution
+            );
+        }
+        for (name, v) in [
+            ("model.ch", self.ch),
+            ("model.z_channels", self.z_channels),
+            ("model.norm_groups", self.norm_groups),
+            ("model.quantizer.channels", self.quantizer.channels),
+            (
+                "model.quantizer.codebook_size",
+                self.quantizer.codebook_size,
+            ),
+            ("model.quantizer.code_dim", self.quantizer.code_dim),
+        ] {
+            if v == 0 {
+                bail!("{name} must be positive, got 0");
+            }
+        }
+        for width in self.ch_mult.iter().map(|m| m * self.ch) {
+            if !width.is_multiple_of(self.norm_groups) {
+                bail!(
+                    "model.norm_groups ({}) must divide every block width, but not {width} (ch {} × ch_mult)",
+                    self.norm_groups,
+                    self.ch
+                );
+            }
+        }
+        let q = &self.quantizer;
+        if !(q.beta >= 0.0) {
+            bail!("model.quantizer.beta must be non-negative, got {}", q.beta);
+        }
+        if let CodebookUpdate::Ema { decay, epsilon } = q.update {
+            if !(0.0..1.0).contains(&decay) {
+                bail!("model.quantizer.update.ema.decay must be in [0, 1), got {decay}");
+            }
+            if !(epsilon > 0.0) {
+                bail!("model.quantizer.update.ema.epsilon must be positive, got {epsilon}");
+            }
+        }
+        if let Some(r) = &q.restart_dead_codes {
+            if r.every == 0 {
+                bail!("model.quantizer.restart_dead_codes.every must be positive, got 0");
+            }
+            if !(r.threshold >= 0.0) {
+                bail!(
+                    "model.quantizer.restart_dead_codes.threshold must be non-negative, got {}",
+                    r.threshold
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stage-1 loss terms (VQGAN recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    #[serde(default)]
+    pub reconstruction: ReconstructionLoss,
+    /// Weight of the perceptual (LPIPS) term; skipped with a notice while no perceptual network
+    /// is available.
+    #[serde(default)]
+    pub perceptual_weight: f64,
+    /// Weight of the quantizer's codebook + β·commitment loss.
+    #[serde(default = "one")]
+    pub codebook_weight: f64,
+    /// The PatchGAN adversarial term; absent = no discriminator.
+    #[serde(default)]
+    pub discriminator: Option<DiscriminatorConfig>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconstructionLoss {
+    #[default]
+    L1,
+    L2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    /// First step at which the adversarial term is on.
+    pub start: usize,
+    /// Base weight of the generator's adversarial term.
+    #[serde(default = "default_disc_weight")]
+    pub weight: f64,
+    /// VQGAN's adaptive weight (gradient-norm ratio at the decoder's last layer) or fixed.
+    #[serde(default = "yes")]
+    pub adaptive: bool,
+    /// Strided conv layers of the PatchGAN.
+    #[serde(default = "default_disc_layers")]
+    pub layers: usize,
+    /// Width of the first discriminator layer.
+    #[serde(default = "default_disc_ch")]
+    pub ch: usize,
+    /// Discriminator learning rate as a multiple of the generator's.
+    #[serde(default = "one")]
+    pub lr_ratio: f64,
+}
+
+fn default_disc_weight() -> f64 {
+    0.8
+}
+fn yes() -> bool {
+    true
+}
+fn default_disc_layers() -> usize {
+    3
+}
+fn default_disc_ch() -> usize {
+    64
+}
+
+/// Optimisation and loop settings shared by every stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// How the base learning rate is scaled.
+    #[serde(default)]
+    pub lr_scaling: LrScaling,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Cosine decay floor as a fraction of the peak learning rate (1 = constant after warmup).
+    #[serde(default = "one")]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (absent = no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Validate every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub val_every: usize,
+    /// Images used per validation.
+    #[serde(default = "default_val_images")]
+    pub val_images: usize,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Keep this many most recent checkpoints (0 = keep all).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_betas() -> (f64, f64) {
+    (0.5, 0.9)
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_val_images() -> usize {
+    64
+}
+fn default_keep() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScaling {
+    /// Use `lr` as given.
+    #[default]
+    None,
+    /// `lr × batch_size` (taming-transformers' convention).
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Adam,
+    AdamW,
+}
+
+impl TrainConfig {
+    /// The peak learning rate after scaling.
+    pub fn peak_lr(&self) -> f64 {
+        match self.lr_scaling {
+            LrScaling::None => self.lr,
+            LrScaling::Batch => self.lr * self.batch_size as f64,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            bail!("train.steps must be positive, got 0");
+        }
+        if self.batch_size == 0 {
+            bail!("train.batch_size must be positive, got 0");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("train.lr must be a positive number, got {}", self.lr);
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            bail!(
+                "train.min_lr_ratio must be in [0, 1], got {}",
+                self.min_lr_ratio
+            );
+        }
+        let (b1, b2) = self.betas;
+        if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+            bail!("train.betas must both be in [0, 1), got ({b1}, {b2})");
+        }
+        if !(self.weight_decay >= 0.0) {
+            bail!(
+                "train.weight_decay must be non-negative, got {}",
+                self.weight_decay
+            );
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c > 0.0) {
+                bail!("train.grad_clip must be positive, got {c}");
+            }
+        }
+        if self.log_every == 0 {
+            bail!("train.log_every must be positive, got 0");
+        }
+        Ok(())
+    }
+}
+
+/// Data pipeline options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Fraction of the images held out for validation (deterministic by file name).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Random horizontal flips during training.
+    #[serde(default = "yes")]
+    pub flip: bool,
+    /// Image decoding threads (0 = one per core).
+    #[serde(default)]
+    pub workers: usize,
+    /// Batches prepared ahead of the model.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// Keep resized images in memory when the whole set fits in this many MiB.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+}
+
+fn default_val_fraction() -> f64 {
+    0.02
+}
+fn default_prefetch() -> usize {
+    2
+}
+fn default_cache_mib() -> usize {
+    2048
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            val_fraction: default_val_fraction(),
+            flip: true,
+            workers: 0,
+            prefetch: default_prefetch(),
+            cache_mib: default_cache_mib(),
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!(
+                "data.val_fraction must be in [0, 1), got {}",
+                self.val_fraction
+            );
+        }
+        if self.prefetch == 0 {
+            bail!("data.prefetch must be positive, got 0");
+        }
+        Ok(())
+    }
+
+    /// Decoding threads to use.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.train.validate()?;
+        self.data.validate()?;
+        if let Some(d) = &self.loss.discriminator {
+            if d.layers == 0 || d.ch == 0 {
+                bail!("loss.discriminator.layers and .ch must be positive");
+            }
+            if !(d.weight >= 0.0) || !(d.lr_ratio > 0.0) {
+                bail!("loss.discriminator.weight must be ≥ 0 and lr_ratio > 0");
+            }
+            let min = 3 << d.layers;
+            if self.model.resolution < min {
+                bail!(
+                    "loss.discriminator.layers ({}) is too deep for model.resolution {}: a {}-layer PatchGAN needs images of at least {min} pixels",
+                    d.layers, self.model.resolution, d.layers
+                );
+            }
+        }
+        if !(self.loss.perceptual_weight >= 0.0) || !(self.loss.codebook_weight >= 0.0) {
+            bail!("loss.perceptual_weight and loss.codebook_weight must be non-negative");
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a config file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let cfg: RunConfig =
+            serde_json::from_str(text).with_context(|| format!("invalid config {origin}"))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config {origin}"))?;
+        Ok(cfg)
+    }
+
+    /// A config file path, or the name of a built-in preset.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.exists() {
+            return Self::load(path);
+        }
+        match PRESETS.iter().find(|(name, _)| *name == spec) {
+            Some((name, text)) => Self::parse(text, &format!("preset {name}")),
+            None => bail!(
+                "--config {spec}: no such file, and not a preset (presets: {})",
+                PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain data structs cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

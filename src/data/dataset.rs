@@ -1,0 +1,168 @@
+//! A dataset: an image folder or a built-in set, with labels, a deterministic train/val split
+//! and an optional in-memory cache of resized images.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{bail, Result};
+use image::RgbImage;
+
+use crate::data::folder::ImageFolder;
+use crate::data::shapes::{self, Shapes};
+use crate::data::transform::resize_shorter;
+use crate::rng::mix;
+
+#[derive(Debug, Clone)]
+enum Source {
+    Folder(ImageFolder),
+    Shapes(Shapes),
+}
+
+pub struct Dataset {
+    source: Source,
+    classes: Vec<String>,
+    /// Resized images by index, filled on first use when caching is on.
+    cache: Option<(u32, Vec<OnceLock<Arc<RgbImage>>>)>,
+    /// Items that failed to decode at load time (reported once each).
+    failed: Mutex<Vec<usize>>,
+}
+
+impl Dataset {
+    /// Opens `spec`: `builtin:shapes` (optionally `builtin:shapes:N` images) or a folder.
+    pub fn open(spec: &str, seed: u64) -> Result<Self> {
+        let source = if let Some(rest) = spec.strip_prefix("builtin:") {
+            let mut parts = rest.split(':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("shapes"), None, None) => Source::Shapes(Shapes { count: shapes::DEFAULT_COUNT, seed }),
+                (Some("shapes"), Some(n), None) => match n.parse::<usize>() {
+                    Ok(count) if count > 0 => Source::Shapes(Shapes { count, seed }),
+                    _ => bail!("--data {spec}: the image count must be a positive integer, got {n:?}"),
+                },
+                _ => bail!("--data {spec}: unknown built-in dataset (available: builtin:shapes, builtin:shapes:N)"),
+            }
+        } else {
+            Source::Folder(ImageFolder::scan(Path::new(spec))?)
+        };
+        let classes = match &source {
+            Source::Folder(f) => f.classes.clone(),
+            Source::Shapes(_) => Shapes::class_names(),
+        };
+        Ok(Self {
+            source,
+            classes,
+            cache: None,
+            failed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Keeps images resized to `side` in memory when the whole set fits in `budget_mib`.
+    pub fn with_cache(mut self, side: u32, budget_mib: usize) -> Self {
+        // Non-square photos keep some margin for the crop; assume 1.5× the square size.
+        let bytes = self.len() as f64 * (side as f64).powi(2) * 3.0 * 1.5;
+        if matches!(self.source, Source::Folder(_)) && bytes <= budget_mib as f64 * 1048576.0 {
+            self.cache = Some((side, (0..self.len()).map(|_| OnceLock::new()).collect()));
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.source {
+            Source::Folder(f) => f.items.len(),
+            Source::Shapes(s) => s.count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names (empty for unlabelled folders).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    pub fn label(&self, i: usize) -> Option<u32> {
+        match &self.source {
+            Source::Folder(f) => f.items[i].label,
+            Source::Shapes(s) => Some(s.label(i)),
+        }
+    }
+
+    /// A stable name for item `i` (its path, or `shapes/NNNNNN`).
+    pub fn name(&self, i: usize) -> String {
+        match &self.source {
+            Source::Folder(f) => f.items[i].path.display().to_string(),
+            Source::Shapes(_) => format!("shapes/{i:06}"),
+        }
+    }
+
+    /// Files skipped at scan time.
+    pub fn skipped(&self) -> usize {
+        match &self.source {
+            Source::Folder(f) => f.skipped.len(),
+            Source::Shapes(_) => 0,
+        }
+    }
+
+    /// Image `i` with its shorter side resized to `side`.
+    pub fn load_resized(&self, i: usize, side: u32) -> Result<Arc<RgbImage>> {
+        let load = || -> Result<Arc<RgbImage>> {
+            Ok(Arc::new(match &self.source {
+                Source::Folder(f) => {
+                    resize_shorter(&crate::data::image::open_rgb(&f.items[i].path)?, side)
+                }
+                Source::Shapes(s) => s.render(i, side),
+            }))
+        };
+        match &self.cache {
+            Some((s, slots)) if *s == side => {
+                if let Some(img) = slots[i].get() {
+                    return Ok(img.clone());
+                }
+                let img = load()?;
+                Ok(slots[i].get_or_init(|| img).clone())
+            }
+            _ => load(),
+        }
+    }
+
+    /// Records a load failure; returns true the first time for that item (to report it once).
+    pub fn note_failure(&self, i: usize) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.contains(&i) {
+            false
+        } else {
+            failed.push(i);
+            true
+        }
+    }
+
+    /// Number of items that failed to decode so far.
+    pub fn failures(&self) -> usize {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Deterministic split by a hash of each item's name: about `val_fraction` of the items go
+    /// to validation (at least one when the fraction is positive and there are two or more).
+    pub fn split(&self, val_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+        let n = self.len();
+        let mut keyed: Vec<(u64, usize)> = (0..n)
+            .map(|i| {
+                (
+                    mix(&self.name(i).bytes().map(u64::from).collect::<Vec<_>>()),
+                    i,
+                )
+            })
+            .collect();
+        keyed.sort_unstable();
+        let mut n_val = (n as f64 * val_fraction).round() as usize;
+        if val_fraction > 0.0 && n >= 2 {
+            n_val = n_val.max(1);
+        }
+        let mut val: Vec<usize> = keyed[..n_val].iter().map(|&(_, i)| i).collect();
+        let mut train: Vec<usize> = keyed[n_val..].iter().map(|&(_, i)| i).collect();
+        val.sort_unstable();
+        train.sort_unstable();
+        (train, val)
+    }
+}

@@ -1,0 +1,10 @@
+//! Data: image folders, the built-in procedural set, transforms, loaders and image I/O.
+
+pub mod dataset;
+pub mod folder;
+pub mod image;
+pub mod loader;
+pub mod shapes;
+pub mod transform;
+
+pub use dataset::Dataset;

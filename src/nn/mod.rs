@@ -1,0 +1,9 @@
+//! Building blocks shared by the networks.
+
+pub mod attention;
+pub mod layers;
+pub mod params;
+pub mod resample;
+pub mod resnet;
+pub mod safetensors_io;
+pub mod spatial_norm;

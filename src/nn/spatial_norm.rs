@@ -1,0 +1,88 @@
+//! SpatialNorm: the MoVQ decoder's spatially conditional normalization.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+
+use crate::nn::layers::{conv1x1, group_norm};
+use crate::nn::resample::upsample_nearest;
+
+/// `SpatialNorm(f, zq) = GroupNorm(f) · conv_y(zq↑) + conv_b(zq↑)` where `zq↑` is the quantized
+/// latent (before `post_quant_conv`) resized to `f`'s height and width by nearest neighbour and
+/// `conv_y`, `conv_b` are 1×1 convolutions `embed_dim → channels(f)`. The GroupNorm keeps its own
+/// affine weights, as in the Kandinsky 2.x MoVQ decoder.
+#[derive(Debug, Clone)]
+pub struct SpatialNorm {
+    norm_layer: GroupNorm,
+    conv_y: Conv2d,
+    conv_b: Conv2d,
+}
+
+impl SpatialNorm {
+    pub fn new(channels: usize, zq_channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm_layer: group_norm(groups, channels, vb.pp("norm_layer"))?,
+            conv_y: conv1x1(zq_channels, channels, vb.pp("conv_y"))?,
+            conv_b: conv1x1(zq_channels, channels, vb.pp("conv_b"))?,
+        })
+    }
+
+    /// `f`: `[B, C, H, W]`, `zq`: `[B, embed_dim, h, w]` with `H, W` multiples of `h, w`.
+    pub fn forward(&self, f: &Tensor, zq: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = f.dims4()?;
+        let zq = resize_nearest(zq, h, w)?;
+        let norm = self.norm_layer.forward(f)?;
+        norm.mul(&self.conv_y.forward(&zq)?)?
+            .add(&self.conv_b.forward(&zq)?)
+    }
+}
+
+/// Nearest-neighbour resize to `h × w` (identity when the size already matches).
+pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, xh, xw) = x.dims4()?;
+    if (xh, xw) == (h, w) {
+        Ok(x.clone())
+    } else if h % xh == 0 && w % xw == 0 && h / xh == w / xw {
+        upsample_nearest(x, h / xh)
+    } else {
+        x.upsample_nearest2d(h, w)
+    }
+}
+
+/// The normalization used by a block: plain GroupNorm (encoder) or SpatialNorm (decoder).
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Group(GroupNorm),
+    Spatial(SpatialNorm),
+}
+
+/// How a network's normalizations are built.
+#[derive(Debug, Clone, Copy)]
+pub enum NormKind {
+    Group { groups: usize },
+    Spatial { groups: usize, zq_channels: usize },
+}
+
+impl NormKind {
+    pub fn build(self, channels: usize, vb: VarBuilder) -> Result<Norm> {
+        Ok(match self {
+            NormKind::Group { groups } => Norm::Group(group_norm(groups, channels, vb)?),
+            NormKind::Spatial {
+                groups,
+                zq_channels,
+            } => Norm::Spatial(SpatialNorm::new(channels, zq_channels, groups, vb)?),
+        })
+    }
+}
+
+impl Norm {
+    /// `zq` is required by SpatialNorm and ignored by GroupNorm.
+    pub fn forward(&self, x: &Tensor, zq: Option<&Tensor>) -> Result<Tensor> {
+        match (self, zq) {
+            (Norm::Group(n), _) => n.forward(x),
+            (Norm::Spatial(n), Some(zq)) => n.forward(x, zq),
+            (Norm::Spatial(_), None) => {
+                candle_core::bail!("SpatialNorm needs the quantized latent zq")
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Training machinery shared by both stages.
+
+pub mod metrics;
+pub mod optim;
+pub mod run_dir;
+pub mod runner;
+pub mod schedule;
+
+pub use metrics::Metrics;
+pub use run_dir::RunDir;
+pub use runner::{run, LoopOptions, Outcome, Stage, StepContext};

@@ -1,0 +1,207 @@
+//! The run directory: `config.json`, `checkpoints/step-NNNNNNN{.safetensors,.train.safetensors}`,
+//! `latest`, and `metrics.jsonl`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use crate::fsutil;
+use crate::nn::safetensors_io;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// The files of one checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub step: usize,
+    /// Model weights (what inference reads).
+    pub model: PathBuf,
+    /// Optimizer moments and other training-only state.
+    pub train_state: PathBuf,
+}
+
+impl RunDir {
+    /// Starts a new run at `root`, writing `config_json` first. Refuses a folder that already
+    /// holds a run, so nothing is overwritten by accident.
+    pub fn create(root: &Path, config_json: &str) -> Result<Self> {
+        let run = Self {
+            root: root.to_path_buf(),
+        };
+        if run.config_path().exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                root.display()
+            );
+        }
+        fsutil::create_dir(&run.checkpoints_dir())?;
+        fsutil::write_atomic(&run.config_path(), config_json.as_bytes())?;
+        Ok(run)
+    }
+
+    /// Opens an existing run directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        let run = Self {
+            root: root.to_path_buf(),
+        };
+        if !root.is_dir() {
+            bail!("run directory {} does not exist", root.display());
+        }
+        if !run.config_path().is_file() {
+            bail!(
+                "{} is not a movq run directory (no config.json)",
+                root.display()
+            );
+        }
+        Ok(run)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    fn latest_path(&self) -> PathBuf {
+        self.root.join("latest")
+    }
+
+    pub fn read_config(&self) -> Result<String> {
+        std::fs::read_to_string(self.config_path())
+            .with_context(|| format!("cannot read {}", self.config_path().display()))
+    }
+
+    pub fn checkpoint(&self, step: usize) -> Checkpoint {
+        let stem = format!("step-{step:07}");
+        let dir = self.checkpoints_dir();
+        Checkpoint {
+            step,
+            model: dir.join(format!("{stem}.safetensors")),
+            train_state: dir.join(format!("{stem}.train.safetensors")),
+        }
+    }
+
+    /// The checkpoint named by `latest`, if any.
+    pub fn latest(&self) -> Result<Option<Checkpoint>> {
+        let path = self.latest_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let step = text
+            .trim()
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+            .with_context(|| format!("{} is corrupt: {:?}", path.display(), text.trim()))?;
+        let ckpt = self.checkpoint(step);
+        if !ckpt.model.is_file() {
+            bail!(
+                "{} names step {step}, but {} is missing",
+                path.display(),
+                ckpt.model.display()
+            );
+        }
+        Ok(Some(ckpt))
+    }
+
+    /// The latest checkpoint, or an error saying the run has none yet.
+    pub fn require_latest(&self) -> Result<Checkpoint> {
+        self.latest()?.with_context(|| {
+            format!(
+                "run {} has no checkpoint yet (train it first)",
+                self.root.display()
+            )
+        })
+    }
+
+    /// Writes a checkpoint (each file atomically), points `latest` at it, and keeps only the
+    /// `keep` most recent ones (0 = all).
+    pub fn save_checkpoint(
+        &self,
+        step: usize,
+        model: &[(String, Tensor)],
+        train_state: &[(String, Tensor)],
+        keep: usize,
+    ) -> Result<Checkpoint> {
+        let ckpt = self.checkpoint(step);
+        let meta = BTreeMap::from([
+            ("format".to_string(), "movq".to_string()),
+            ("step".to_string(), step.to_string()),
+        ]);
+        safetensors_io::write_atomic(&ckpt.model, model, &meta)?;
+        safetensors_io::write_atomic(&ckpt.train_state, train_state, &meta)?;
+        fsutil::write_atomic(&self.latest_path(), format!("step-{step:07}\n").as_bytes())?;
+        if keep > 0 {
+            self.prune(keep, step)?;
+        }
+        Ok(ckpt)
+    }
+
+    fn prune(&self, keep: usize, current: usize) -> Result<()> {
+        let mut steps: Vec<usize> = std::fs::read_dir(self.checkpoints_dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("step-")?
+                    .strip_suffix(".safetensors")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .collect();
+        steps.sort_unstable();
+        let excess = steps.len().saturating_sub(keep);
+        for &s in steps.iter().take(excess).filter(|&&s| s != current) {
+            let c = self.checkpoint(s);
+            let _ = std::fs::remove_file(c.model);
+            let _ = std::fs::remove_file(c.train_state);
+        }
+        Ok(())
+    }
+
+    /// Appends one JSON object to `metrics.jsonl`.
+    pub fn log(&self, record: &serde_json::Value) -> Result<()> {
+        let path = self.metrics_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(f, "{record}").with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Drops log records written after `step` (used when resuming from an earlier checkpoint).
+    pub fn truncate_log_after(&self, step: usize) -> Result<()> {
+        let path = self.metrics_path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fsutil::write_atomic(&path, kept.as_bytes())
+    }
+}
+
+/// Reads a safetensors file into a name → tensor map.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    Ok(safetensors_io::read(path, device)?.0)
+}

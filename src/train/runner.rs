@@ -1,0 +1,181 @@
+//! The one training loop. It owns batching, the learning-rate schedule, periodic validation,
+//! checkpoints, `metrics.jsonl`, the progress bar, the NaN guard and Ctrl-C handling; each stage
+//! plugs in its step through [`Stage`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use serde_json::{json, Map, Value};
+
+use crate::rng::{rng_for, Stream};
+use crate::train::metrics::Metrics;
+use crate::train::run_dir::{Checkpoint, RunDir};
+use crate::train::schedule::lr_at;
+
+/// What a step gets from the loop.
+pub struct StepContext {
+    /// 0-based index of this step.
+    pub step: usize,
+    pub lr: f64,
+    /// Randomness for this step alone (a function of seed and step, so resume is exact).
+    pub rng: StdRng,
+}
+
+/// A trainable stage (stage-1 autoencoder, stage-2 transformer).
+pub trait Stage {
+    type Batch;
+
+    /// Forward, backward and optimizer update for one batch. The returned metrics must hold
+    /// `loss`.
+    fn train_step(&mut self, batch: Self::Batch, ctx: StepContext) -> Result<Metrics>;
+
+    /// Metrics on the validation set.
+    fn validate(&mut self) -> Result<Metrics>;
+
+    /// Tensors that make up the model (what inference loads).
+    fn model_tensors(&self) -> Vec<(String, Tensor)>;
+
+    /// Training-only state: optimizer moments, auxiliary networks.
+    fn train_state(&self) -> Result<Vec<(String, Tensor)>>;
+
+    /// Restores model and training state from a checkpoint.
+    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()>;
+
+    /// Metric names shown on the progress bar.
+    fn progress_keys(&self) -> &'static [&'static str] {
+        &["loss"]
+    }
+}
+
+/// Loop settings (from `TrainConfig`).
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub steps: usize,
+    pub peak_lr: f64,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    pub log_every: usize,
+    pub val_every: usize,
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Finished {
+        step: usize,
+    },
+    /// Ctrl-C: a checkpoint was written at `step`.
+    Interrupted {
+        step: usize,
+    },
+}
+
+/// Runs steps `start..opts.steps` of `stage`, taking batches from `batches`.
+pub fn run<S: Stage>(
+    stage: &mut S,
+    batches: &mut dyn Iterator<Item = Result<S::Batch>>,
+    run_dir: &RunDir,
+    opts: &LoopOptions,
+    start: usize,
+    interrupt: &AtomicBool,
+) -> Result<Outcome> {
+    let bar = ProgressBar::new(opts.steps as u64).with_position(start as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_saved = start;
+    let save = |stage: &S, step: usize| -> Result<Checkpoint> {
+        run_dir.save_checkpoint(
+            step,
+            &stage.model_tensors(),
+            &stage.train_state()?,
+            opts.keep_checkpoints,
+        )
+    };
+    let mut window = Instant::now();
+    let mut window_steps = 0usize;
+    for step in start..opts.steps {
+        if interrupt.load(Ordering::SeqCst) {
+            bar.abandon();
+            if step > last_saved || run_dir.latest()?.is_none() {
+                save(stage, step)?;
+            }
+            return Ok(Outcome::Interrupted { step });
+        }
+        let batch = batches
+            .next()
+            .context("the data loader stopped unexpectedly")??;
+        let lr = lr_at(
+            step,
+            opts.steps,
+            opts.peak_lr,
+            opts.warmup_steps,
+            opts.min_lr_ratio,
+        );
+        let rng = rng_for(opts.seed, Stream::Step, &[step as u64]);
+        let metrics = stage.train_step(batch, StepContext { step, lr, rng })?;
+        if let Some((name, value)) = metrics.non_finite() {
+            bar.abandon();
+            let kept = match run_dir.latest()? {
+                Some(c) => format!("the last good checkpoint (step {}) is kept", c.step),
+                None => "no checkpoint had been written yet".to_string(),
+            };
+            bail!(
+                "training diverged: {name} is {value} at step {}; stopped, {kept} in {}. Lower --lr or enable train.grad_clip",
+                step + 1,
+                run_dir.root().display()
+            );
+        }
+        let done = step + 1;
+        window_steps += 1;
+        bar.set_position(done as u64);
+        bar.set_message(metrics.short(stage.progress_keys()));
+        if done % opts.log_every == 0 || done == opts.steps {
+            let secs = window.elapsed().as_secs_f64();
+            let mut rec = Map::new();
+            rec.insert("step".into(), json!(done));
+            rec.insert("split".into(), json!("train"));
+            rec.insert("lr".into(), json!(lr));
+            metrics.write_json(&mut rec);
+            rec.insert(
+                "steps_per_s".into(),
+                json!(window_steps as f64 / secs.max(1e-9)),
+            );
+            run_dir.log(&Value::Object(rec))?;
+            window = Instant::now();
+            window_steps = 0;
+        }
+        if (opts.val_every > 0 && done % opts.val_every == 0) || done == opts.steps {
+            let val = stage.validate()?;
+            let mut rec = Map::new();
+            rec.insert("step".into(), json!(done));
+            rec.insert("split".into(), json!("val"));
+            val.write_json(&mut rec);
+            run_dir.log(&Value::Object(rec))?;
+            bar.println(format!(
+                "step {done}: validation {}",
+                val.short(&val_keys(&val))
+            ));
+        }
+        if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {
+            save(stage, done)?;
+            last_saved = done;
+        }
+    }
+    bar.finish();
+    Ok(Outcome::Finished { step: opts.steps })
+}
+
+fn val_keys(m: &Metrics) -> Vec<&str> {
+    m.iter().map(|(n, _)| n).collect()
+}

@@ -1,0 +1,97 @@
+//! PatchGAN discriminator (pix2pix / VQGAN `NLayerDiscriminator`).
+//!
+//! Normalization is GroupNorm rather than BatchNorm so that the critic's output for an image does
+//! not depend on the rest of the batch and no running statistics need checkpointing.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+
+use crate::config::DiscriminatorConfig;
+use crate::nn::layers::{conv2d, conv2d_no_bias, group_norm};
+
+#[derive(Debug, Clone)]
+struct Layer {
+    conv: Conv2d,
+    norm: Option<GroupNorm>,
+    act: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Discriminator {
+    layers: Vec<Layer>,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Discriminator {
+    pub fn new(cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
+        let stride2 = Conv2dConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
+        let stride1 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let ndf = cfg.ch;
+        let mut layers = vec![Layer {
+            conv: conv2d(3, ndf, 4, stride2, vb.pp("main.0"))?,
+            norm: None,
+            act: true,
+        }];
+        let mut mult = 1;
+        for n in 1..=cfg.layers {
+            let prev = mult;
+            mult = (1 << n).min(8);
+            let (cin, cout) = (ndf * prev, ndf * mult);
+            let conv_cfg = if n < cfg.layers { stride2 } else { stride1 };
+            let vb_n = vb.pp(format!("main.{n}"));
+            layers.push(Layer {
+                conv: conv2d_no_bias(cin, cout, 4, conv_cfg, vb_n.pp("conv"))?,
+                norm: Some(group_norm(gcd(32, cout), cout, vb_n.pp("norm"))?),
+                act: true,
+            });
+        }
+        layers.push(Layer {
+            conv: conv2d(
+                ndf * mult,
+                1,
+                4,
+                stride1,
+                vb.pp(format!("main.{}", cfg.layers + 1)),
+            )?,
+            norm: None,
+            act: false,
+        });
+        Ok(Self { layers })
+    }
+
+    /// Smallest image side this discriminator accepts (it must leave at least one patch).
+    pub fn min_resolution(cfg: &DiscriminatorConfig) -> usize {
+        3 << cfg.layers
+    }
+}
+
+impl Module for Discriminator {
+    /// `[B, 3, H, W]` → patch logits `[B, 1, h', w']`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.conv.forward(&h)?;
+            if let Some(norm) = &layer.norm {
+                h = norm.forward(&h)?;
+            }
+            if layer.act {
+                h = candle_nn::ops::leaky_relu(&h, 0.2)?;
+            }
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,125 @@
+//! The MoVQ/VQGAN encoder: image → latent `[B, z_channels, h, w]`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, VarBuilder};
+
+use crate::config::VqConfig;
+use crate::nn::attention::AttnBlock;
+use crate::nn::layers::conv3x3;
+use crate::nn::resample::Downsample;
+use crate::nn::resnet::ResnetBlock;
+use crate::nn::spatial_norm::{Norm, NormKind};
+
+/// One resolution level: residual blocks, optional attention after each, optional downsample.
+#[derive(Debug, Clone)]
+struct DownLevel {
+    block: Vec<ResnetBlock>,
+    attn: Vec<AttnBlock>,
+    downsample: Option<Downsample>,
+}
+
+/// Middle section shared in shape by encoder and decoder: Res, Attn, Res.
+#[derive(Debug, Clone)]
+pub struct MidBlock {
+    block_1: ResnetBlock,
+    attn_1: AttnBlock,
+    block_2: ResnetBlock,
+}
+
+impl MidBlock {
+    pub fn new(ch: usize, norm: NormKind, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            block_1: ResnetBlock::new(ch, ch, norm, vb.pp("block_1"))?,
+            attn_1: AttnBlock::new(ch, norm, vb.pp("attn_1"))?,
+            block_2: ResnetBlock::new(ch, ch, norm, vb.pp("block_2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, zq: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.block_1.forward(x, zq)?;
+        let h = self.attn_1.forward(&h, zq)?;
+        self.block_2.forward(&h, zq)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<DownLevel>,
+    mid: MidBlock,
+    norm_out: Norm,
+    conv_out: Conv2d,
+}
+
+impl Encoder {
+    pub fn new(cfg: &VqConfig, vb: VarBuilder) -> Result<Self> {
+        let norm = NormKind::Group {
+            groups: cfg.norm_groups,
+        };
+        let conv_in = conv3x3(3, cfg.ch, vb.pp("conv_in"))?;
+        let mut res = cfg.resolution;
+        let mut block_in = cfg.ch;
+        let mut down = Vec::with_capacity(cfg.ch_mult.len());
+        for (i, mult) in cfg.ch_mult.iter().enumerate() {
+            let vb_l = vb.pp(format!("down.{i}"));
+            let block_out = cfg.ch * mult;
+            let mut block = Vec::new();
+            let mut attn = Vec::new();
+            for j in 0..cfg.num_res_blocks {
+                block.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    norm,
+                    vb_l.pp(format!("block.{j}")),
+                )?);
+                block_in = block_out;
+                if cfg.attn_resolutions.contains(&res) {
+                    attn.push(AttnBlock::new(
+                        block_in,
+                        norm,
+                        vb_l.pp(format!("attn.{j}")),
+                    )?);
+                }
+            }
+            let downsample = if i + 1 < cfg.ch_mult.len() {
+                res /= 2;
+                Some(Downsample::new(block_in, vb_l.pp("downsample"))?)
+            } else {
+                None
+            };
+            down.push(DownLevel {
+                block,
+                attn,
+                downsample,
+            });
+        }
+        Ok(Self {
+            conv_in,
+            down,
+            mid: MidBlock::new(block_in, norm, vb.pp("mid"))?,
+            norm_out: norm.build(block_in, vb.pp("norm_out"))?,
+            conv_out: conv3x3(block_in, cfg.z_channels, vb.pp("conv_out"))?,
+        })
+    }
+}
+
+impl Module for Encoder {
+    /// `[B, 3, H, W]` → `[B, z_channels, H/f, W/f]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv_in.forward(x)?;
+        for level in &self.down {
+            for (j, block) in level.block.iter().enumerate() {
+                h = block.forward(&h, None)?;
+                if let Some(attn) = level.attn.get(j) {
+                    h = attn.forward(&h, None)?;
+                }
+            }
+            if let Some(ds) = &level.downsample {
+                h = ds.forward(&h)?;
+            }
+        }
+        let h = self.mid.forward(&h, None)?;
+        let h = self.norm_out.forward(&h, None)?.silu()?;
+        self.conv_out.forward(&h)
+    }
+}

@@ -1,0 +1,11 @@
+//! Stage 1: the MoVQ autoencoder and its training.
+
+pub mod decoder;
+pub mod discriminator;
+pub mod encoder;
+pub mod losses;
+pub mod model;
+pub mod quantizer;
+pub mod stage;
+
+pub use model::MoVq;

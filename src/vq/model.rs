@@ -1,0 +1,72 @@
+//! The MoVQ autoencoder: encoder → quant_conv → multichannel quantizer → post_quant_conv →
+//! spatially modulated decoder.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::Conv2d;
+
+use crate::config::VqConfig;
+use crate::nn::layers::conv1x1;
+use crate::nn::params::ParamStore;
+use crate::vq::decoder::Decoder;
+use crate::vq::encoder::Encoder;
+use crate::vq::quantizer::{QuantOutput, Quantizer};
+
+#[derive(Debug, Clone)]
+pub struct MoVq {
+    encoder: Encoder,
+    quant_conv: Conv2d,
+    quantize: Quantizer,
+    post_quant_conv: Conv2d,
+    decoder: Decoder,
+    cfg: VqConfig,
+}
+
+impl MoVq {
+    /// Builds the model in `store` (new seeded weights, or the existing variables of that name).
+    pub fn new(cfg: &VqConfig, store: &ParamStore) -> Result<Self> {
+        let vb = store.var_builder();
+        let e = cfg.embed_dim();
+        Ok(Self {
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            quant_conv: conv1x1(cfg.z_channels, e, vb.pp("quant_conv"))?,
+            quantize: Quantizer::new(&cfg.quantizer, vb.pp("quantize"), store)?,
+            post_quant_conv: conv1x1(e, cfg.z_channels, vb.pp("post_quant_conv"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VqConfig {
+        &self.cfg
+    }
+
+    pub fn quantizer(&self) -> &Quantizer {
+        &self.quantize
+    }
+
+    /// Image `[B, 3, H, W]` in [-1, 1] → continuous latent `[B, embed_dim, h, w]`.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        let r = self.cfg.resolution;
+        if c != 3 || h != r || w != r {
+            candle_core::bail!("the model takes [B, 3, {r}, {r}] images, got [_, {c}, {h}, {w}]");
+        }
+        self.quant_conv.forward(&self.encoder.forward(x)?)
+    }
+
+    /// Quantized latent `[B, embed_dim, h, w]` → image `[B, 3, H, W]`.
+    pub fn decode(&self, zq: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.post_quant_conv.forward(zq)?, zq)
+    }
+
+    /// Code indices `[B, c, h, w]` → image.
+    pub fn decode_indices(&self, indices: &Tensor) -> Result<Tensor> {
+        self.decode(&self.quantize.lookup(indices)?)
+    }
+
+    /// encode → quantize → decode; returns the reconstruction and the quantizer's output.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, QuantOutput)> {
+        let q = self.quantize.forward(&self.encode(x)?)?;
+        Ok((self.decode(&q.zq)?, q))
+    }
+}

@@ -1,0 +1,237 @@
+//! Stage-1 training step: reconstruction + perceptual + codebook/commitment + PatchGAN terms,
+//! plugged into the shared loop through [`Stage`].
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Module, Tensor};
+use image::RgbImage;
+
+use crate::config::RunConfig;
+use crate::data::image::{images_to_tensor, tensor_to_images};
+use crate::data::loader::ImageBatch;
+use crate::metrics::{mean_scores, pair_scores, CodebookStats};
+use crate::nn::params::ParamStore;
+use crate::rng::{mix, Stream};
+use crate::train::optim::Adam;
+use crate::train::run_dir::{read_tensors, Checkpoint};
+use crate::train::{Metrics, Stage, StepContext};
+use crate::vq::decoder::LAST_LAYER;
+use crate::vq::discriminator::Discriminator;
+use crate::vq::losses::{self, PerceptualLoss};
+use crate::vq::MoVq;
+
+/// The PatchGAN critic with its own parameters and optimizer.
+struct Critic {
+    store: ParamStore,
+    net: Discriminator,
+    opt: Adam,
+}
+
+pub struct VqStage {
+    cfg: RunConfig,
+    store: ParamStore,
+    model: MoVq,
+    opt: Adam,
+    critic: Option<Critic>,
+    perceptual: Option<Box<dyn PerceptualLoss>>,
+    val_images: Vec<RgbImage>,
+    device: Device,
+}
+
+/// The seed of a model's initial weights.
+pub fn init_seed(seed: u64) -> u64 {
+    mix(&[seed, Stream::Init as u64])
+}
+
+impl VqStage {
+    /// A freshly initialised model (weights from `seed`) ready to train.
+    pub fn new(
+        cfg: &RunConfig,
+        seed: u64,
+        device: &Device,
+        val_images: Vec<RgbImage>,
+        perceptual: Option<Box<dyn PerceptualLoss>>,
+    ) -> Result<Self> {
+        let store = ParamStore::new(init_seed(seed), device);
+        let model = MoVq::new(&cfg.model, &store)?;
+        let opt = Adam::new(store.trainable(), &cfg.train)?;
+        let critic = match &cfg.loss.discriminator {
+            Some(d) => {
+                let dstore = ParamStore::new(mix(&[seed, Stream::Init as u64, 1]), device);
+                let net = Discriminator::new(d, dstore.var_builder().pp("disc"))?;
+                let opt = Adam::new(dstore.trainable(), &cfg.train)?;
+                Some(Critic {
+                    store: dstore,
+                    net,
+                    opt,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            store,
+            model,
+            opt,
+            critic,
+            perceptual,
+            val_images,
+            device: device.clone(),
+        })
+    }
+
+    pub fn model(&self) -> &MoVq {
+        &self.model
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+}
+
+/// Mean PSNR of a reconstruction batch against its input.
+fn batch_psnr(x: &Tensor, xrec: &Tensor) -> Result<f64> {
+    let a = tensor_to_images(x)?;
+    let b = tensor_to_images(xrec)?;
+    let s: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| crate::metrics::psnr(a, b))
+        .collect();
+    Ok(s.iter().sum::<f64>() / s.len().max(1) as f64)
+}
+
+impl Stage for VqStage {
+    type Batch = ImageBatch;
+
+    fn train_step(&mut self, batch: ImageBatch, mut ctx: StepContext) -> Result<Metrics> {
+        let x = batch.tensor(&self.device)?;
+        let (xrec, q) = self.model.forward(&x)?;
+        let loss_cfg = &self.cfg.loss;
+        let rec = losses::reconstruction(&x, &xrec, loss_cfg.reconstruction)?;
+        let mut m = Metrics::new();
+        let mut nll = rec.clone();
+        if let (Some(p), true) = (&self.perceptual, loss_cfg.perceptual_weight > 0.0) {
+            let pl = p.loss(&x, &xrec)?;
+            m.push("perceptual", pl.to_scalar::<f32>()? as f64);
+            nll = (nll + (pl * loss_cfg.perceptual_weight)?)?;
+        }
+        let q_loss = (&q.loss * loss_cfg.codebook_weight)?;
+        let base = (&nll + &q_loss)?;
+        let disc_cfg = loss_cfg.discriminator.as_ref();
+        let adversarial = disc_cfg.is_some_and(|d| ctx.step >= d.start);
+        let mut total = base.to_scalar::<f32>()? as f64;
+        let grads = match (&self.critic, disc_cfg) {
+            (Some(critic), Some(d)) if adversarial => {
+                let g_loss = losses::generator_loss(&critic.net.forward(&xrec)?)?;
+                let g_rec = self.opt.grads(&base.backward()?);
+                let g_gan = self.opt.grads(&g_loss.backward()?);
+                let weight = if d.adaptive {
+                    let last = self
+                        .opt
+                        .index_of(LAST_LAYER)
+                        .context("decoder has no last layer")?;
+                    let norm = |g: &crate::train::optim::Grads| -> Result<f64> {
+                        Ok(match &g.0[last] {
+                            Some(t) => t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64,
+                            None => 0.0,
+                        })
+                    };
+                    losses::adaptive_weight(norm(&g_rec)?, norm(&g_gan)?) * d.weight
+                } else {
+                    d.weight
+                };
+                let g = g_loss.to_scalar::<f32>()? as f64;
+                m.push("g_loss", g);
+                m.push("d_weight", weight);
+                total += weight * g;
+                g_rec.add_scaled(&g_gan, weight)?
+            }
+            _ => self.opt.grads(&base.backward()?),
+        };
+        let grad_norm = self.opt.step(&grads, ctx.lr)?;
+        let restarted = self.model.quantizer().update(&q, ctx.step, &mut ctx.rng)?;
+        if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
+            let real = critic.net.forward(&x.detach())?;
+            let fake = critic.net.forward(&xrec.detach())?;
+            let d_loss = losses::hinge_d_loss(&real, &fake)?;
+            let dg = critic.opt.grads(&d_loss.backward()?);
+            critic.opt.step(&dg, ctx.lr * d.lr_ratio)?;
+            m.push("d_loss", d_loss.to_scalar::<f32>()? as f64);
+        }
+        let mut out = Metrics::new();
+        out.push("loss", total);
+        out.push("rec", rec.to_scalar::<f32>()? as f64);
+        out.push("q", q_loss.to_scalar::<f32>()? as f64);
+        for (n, v) in m.iter() {
+            out.push(n, v);
+        }
+        out.push("psnr", batch_psnr(&x, &xrec)?);
+        out.push("grad_norm", grad_norm);
+        if restarted > 0 {
+            out.push("restarted_codes", restarted as f64);
+        }
+        Ok(out)
+    }
+
+    fn validate(&mut self) -> Result<Metrics> {
+        let q = &self.cfg.model.quantizer;
+        let mut stats = CodebookStats::new(q.channels, q.codebook_size);
+        let mut scores = Vec::with_capacity(self.val_images.len());
+        for chunk in self.val_images.chunks(self.cfg.train.batch_size.max(1)) {
+            let x = images_to_tensor(chunk, &self.device)?;
+            let (xrec, qo) = self.model.forward(&x)?;
+            stats.add(&qo.indices)?;
+            for (a, b) in chunk.iter().zip(tensor_to_images(&xrec)?) {
+                scores.push(pair_scores(a, &b));
+            }
+        }
+        let mean = mean_scores(&scores);
+        let cb = stats.report();
+        let mut m = Metrics::new();
+        m.push("psnr", mean.psnr);
+        m.push("ssim", mean.ssim);
+        m.push("codebook_usage", cb.usage);
+        m.push("perplexity", cb.perplexity);
+        Ok(m)
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.store.tensors()
+    }
+
+    fn train_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self.opt.state("optimizer")?;
+        if let Some(c) = &self.critic {
+            out.extend(c.store.tensors());
+            out.extend(c.opt.state("disc_optimizer")?);
+        }
+        Ok(out)
+    }
+
+    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.store.load_file(&ckpt.model)?;
+        let state = read_tensors(&ckpt.train_state, &self.device)?;
+        let origin = ckpt.train_state.display().to_string();
+        self.opt
+            .load_state(&state, "optimizer")
+            .with_context(|| format!("cannot restore the optimizer from {origin}"))?;
+        if let Some(c) = &mut self.critic {
+            let disc: std::collections::BTreeMap<String, Tensor> = state
+                .iter()
+                .filter(|(k, _)| k.starts_with("disc."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            c.store.load_tensors(&disc, &origin)?;
+            c.opt
+                .load_state(&state, "disc_optimizer")
+                .with_context(|| {
+                    format!("cannot restore the discriminator optimizer from {origin}")
+                })?;
+        }
+        Ok(())
+    }
+
+    fn progress_keys(&self) -> &'static [&'static str] {
+        &["loss", "rec", "psnr"]
+    }
+}

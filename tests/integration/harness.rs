@@ -1,0 +1,98 @@
+//! Test harness: temporary folders and a runner for the `movq` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_movq"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Result of one CLI run.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts failure with exit code 1 and a message containing every needle.
+    pub fn fails_with(&self, needles: &[&str]) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit 1:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "stderr lacks {n:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+pub fn movq(args: &[&str]) -> Run {
+    let out: Output = bin().args(args).output().expect("run movq");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The committed test data folder.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// Writes the tiny preset with `edit` applied to its JSON, returns the path.
+pub fn tiny_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.json"))
+            .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut v);
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let p = dir.join(format!("config-{n}.json"));
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    p
+}
+
+/// A fast config for CLI tests: few steps, small batches.
+pub fn quick_config(dir: &Path, steps: usize) -> PathBuf {
+    tiny_config(dir, |v| {
+        v["train"]["steps"] = steps.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["train"]["log_every"] = 2.into();
+        v["train"]["checkpoint_every"] = 0.into();
+        v["train"]["val_every"] = 0.into();
+        v["loss"]["discriminator"]["start"] = 2.into();
+    })
+}

@@ -1,0 +1,8 @@
+//! All integration tests, compiled into one binary.
+
+mod harness;
+
+mod cli;
+mod metrics;
+mod model;
+mod training;

@@ -17,16 +17,24 @@ use movq::train::{Stage, StepContext};
 use movq::vq::stage::VqStage;
 use serde_json::json;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Median seconds of `iters` timed calls of `f(i)` after one warm-up call.
+fn median_time(iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    f(0)?;
+    let mut times = Vec::with_capacity(iters);
+    for i in 1..=iters {
+        let t = Instant::now();
+        f(i)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn batch(side: u32, n: usize) -> Result<ImageBatch> {
     let ds = Dataset::open(&format!("builtin:shapes:{n}"), 0)?;
     let mut pixels = Vec::new();
     for i in 0..n {
-        push_chw(&ds.load_resized(i, side)?, &mut pixels);
+        push_chw(ds.load_resized(i, side)?.as_ref(), &mut pixels);
     }
     Ok(ImageBatch {
         pixels,
@@ -41,37 +49,32 @@ fn bench(name: &str, cfg: &RunConfig, batch_size: usize, iters: usize) -> Result
     let b = batch(side, batch_size)?;
     let mut stage = VqStage::new(cfg, 0, &dev, vec![], None)?;
     let x = b.tensor(&dev)?;
-    let mut times = Vec::new();
-    for i in 0..=iters {
-        let t = Instant::now();
-        let (y, _) = stage.model().forward(&x)?;
-        y.sum_all()?.to_scalar::<f32>()?;
-        if i > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let t = median(times);
-    println!(
-        "{}",
-        json!({"bench": "stage1_inference", "config": name, "batch": batch_size, "resolution": side, "images_per_s": batch_size as f64 / t, "median_ms": t * 1e3, "device": "cpu"})
+    let report = |kind: &str, secs: f64| {
+        println!(
+            "{}",
+            json!({"bench": kind, "config": name, "batch": batch_size, "resolution": side,
+                   "images_per_s": batch_size as f64 / secs, "median_ms": secs * 1e3, "device": "cpu"})
+        );
+    };
+    report(
+        "stage1_inference",
+        median_time(iters, |_| {
+            let (y, _) = stage.model().forward(&x)?;
+            y.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })?,
     );
-    let mut times = Vec::new();
-    for i in 0..=iters {
-        let ctx = StepContext {
-            step: i,
-            lr: 1e-4,
-            rng: rng_for(0, Stream::Step, &[i as u64]),
-        };
-        let t = Instant::now();
-        stage.train_step(b.clone(), ctx)?;
-        if i > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let t = median(times);
-    println!(
-        "{}",
-        json!({"bench": "stage1_train_step", "config": name, "batch": batch_size, "resolution": side, "images_per_s": batch_size as f64 / t, "median_ms": t * 1e3, "device": "cpu"})
+    report(
+        "stage1_train_step",
+        median_time(iters, |i| {
+            let ctx = StepContext {
+                step: i,
+                lr: 1e-4,
+                rng: rng_for(0, Stream::Step, &[i as u64]),
+            };
+            stage.train_step(b.clone(), ctx)?;
+            Ok(())
+        })?,
     );
     Ok(())
 }

@@ -71,9 +71,9 @@ pub struct ReconstructArgs {
     /// Trained run directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// An image file or a folder of images.
+    /// An image file, a folder of images (recursive), or builtin:shapes:N.
     #[arg(long)]
-    pub input: PathBuf,
+    pub input: String,
     /// Output folder for reconstructions, grid.png and metrics.json.
     #[arg(long)]
     pub out: PathBuf,

@@ -168,14 +168,14 @@ impl VqConfig {
             }
         }
         let q = &self.quantizer;
-        if !(q.beta >= 0.0) {
+        if !non_negative(q.beta) {
             bail!("model.quantizer.beta must be non-negative, got {}", q.beta);
         }
         if let CodebookUpdate::Ema { decay, epsilon } = q.update {
             if !(0.0..1.0).contains(&decay) {
                 bail!("model.quantizer.update.ema.decay must be in [0, 1), got {decay}");
             }
-            if !(epsilon > 0.0) {
+            if !positive(epsilon) {
                 bail!("model.quantizer.update.ema.epsilon must be positive, got {epsilon}");
             }
         }
@@ -183,7 +183,7 @@ impl VqConfig {
             if r.every == 0 {
                 bail!("model.quantizer.restart_dead_codes.every must be positive, got 0");
             }
-            if !(r.threshold >= 0.0) {
+            if !non_negative(r.threshold) {
                 bail!(
                     "model.quantizer.restart_dead_codes.threshold must be non-negative, got {}",
                     r.threshold
@@ -328,6 +328,7 @@ pub enum LrScaling {
 pub enum OptimizerKind {
     #[default]
     Adam,
+    #[serde(rename = "adamw")]
     AdamW,
 }
 
@@ -360,14 +361,14 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
             bail!("train.betas must both be in [0, 1), got ({b1}, {b2})");
         }
-        if !(self.weight_decay >= 0.0) {
+        if !non_negative(self.weight_decay) {
             bail!(
                 "train.weight_decay must be non-negative, got {}",
                 self.weight_decay
             );
         }
         if let Some(c) = self.grad_clip {
-            if !(c > 0.0) {
+            if !positive(c) {
                 bail!("train.grad_clip must be positive, got {c}");
             }
         }
@@ -454,7 +455,7 @@ impl RunConfig {
             if d.layers == 0 || d.ch == 0 {
                 bail!("loss.discriminator.layers and .ch must be positive");
             }
-            if !(d.weight >= 0.0) || !(d.lr_ratio > 0.0) {
+            if !non_negative(d.weight) || !positive(d.lr_ratio) {
                 bail!("loss.discriminator.weight must be ≥ 0 and lr_ratio > 0");
             }
             let min = 3 << d.layers;
@@ -465,7 +466,7 @@ impl RunConfig {
                 );
             }
         }
-        if !(self.loss.perceptual_weight >= 0.0) || !(self.loss.codebook_weight >= 0.0) {
+        if !non_negative(self.loss.perceptual_weight) || !non_negative(self.loss.codebook_weight) {
             bail!("loss.perceptual_weight and loss.codebook_weight must be non-negative");
         }
         Ok(())
@@ -510,4 +511,14 @@ impl RunConfig {
         // Serialising plain data structs cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// `x ≥ 0` and not NaN.
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+
+/// `x > 0` and not NaN.
+fn positive(x: f64) -> bool {
+    x > 0.0
 }

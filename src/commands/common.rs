@@ -8,11 +8,14 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 
 use crate::config::RunConfig;
-use crate::data::folder::ImageFolder;
+use crate::data::image::open_rgb;
+use crate::data::transform::eval_view;
+use crate::data::Dataset;
 use crate::nn::params::ParamStore;
 use crate::train::run_dir::Checkpoint;
 use crate::train::RunDir;
 use crate::vq::MoVq;
+use image::RgbImage;
 
 /// The stage-1 model of a run directory at its latest checkpoint.
 pub fn load_vq(run_path: &Path, device: &Device) -> Result<(RunConfig, MoVq, Checkpoint)> {
@@ -45,29 +48,56 @@ pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// The image files named by `--input`: one file, or every image under a folder.
-pub fn input_images(input: &Path) -> Result<Vec<PathBuf>> {
-    if input.is_file() {
-        Ok(vec![input.to_path_buf()])
-    } else if input.is_dir() {
-        Ok(ImageFolder::scan(input)?
-            .items
-            .into_iter()
-            .map(|i| i.path)
-            .collect())
-    } else {
-        anyhow::bail!("--input {}: no such file or folder", input.display())
+/// The images named by `--input`: one file, a folder (recursive) or a built-in set.
+pub enum Inputs {
+    File(PathBuf),
+    Set(Dataset),
+}
+
+impl Inputs {
+    pub fn open(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            Ok(Inputs::File(path.to_path_buf()))
+        } else if path.is_dir() || spec.starts_with("builtin:") {
+            Ok(Inputs::Set(Dataset::open(spec, 0)?))
+        } else {
+            anyhow::bail!("--input {spec}: no such file or folder")
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::File(_) => 1,
+            Inputs::Set(ds) => ds.len(),
+        }
+    }
+
+    /// A name for image `i` (its path, or the built-in item's name).
+    pub fn name(&self, i: usize) -> String {
+        match self {
+            Inputs::File(p) => p.display().to_string(),
+            Inputs::Set(ds) => ds.name(i),
+        }
+    }
+
+    /// Image `i` as the model sees it: shorter side resized to `side`, centre crop.
+    pub fn load(&self, i: usize, side: u32) -> Result<RgbImage> {
+        Ok(match self {
+            Inputs::File(p) => eval_view(&open_rgb(p)?, side),
+            Inputs::Set(ds) => eval_view(ds.load_resized(i, side)?.as_ref(), side),
+        })
     }
 }
 
-/// Output file names from input paths: the file stem, made unique.
-pub fn output_names(paths: &[PathBuf]) -> Vec<String> {
+/// Output file names from input names: the file stem, made unique.
+pub fn output_names(names: &[String]) -> Vec<String> {
     let mut used = std::collections::HashSet::new();
-    paths
+    names
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let stem = p.file_stem().map_or_else(
+            let stem = Path::new(p).file_stem().map_or_else(
                 || format!("image-{i}"),
                 |s| s.to_string_lossy().into_owned(),
             );

@@ -7,9 +7,8 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{input_images, load_vq, output_names};
-use crate::data::image::{grid, images_to_tensor, open_rgb, save_png, tensor_to_images};
-use crate::data::transform::eval_view;
+use crate::commands::common::{load_vq, output_names, Inputs};
+use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};
@@ -25,8 +24,9 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
     }
     let device = device::select(&a.common.device)?;
     let (cfg, model, ckpt) = load_vq(&a.model, &device)?;
-    let paths = input_images(&a.input)?;
-    let names = output_names(&paths);
+    let inputs = Inputs::open(&a.input)?;
+    let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
+    let names = output_names(&sources);
     fsutil::create_dir(&a.out)?;
     let side = cfg.model.resolution as u32;
     let q = &cfg.model.quantizer;
@@ -34,11 +34,12 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut records = Vec::new();
     let mut scores = Vec::new();
-    let bar = ProgressBar::new(paths.len() as u64);
-    for (chunk_paths, chunk_names) in paths.chunks(a.batch_size).zip(names.chunks(a.batch_size)) {
-        let originals = chunk_paths
+    let bar = ProgressBar::new(inputs.len() as u64);
+    let order: Vec<usize> = (0..inputs.len()).collect();
+    for chunk in order.chunks(a.batch_size) {
+        let originals = chunk
             .iter()
-            .map(|p| open_rgb(p).map(|img| eval_view(&img, side)))
+            .map(|&i| inputs.load(i, side))
             .collect::<Result<Vec<_>>>()?;
         let x = images_to_tensor(&originals, &device)?;
         let (xrec, qo) = model.forward(&x)?;
@@ -46,12 +47,12 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
         for ((orig, rec), (path, name)) in originals
             .iter()
             .zip(tensor_to_images(&xrec)?)
-            .zip(chunk_paths.iter().zip(chunk_names))
+            .zip(chunk.iter().map(|&i| (&sources[i], &names[i])))
         {
             save_png(&rec, &a.out.join(name))?;
             let s = pair_scores(orig, &rec);
             records.push(json!({
-                "input": path.display().to_string(),
+                "input": path,
                 "output": name,
                 "psnr": s.psnr,
                 "ssim": s.ssim,
@@ -59,7 +60,7 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
             scores.push(s);
             rows.push(vec![orig.clone(), rec]);
         }
-        bar.inc(chunk_paths.len() as u64);
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     save_png(&grid(&rows, 2), &a.out.join("grid.png"))?;

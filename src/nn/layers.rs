@@ -3,6 +3,34 @@
 use candle_core::Result;
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 
+/// PyTorch's default initialisation for a layer with `fan_in` inputs: uniform ±1/√fan_in.
+fn default_init(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// A `k×k` convolution, with or without bias.
+fn conv(
+    in_ch: usize,
+    out_ch: usize,
+    k: usize,
+    bias: bool,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let init = default_init(in_ch * k * k);
+    let w = vb.get_with_hints((out_ch, in_ch, k, k), "weight", init)?;
+    let b = if bias {
+        Some(vb.get_with_hints(out_ch, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Conv2d::new(w, b, cfg))
+}
+
 /// A `k×k` convolution with bias.
 pub fn conv2d(
     in_ch: usize,
@@ -11,14 +39,7 @@ pub fn conv2d(
     cfg: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let bound = 1.0 / ((in_ch * k * k) as f64).sqrt();
-    let init = Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
-    let w = vb.get_with_hints((out_ch, in_ch, k, k), "weight", init)?;
-    let b = vb.get_with_hints(out_ch, "bias", init)?;
-    Ok(Conv2d::new(w, Some(b), cfg))
+    conv(in_ch, out_ch, k, true, cfg, vb)
 }
 
 /// A `k×k` convolution without bias.
@@ -29,16 +50,7 @@ pub fn conv2d_no_bias(
     cfg: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let bound = 1.0 / ((in_ch * k * k) as f64).sqrt();
-    let w = vb.get_with_hints(
-        (out_ch, in_ch, k, k),
-        "weight",
-        Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-    )?;
-    Ok(Conv2d::new(w, None, cfg))
+    conv(in_ch, out_ch, k, false, cfg, vb)
 }
 
 /// 3×3 convolution, stride 1, padding 1.

@@ -41,7 +41,7 @@ pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, xh, xw) = x.dims4()?;
     if (xh, xw) == (h, w) {
         Ok(x.clone())
-    } else if h % xh == 0 && w % xw == 0 && h / xh == w / xw {
+    } else if h.is_multiple_of(xh) && w.is_multiple_of(xw) && h / xh == w / xw {
         upsample_nearest(x, h / xh)
     } else {
         x.upsample_nearest2d(h, w)

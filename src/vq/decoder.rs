@@ -4,18 +4,16 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use crate::config::VqConfig;
-use crate::nn::attention::AttnBlock;
 use crate::nn::layers::conv3x3;
 use crate::nn::resample::Upsample;
-use crate::nn::resnet::ResnetBlock;
 use crate::nn::spatial_norm::{Norm, NormKind};
 use crate::vq::encoder::MidBlock;
+use crate::vq::level::LevelBlocks;
 
-/// One resolution level: `num_res_blocks + 1` residual blocks, optional attention, upsample.
+/// One resolution level: `num_res_blocks + 1` residual blocks (optional attention), upsample.
 #[derive(Debug, Clone)]
 struct UpLevel {
-    block: Vec<ResnetBlock>,
-    attn: Vec<AttnBlock>,
+    blocks: LevelBlocks,
     upsample: Option<Upsample>,
 }
 
@@ -47,35 +45,23 @@ impl Decoder {
         for i in (0..levels).rev() {
             let vb_l = vb.pp(format!("up.{i}"));
             let block_out = cfg.ch * cfg.ch_mult[i];
-            let mut block = Vec::new();
-            let mut attn = Vec::new();
-            for j in 0..=cfg.num_res_blocks {
-                block.push(ResnetBlock::new(
-                    block_in,
-                    block_out,
-                    norm,
-                    vb_l.pp(format!("block.{j}")),
-                )?);
-                block_in = block_out;
-                if cfg.attn_resolutions.contains(&res) {
-                    attn.push(AttnBlock::new(
-                        block_in,
-                        norm,
-                        vb_l.pp(format!("attn.{j}")),
-                    )?);
-                }
-            }
+            let with_attn = cfg.attn_resolutions.contains(&res);
+            let blocks = LevelBlocks::new(
+                cfg.num_res_blocks + 1,
+                block_in,
+                block_out,
+                norm,
+                with_attn,
+                &vb_l,
+            )?;
+            block_in = block_out;
             let upsample = if i > 0 {
                 res *= 2;
                 Some(Upsample::new(block_in, vb_l.pp("upsample"))?)
             } else {
                 None
             };
-            up[i] = Some(UpLevel {
-                block,
-                attn,
-                upsample,
-            });
+            up[i] = Some(UpLevel { blocks, upsample });
         }
         Ok(Self {
             conv_in,
@@ -93,12 +79,7 @@ impl Decoder {
         let mut h = self.conv_in.forward(z)?;
         h = self.mid.forward(&h, zq)?;
         for level in self.up.iter().rev() {
-            for (j, block) in level.block.iter().enumerate() {
-                h = block.forward(&h, zq)?;
-                if let Some(attn) = level.attn.get(j) {
-                    h = attn.forward(&h, zq)?;
-                }
-            }
+            h = level.blocks.forward(&h, zq)?;
             if let Some(us) = &level.upsample {
                 h = us.forward(&h)?;
             }

@@ -9,12 +9,12 @@ use crate::nn::layers::conv3x3;
 use crate::nn::resample::Downsample;
 use crate::nn::resnet::ResnetBlock;
 use crate::nn::spatial_norm::{Norm, NormKind};
+use crate::vq::level::LevelBlocks;
 
-/// One resolution level: residual blocks, optional attention after each, optional downsample.
+/// One resolution level: residual blocks (optional attention after each), optional downsample.
 #[derive(Debug, Clone)]
 struct DownLevel {
-    block: Vec<ResnetBlock>,
-    attn: Vec<AttnBlock>,
+    blocks: LevelBlocks,
     downsample: Option<Downsample>,
 }
 
@@ -63,35 +63,23 @@ impl Encoder {
         for (i, mult) in cfg.ch_mult.iter().enumerate() {
             let vb_l = vb.pp(format!("down.{i}"));
             let block_out = cfg.ch * mult;
-            let mut block = Vec::new();
-            let mut attn = Vec::new();
-            for j in 0..cfg.num_res_blocks {
-                block.push(ResnetBlock::new(
-                    block_in,
-                    block_out,
-                    norm,
-                    vb_l.pp(format!("block.{j}")),
-                )?);
-                block_in = block_out;
-                if cfg.attn_resolutions.contains(&res) {
-                    attn.push(AttnBlock::new(
-                        block_in,
-                        norm,
-                        vb_l.pp(format!("attn.{j}")),
-                    )?);
-                }
-            }
+            let with_attn = cfg.attn_resolutions.contains(&res);
+            let blocks = LevelBlocks::new(
+                cfg.num_res_blocks,
+                block_in,
+                block_out,
+                norm,
+                with_attn,
+                &vb_l,
+            )?;
+            block_in = block_out;
             let downsample = if i + 1 < cfg.ch_mult.len() {
                 res /= 2;
                 Some(Downsample::new(block_in, vb_l.pp("downsample"))?)
             } else {
                 None
             };
-            down.push(DownLevel {
-                block,
-                attn,
-                downsample,
-            });
+            down.push(DownLevel { blocks, downsample });
         }
         Ok(Self {
             conv_in,
@@ -108,12 +96,7 @@ impl Module for Encoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
         for level in &self.down {
-            for (j, block) in level.block.iter().enumerate() {
-                h = block.forward(&h, None)?;
-                if let Some(attn) = level.attn.get(j) {
-                    h = attn.forward(&h, None)?;
-                }
-            }
+            h = level.blocks.forward(&h, None)?;
             if let Some(ds) = &level.downsample {
                 h = ds.forward(&h)?;
             }

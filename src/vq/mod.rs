@@ -3,6 +3,7 @@
 pub mod decoder;
 pub mod discriminator;
 pub mod encoder;
+pub mod level;
 pub mod losses;
 pub mod model;
 pub mod quantizer;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::harness::{data_dir, movq, quick_config, s, tiny_config, tmp};
+use crate::harness::{data_dir, movq, quick_config, s, tiny_config, tmp, train_vq};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -72,6 +72,22 @@ fn builtin_shapes_train_reconstruct_eval_compare() {
     let rec = image::open(out.join("camera.png")).unwrap();
     assert_eq!((rec.width(), rec.height()), (32, 32));
 
+    // built-in images as input
+    let out2 = dir.path().join("rec2");
+    movq(&[
+        "reconstruct",
+        "--model",
+        s(&run),
+        "--input",
+        "builtin:shapes:3",
+        "--out",
+        s(&out2),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    assert!(out2.join("000002.png").is_file());
+
     // eval over a folder, as JSON
     let r = movq(&[
         "eval",
@@ -128,17 +144,7 @@ fn real_photos_with_a_corrupt_file_train_with_a_warning() {
     photos_with_a_corrupt_file(&data);
     let cfg = quick_config(dir.path(), 4);
     let run = dir.path().join("run");
-    let r = movq(&[
-        "train-vq",
-        "--config",
-        s(&cfg),
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--device",
-        "cpu",
-    ]);
+    let r = train_vq(&cfg, s(&data), &run);
     r.ok();
     assert!(r.stderr.contains("broken.png"), "{}", r.stderr);
     assert!(

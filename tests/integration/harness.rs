@@ -96,3 +96,18 @@ pub fn quick_config(dir: &Path, steps: usize) -> PathBuf {
         v["loss"]["discriminator"]["start"] = 2.into();
     })
 }
+
+/// `movq train-vq --config CFG --data DATA --out OUT --device cpu`.
+pub fn train_vq(cfg: &Path, data: &str, out: &Path) -> Run {
+    movq(&[
+        "train-vq",
+        "--config",
+        s(cfg),
+        "--data",
+        data,
+        "--out",
+        s(out),
+        "--device",
+        "cpu",
+    ])
+}

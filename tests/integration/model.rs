@@ -23,6 +23,17 @@ fn qcfg(channels: usize, k: usize, d: usize) -> QuantizerConfig {
     }
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -51,14 +62,7 @@ fn tiny_shapes_through_every_stage() {
     assert_eq!(y.dims(), &[2, 3, 32, 32]);
     // decode(indices) == decode(quantized)
     let y2 = model.decode_indices(&q.indices).unwrap();
-    let diff = (y - y2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&y, &y2);
     assert!(diff < 1e-5, "{diff}");
     assert_eq!(m.tokens_per_image(), 16 * 16 * 2);
 }
@@ -212,14 +216,7 @@ fn straight_through_gradient_equals_upstream_gradient() {
     let l = (out.zq * &upstream).unwrap().sum_all().unwrap();
     let g = l.backward().unwrap();
     let gz = g.get(z.as_tensor()).unwrap();
-    let diff = (gz - &upstream)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(gz, &upstream);
     assert!(diff < 1e-6, "{diff}");
 }
 
@@ -349,14 +346,7 @@ fn spatial_norm_with_unit_scale_and_zero_shift_is_group_norm() {
     let got = sn.forward(&f, &zq).unwrap();
     let gn = candle_nn::GroupNorm::new(randn(&[8], 1), randn(&[8], 2), 8, 4, 1e-6).unwrap();
     let want = gn.forward(&f).unwrap();
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&got, &want);
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -414,14 +404,7 @@ fn checkpoint_round_trip_and_wrong_config() {
     let model2 = MoVq::new(&cfg.model, &store2).unwrap();
     store2.load_file(&path).unwrap();
     let (y2, _) = model2.forward(&x).unwrap();
-    let diff = (y - y2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&y, &y2);
     assert_eq!(diff, 0.0);
     // a different configuration refuses the file, naming a tensor
     let mut other = cfg.model.clone();

@@ -11,7 +11,7 @@ use movq::train::run_dir::Checkpoint;
 use movq::train::{self, LoopOptions, Metrics, Outcome, RunDir, Stage, StepContext};
 use movq::vq::stage::VqStage;
 
-use crate::harness::{movq, quick_config, s, tmp};
+use crate::harness::{movq, quick_config, s, tmp, train_vq};
 
 fn shapes_batch(n: usize, side: u32) -> (ImageBatch, Vec<image::RgbImage>) {
     let ds = Dataset::open("builtin:shapes:64", 0).unwrap();
@@ -155,14 +155,18 @@ fn an_interrupt_saves_a_checkpoint() {
     )
     .unwrap();
     assert_eq!(out, Outcome::Finished { step: 10 });
-    let log = std::fs::read_to_string(run.metrics_path()).unwrap();
-    let steps: Vec<u64> = log
+    assert_eq!(logged_train_steps(&run), (4..=10).collect::<Vec<_>>());
+}
+
+/// Steps of the training records in a run's `metrics.jsonl`.
+fn logged_train_steps(run: &RunDir) -> Vec<u64> {
+    std::fs::read_to_string(run.metrics_path())
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["split"] == "train")
         .map(|v| v["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(steps, (4..=10).collect::<Vec<_>>());
+        .collect()
 }
 
 fn read(p: &std::path::Path) -> Vec<u8> {
@@ -176,18 +180,7 @@ fn resume_continues_exactly() {
     let cfg = quick_config(dir.path(), 12);
     let a = dir.path().join("a");
     let b = dir.path().join("b");
-    movq(&[
-        "train-vq",
-        "--config",
-        s(&cfg),
-        "--data",
-        "builtin:shapes:64",
-        "--out",
-        s(&a),
-        "--device",
-        "cpu",
-    ])
-    .ok();
+    train_vq(&cfg, "builtin:shapes:64", &a).ok();
     // Run b is a copy of a's state after 6 steps: train 12 with checkpoints every 6, drop the last.
     let cfg6 = crate::harness::tiny_config(dir.path(), |v| {
         let q: serde_json::Value =
@@ -196,18 +189,7 @@ fn resume_continues_exactly() {
         v["train"]["checkpoint_every"] = 6.into();
         v["train"]["keep_checkpoints"] = 0.into();
     });
-    movq(&[
-        "train-vq",
-        "--config",
-        s(&cfg6),
-        "--data",
-        "builtin:shapes:64",
-        "--out",
-        s(&b),
-        "--device",
-        "cpu",
-    ])
-    .ok();
+    train_vq(&cfg6, "builtin:shapes:64", &b).ok();
     let run_b = RunDir::open(&b).unwrap();
     let last = run_b.checkpoint(12);
     std::fs::remove_file(&last.model).unwrap();
@@ -235,14 +217,7 @@ fn resume_continues_exactly() {
         "optimizer state differs after resume"
     );
     // the resumed log has no duplicate steps
-    let log = std::fs::read_to_string(run_b.metrics_path()).unwrap();
-    let train_steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["split"] == "train")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(train_steps, vec![2, 4, 6, 8, 10, 12]);
+    assert_eq!(logged_train_steps(&run_b), vec![2, 4, 6, 8, 10, 12]);
 }
 
 #[test]
@@ -251,18 +226,7 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
     let cfg = quick_config(dir.path(), 16);
     let a = dir.path().join("a");
     let b = dir.path().join("b");
-    movq(&[
-        "train-vq",
-        "--config",
-        s(&cfg),
-        "--data",
-        "builtin:shapes:64",
-        "--out",
-        s(&a),
-        "--device",
-        "cpu",
-    ])
-    .ok();
+    train_vq(&cfg, "builtin:shapes:64", &a).ok();
     let child = crate::harness::bin()
         .args([
             "train-vq",

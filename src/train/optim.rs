@@ -118,8 +118,9 @@ impl Adam {
             let denom = ((&v / bias2)?.sqrt()? + self.eps)?;
             let update = ((&m / bias1)? / denom)?;
             var.set(&(theta - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            // Detached: the moments must not keep this step's computation graph alive.
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(norm)
     }

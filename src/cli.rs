@@ -31,6 +31,10 @@ pub struct Common {
 pub enum Command {
     /// Train the stage-1 MoVQ autoencoder.
     TrainVq(TrainVqArgs),
+    /// Train the stage-2 masked transformer on a frozen stage-1 tokenizer.
+    TrainTransformer(TrainTransformerArgs),
+    /// Generate images with MaskGIT iterative decoding.
+    Sample(SampleArgs),
     /// Reconstruct images with a trained model (encode → quantize → decode).
     Reconstruct(ReconstructArgs),
     /// Reconstruction metrics over a folder: PSNR, SSIM, codebook usage and perplexity.
@@ -67,6 +71,82 @@ pub struct TrainVqArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TrainTransformerArgs {
+    /// Trained stage-1 run directory (read only).
+    #[arg(long)]
+    pub vq: PathBuf,
+    /// Image folder (class subfolders make the model class-conditional) or builtin:shapes[:N].
+    #[arg(long)]
+    pub data: String,
+    /// Stage-2 run directory to create (or to continue with --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Config file or preset whose `transformer` section to use (default: the stage-1 run's).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Continue the run in --out exactly where its latest checkpoint left off.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override transformer.train.steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override transformer.train.batch_size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override transformer.train.lr.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// MaskGIT decoding options shared by `sample` and masked `reconstruct`.
+#[derive(Debug, Clone, Args)]
+pub struct DecodeArgs {
+    /// Sampling temperature of the token distribution.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Scale of the Gumbel noise on the confidence, annealed linearly to 0 over the steps.
+    #[arg(long, default_value_t = 4.5)]
+    pub choice_temperature: f64,
+    /// Mask schedule γ.
+    #[arg(long, value_enum, default_value_t = crate::transformer::schedule::MaskSchedule::Cosine)]
+    pub schedule: crate::transformer::schedule::MaskSchedule,
+    /// Classifier-free guidance scale s: logits = (1+s)·cond − s·uncond.
+    #[arg(long, default_value_t = 0.0)]
+    pub cfg_scale: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// Trained stage-2 run directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output folder for the PNGs and grid.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Decoding steps T.
+    #[arg(long, default_value_t = 12)]
+    pub steps: usize,
+    /// Class index or name (default: unconditional, the "no class" token).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Images generated together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Take the most likely token instead of sampling (and no confidence noise): deterministic.
+    #[arg(long)]
+    pub top1: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
 pub struct ReconstructArgs {
     /// Trained run directory.
     #[arg(long)]
@@ -77,9 +157,21 @@ pub struct ReconstructArgs {
     /// Output folder for reconstructions, grid.png and metrics.json.
     #[arg(long)]
     pub out: PathBuf,
-    /// Masked-token reconstruction by a stage-2 model (needs a transformer run).
+    /// Masked-token reconstruction by the stage-2 model: the fraction of tokens hidden per
+    /// channel (0..1), or a comma-separated list for the paper's figure A.1.
     #[arg(long)]
     pub mask_ratio: Option<String>,
+    /// Decoding steps of the random completions (masked reconstruction).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Random completions per image (masked reconstruction).
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+    /// Class index or name used as conditioning (masked reconstruction; default: none).
+    #[arg(long)]
+    pub class: Option<String>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,

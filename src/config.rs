@@ -33,6 +33,93 @@ pub struct RunConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub data: DataConfig,
+    /// Stage 2: the masked transformer trained on this tokenizer's codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerSection>,
+}
+
+/// Stage 2: the bidirectional transformer and how it trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerSection {
+    pub model: TransformerConfig,
+    pub train: TrainConfig,
+    /// Label smoothing of the masked-token cross-entropy.
+    #[serde(default = "default_label_smoothing")]
+    pub label_smoothing: f64,
+    /// Probability of replacing the class by "no class" (for classifier-free guidance).
+    #[serde(default = "default_class_dropout")]
+    pub class_dropout: f64,
+    /// Mask ratios at which validation reports masked-token loss and accuracy.
+    #[serde(default = "default_val_mask_ratios")]
+    pub val_mask_ratios: Vec<f64>,
+}
+
+fn default_label_smoothing() -> f64 {
+    0.1
+}
+fn default_class_dropout() -> f64 {
+    0.1
+}
+fn default_val_mask_ratios() -> Vec<f64> {
+    vec![0.5, 0.95]
+}
+
+/// Size of the transformer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    pub layers: usize,
+    pub width: usize,
+    pub heads: usize,
+    /// Hidden width of each block's MLP.
+    pub mlp: usize,
+}
+
+impl TransformerSection {
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        for (name, v) in [
+            ("transformer.model.layers", m.layers),
+            ("transformer.model.width", m.width),
+            ("transformer.model.heads", m.heads),
+            ("transformer.model.mlp", m.mlp),
+        ] {
+            if v == 0 {
+                bail!("{name} must be positive, got 0");
+            }
+        }
+        if !m.width.is_multiple_of(m.heads) {
+            bail!(
+                "transformer.model.heads ({}) must divide transformer.model.width ({})",
+                m.heads,
+                m.width
+            );
+        }
+        self.train
+            .validate()
+            .context("in the transformer section")?;
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "transformer.label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            );
+        }
+        if !(0.0..=1.0).contains(&self.class_dropout) {
+            bail!(
+                "transformer.class_dropout must be in [0, 1], got {}",
+                self.class_dropout
+            );
+        }
+        if let Some(r) = self
+            .val_mask_ratios
+            .iter()
+            .find(|r| !(0.0..=1.0).contains(*r) || **r == 0.0)
+        {
+            bail!("transformer.val_mask_ratios must lie in (0, 1], got {r}");
+        }
+        Ok(())
+    }
 }
 
 /// Shape of the MoVQ autoencoder.
@@ -451,6 +538,9 @@ impl RunConfig {
         self.model.validate()?;
         self.train.validate()?;
         self.data.validate()?;
+        if let Some(t) = &self.transformer {
+            t.validate()?;
+        }
         if let Some(d) = &self.loss.discriminator {
             if d.layers == 0 || d.ch == 0 {
                 bail!("loss.discriminator.layers and .ch must be positive");
@@ -521,4 +611,33 @@ fn non_negative(x: f64) -> bool {
 /// `x > 0` and not NaN.
 fn positive(x: f64) -> bool {
     x > 0.0
+}
+
+/// The configuration of a stage-2 run, written as its `config.json`. The frozen stage-1 model
+/// is copied into the run's `vq/` folder, so the run directory alone is enough to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerRunConfig {
+    pub seed: u64,
+    /// The stage-1 run the tokenizer was taken from (for the record).
+    pub vq_run: String,
+    /// Class names (empty = unconditional); `--class` accepts a name or an index.
+    pub classes: Vec<String>,
+    pub data: DataConfig,
+    pub transformer: TransformerSection,
+}
+
+impl TransformerRunConfig {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Self =
+            serde_json::from_str(text).with_context(|| format!("invalid config {origin}"))?;
+        cfg.transformer
+            .validate()
+            .with_context(|| format!("invalid config {origin}"))?;
+        Ok(cfg)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
 }

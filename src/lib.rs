@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod nn;
 pub mod rng;
 pub mod train;
+pub mod transformer;
 pub mod vq;

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::config::RunConfig;
+use std::process::ExitCode;
+
+use crate::config::{RunConfig, TrainConfig, TransformerRunConfig};
 use crate::data::image::open_rgb;
 use crate::data::transform::eval_view;
 use crate::data::Dataset;
 use crate::nn::params::ParamStore;
 use crate::train::run_dir::Checkpoint;
+use crate::train::Outcome;
 use crate::train::RunDir;
+use crate::transformer::{MaskTransformer, TokenLayout};
 use crate::vq::MoVq;
 use image::RgbImage;
 
@@ -110,4 +114,139 @@ pub fn output_names(names: &[String]) -> Vec<String> {
             name
         })
         .collect()
+}
+
+/// Reports how a training run ended: the JSON summary on stdout and the exit code.
+pub fn report_outcome(outcome: Outcome, run: &RunDir, resume_hint: &str) -> ExitCode {
+    let (step, status) = match outcome {
+        Outcome::Finished { step } => (step, "finished"),
+        Outcome::Interrupted { step } => {
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved; continue with `{resume_hint}`"
+            );
+            (step, "interrupted")
+        }
+    };
+    println!(
+        "{}",
+        serde_json::json!({ "run": run.root().display().to_string(), "step": step, "status": status })
+    );
+    match outcome {
+        Outcome::Finished { .. } => ExitCode::SUCCESS,
+        Outcome::Interrupted { .. } => ExitCode::from(super::EXIT_INTERRUPTED),
+    }
+}
+
+/// A trained stage-2 run: its config, the transformer, and the stage-1 model it decodes with.
+pub struct TransformerRun {
+    pub cfg: TransformerRunConfig,
+    pub vq_cfg: RunConfig,
+    pub vq: MoVq,
+    pub model: MaskTransformer,
+    pub checkpoint: Checkpoint,
+}
+
+impl TransformerRun {
+    /// The device the models live on.
+    pub fn vq_device(&self) -> Device {
+        self.model.device().clone()
+    }
+}
+
+/// True when `path` is a stage-2 run (it holds the stage-1 model in `vq/`).
+pub fn is_transformer_run(path: &Path) -> bool {
+    path.join("vq").join("config.json").is_file()
+}
+
+/// The token layout of a stage-1 model with `n_classes` classes.
+pub fn layout_for(vq: &RunConfig, n_classes: usize) -> TokenLayout {
+    let m = &vq.model;
+    TokenLayout {
+        h: m.latent_size(),
+        w: m.latent_size(),
+        channels: m.quantizer.channels,
+        codebook_size: m.quantizer.codebook_size,
+        n_classes,
+    }
+}
+
+/// Loads a stage-2 run at its latest checkpoint.
+pub fn load_transformer(run_path: &Path, device: &Device) -> Result<TransformerRun> {
+    let run = RunDir::open(run_path)?;
+    if !is_transformer_run(run_path) {
+        anyhow::bail!(
+            "{} is not a stage-2 run (no vq/ folder); train one with `movq train-transformer`",
+            run_path.display()
+        );
+    }
+    let cfg = TransformerRunConfig::parse(
+        &run.read_config()?,
+        &run.config_path().display().to_string(),
+    )?;
+    let (vq_cfg, vq, _) = load_vq(&run_path.join("vq"), device)?;
+    let checkpoint = run.require_latest()?;
+    let store = ParamStore::new(0, device);
+    let layout = layout_for(&vq_cfg, cfg.classes.len());
+    let model = MaskTransformer::new(&cfg.transformer.model, layout, store.var_builder())?;
+    store
+        .load_file(&checkpoint.model)
+        .with_context(|| format!("cannot load the transformer of run {}", run_path.display()))?;
+    Ok(TransformerRun {
+        cfg,
+        vq_cfg,
+        vq,
+        model,
+        checkpoint,
+    })
+}
+
+/// `--class` as a conditioning id: an index or a name of the run's classes; none = "no class".
+pub fn resolve_class(spec: Option<&str>, classes: &[String]) -> Result<u32> {
+    let Some(spec) = spec else {
+        return Ok(classes.len() as u32);
+    };
+    if classes.is_empty() {
+        anyhow::bail!(
+            "--class {spec}: this model is unconditional (it was trained without classes)"
+        );
+    }
+    if let Some(i) = classes.iter().position(|c| c == spec) {
+        return Ok(i as u32);
+    }
+    match spec.parse::<usize>() {
+        Ok(i) if i < classes.len() => Ok(i as u32),
+        Ok(i) => anyhow::bail!(
+            "--class {i}: out of range; the model has {} classes (0..{})",
+            classes.len(),
+            classes.len() - 1
+        ),
+        Err(_) => {
+            let shown: Vec<&str> = classes.iter().take(20).map(String::as_str).collect();
+            anyhow::bail!(
+                "--class {spec}: unknown class name (classes: {}{})",
+                shown.join(", "),
+                if classes.len() > 20 { ", ..." } else { "" }
+            )
+        }
+    }
+}
+
+/// Applies `--steps`, `--batch-size` and `--lr` to a training section; true if anything changed.
+pub fn override_train(
+    train: &mut TrainConfig,
+    steps: Option<usize>,
+    batch_size: Option<usize>,
+    lr: Option<f64>,
+) -> bool {
+    let before = train.clone();
+    if let Some(s) = steps {
+        train.steps = s;
+    }
+    if let Some(b) = batch_size {
+        train.batch_size = b;
+    }
+    if let Some(lr) = lr {
+        train.lr = lr;
+    }
+    *train != before
 }

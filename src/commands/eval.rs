@@ -32,7 +32,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     for chunk in items.chunks(a.batch_size) {
         let (_, images) = load_eval(&ds, chunk, side, workers)?;
         if !images.is_empty() {
-            let (xrec, qo) = model.forward(&images_to_tensor(&images, &device)?)?;
+            let (xrec, qo) = model.reconstruct(&images_to_tensor(&images, &device)?)?;
             stats.add(&qo.indices)?;
             for (orig, rec) in images.iter().zip(tensor_to_images(&xrec)?) {
                 scores.push(pair_scores(orig, &rec));

@@ -3,7 +3,10 @@
 mod common;
 mod compare;
 mod eval;
+mod masked;
 mod reconstruct;
+mod sample;
+mod train_transformer;
 mod train_vq;
 
 use std::process::ExitCode;
@@ -21,6 +24,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::TrainVq(a) => train_vq::run(a),
+        Command::TrainTransformer(a) => train_transformer::run(a),
+        Command::Sample(a) => sample::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),

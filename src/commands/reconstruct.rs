@@ -7,23 +7,35 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{load_vq, output_names, Inputs};
+use crate::commands::common::{is_transformer_run, load_vq, output_names, Inputs};
+use crate::commands::masked;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};
 
 pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
-    if let Some(r) = &a.mask_ratio {
-        bail!(
-            "--mask-ratio {r}: masked-token reconstruction needs a stage-2 (transformer) run, and this version of movq trains stage 1 only; drop --mask-ratio for a stage-1 reconstruction"
-        );
+    if let Some(spec) = &a.mask_ratio {
+        let ratios = masked::parse_ratios(spec)?;
+        if !is_transformer_run(&a.model) {
+            bail!(
+                "--mask-ratio {spec}: masked-token reconstruction needs a stage-2 run (from `movq train-transformer`), and {} is a stage-1 run",
+                a.model.display()
+            );
+        }
+        return masked::run(&a, &ratios);
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
     let device = device::select(&a.common.device)?;
-    let (cfg, model, ckpt) = load_vq(&a.model, &device)?;
+    // A stage-2 run reconstructs with the stage-1 model it holds.
+    let vq_path = if is_transformer_run(&a.model) {
+        a.model.join("vq")
+    } else {
+        a.model.clone()
+    };
+    let (cfg, model, ckpt) = load_vq(&vq_path, &device)?;
     let inputs = Inputs::open(&a.input)?;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
     let names = output_names(&sources);
@@ -42,7 +54,7 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
             .map(|&i| inputs.load(i, side))
             .collect::<Result<Vec<_>>>()?;
         let x = images_to_tensor(&originals, &device)?;
-        let (xrec, qo) = model.forward(&x)?;
+        let (xrec, qo) = model.reconstruct(&x)?;
         stats.add(&qo.indices)?;
         for ((orig, rec), (path, name)) in originals
             .iter()

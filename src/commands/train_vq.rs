@@ -4,33 +4,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use crate::cli::TrainVqArgs;
-use crate::commands::common::interrupt_flag;
-use crate::commands::EXIT_INTERRUPTED;
+use crate::commands::common::{interrupt_flag, override_train, report_outcome};
 use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::device;
 use crate::fsutil;
-use crate::train::{self, LoopOptions, Outcome, RunDir, Stage};
+use crate::train::{self, LoopOptions, RunDir, Stage};
 use crate::vq::stage::VqStage;
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
 fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
-    let before = cfg.clone();
-    if let Some(s) = a.steps {
-        cfg.train.steps = s;
-    }
-    if let Some(b) = a.batch_size {
-        cfg.train.batch_size = b;
-    }
-    if let Some(lr) = a.lr {
-        cfg.train.lr = lr;
-    }
+    let changed = override_train(&mut cfg.train, a.steps, a.batch_size, a.lr);
     cfg.validate().context("invalid command-line override")?;
-    Ok(*cfg != before)
+    Ok(changed)
 }
 
 pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
@@ -144,17 +133,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     };
     let mut loader = spawn_train_loader(ds.clone(), train_items, opts, start)?;
     let interrupt = interrupt_flag()?;
-    let loop_opts = LoopOptions {
-        steps: cfg.train.steps,
-        peak_lr: cfg.train.peak_lr(),
-        warmup_steps: cfg.train.warmup_steps,
-        min_lr_ratio: cfg.train.min_lr_ratio,
-        log_every: cfg.train.log_every,
-        val_every: cfg.train.val_every,
-        checkpoint_every: cfg.train.checkpoint_every,
-        keep_checkpoints: cfg.train.keep_checkpoints,
-        seed: cfg.seed,
-    };
+    let loop_opts = LoopOptions::new(&cfg.train, cfg.seed);
     let outcome = train::run(&mut stage, &mut loader, &run, &loop_opts, start, &interrupt)?;
     if ds.failures() > 0 {
         eprintln!(
@@ -162,25 +141,10 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             ds.failures()
         );
     }
-    match outcome {
-        Outcome::Finished { step } => {
-            println!(
-                "{}",
-                json!({ "run": run.root().display().to_string(), "step": step, "status": "finished" })
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Outcome::Interrupted { step } => {
-            eprintln!(
-                "interrupted at step {step}: checkpoint saved; continue with `movq train-vq --data {} --out {} --resume`",
-                a.data,
-                run.root().display()
-            );
-            println!(
-                "{}",
-                json!({ "run": run.root().display().to_string(), "step": step, "status": "interrupted" })
-            );
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
-        }
-    }
+    let hint = format!(
+        "movq train-vq --data {} --out {} --resume",
+        a.data,
+        run.root().display()
+    );
+    Ok(report_outcome(outcome, &run, &hint))
 }

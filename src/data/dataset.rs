@@ -96,6 +96,33 @@ impl Dataset {
         }
     }
 
+    /// A hash of what the dataset holds: names, and for folders each file's size and
+    /// modification time, so that a changed image changes the fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        let mut words: Vec<u64> = Vec::with_capacity(3 * self.len() + 2);
+        match &self.source {
+            Source::Folder(f) => {
+                for item in &f.items {
+                    words.push(mix(&item
+                        .path
+                        .to_string_lossy()
+                        .bytes()
+                        .map(u64::from)
+                        .collect::<Vec<_>>()));
+                    let meta = std::fs::metadata(&item.path).ok();
+                    words.push(meta.as_ref().map_or(0, |m| m.len()));
+                    let mtime = meta
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    words.push(mtime);
+                }
+            }
+            Source::Shapes(s) => words.extend([s.count as u64, s.seed]),
+        }
+        mix(&words)
+    }
+
     /// Files skipped at scan time.
     pub fn skipped(&self) -> usize {
         match &self.source {

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use rand::seq::SliceRandom;
 
 use crate::data::dataset::Dataset;
 use crate::data::image::push_chw;
+use crate::data::order::{SampleOrder, Visit};
 use crate::data::transform::Crop;
 use crate::rng::{rng_for, Stream};
 
@@ -68,47 +68,20 @@ impl Iterator for TrainLoader {
     }
 }
 
-/// Item index and crop source of stream position `p` (see the module docs).
-struct Schedule {
-    items: Vec<usize>,
-    seed: u64,
-    epoch: Option<(u64, Vec<usize>)>,
-}
-
-impl Schedule {
-    fn at(&mut self, p: u64) -> (usize, u64, u64) {
-        let n = self.items.len() as u64;
-        let (e, slot) = (p / n, p % n);
-        if self.epoch.as_ref().is_none_or(|(ce, _)| *ce != e) {
-            let mut perm = self.items.clone();
-            perm.shuffle(&mut rng_for(self.seed, Stream::Shuffle, &[e]));
-            self.epoch = Some((e, perm));
-        }
-        let perm = &self
-            .epoch
-            .as_ref()
-            .map(|(_, p)| p)
-            .expect("epoch set above");
-        (perm[slot as usize], e, slot)
-    }
-}
-
 /// Loads one training sample, falling back to the next items of the epoch when an image fails
 /// to decode (reported once per file).
 fn train_sample(
     ds: &Dataset,
     sched_items: &[usize],
-    item: usize,
-    e: u64,
-    slot: u64,
+    visit: Visit,
     o: &LoaderOptions,
 ) -> Result<(RgbImage, Option<u32>)> {
-    let mut idx = item;
+    let mut idx = visit.item;
     for attempt in 0..ds.len() {
         match ds.load_resized(idx, o.side) {
             Ok(img) => {
                 let (w, h) = img.dimensions();
-                let mut rng = rng_for(o.seed, Stream::Augment, &[e, slot]);
+                let mut rng = rng_for(o.seed, Stream::Augment, &[visit.epoch, visit.slot]);
                 let crop = Crop::random(w, h, o.side, o.flip, &mut rng);
                 return Ok((crop.apply(&img, o.side), ds.label(idx)));
             }
@@ -166,18 +139,11 @@ pub fn spawn_train_loader(
     std::thread::Builder::new()
         .name("movq-loader".into())
         .spawn(move || {
-            let mut sched = Schedule {
-                items: items.clone(),
-                seed: o.seed,
-                epoch: None,
-            };
-            for step in start_step as u64.. {
-                let plan: Vec<(usize, u64, u64)> = (0..o.batch_size as u64)
-                    .map(|k| sched.at(step * o.batch_size as u64 + k))
-                    .collect();
+            let mut order = SampleOrder::new(items.clone(), o.seed);
+            for step in start_step.. {
+                let plan = order.batch(step, o.batch_size);
                 let samples = parallel_map(plan.len(), o.workers, |k| {
-                    let (item, e, slot) = plan[k];
-                    train_sample(&ds, &items, item, e, slot, &o)
+                    train_sample(&ds, &items, plan[k], &o)
                 });
                 let batch = samples.into_iter().collect::<Result<Vec<_>>>().map(|s| {
                     let mut pixels = Vec::with_capacity(s.len() * 3 * (o.side * o.side) as usize);

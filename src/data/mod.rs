@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod folder;
 pub mod image;
 pub mod loader;
+pub mod order;
 pub mod shapes;
 pub mod transform;
 

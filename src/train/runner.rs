@@ -65,6 +65,22 @@ pub struct LoopOptions {
     pub seed: u64,
 }
 
+impl LoopOptions {
+    pub fn new(cfg: &crate::config::TrainConfig, seed: u64) -> Self {
+        Self {
+            steps: cfg.steps,
+            peak_lr: cfg.peak_lr(),
+            warmup_steps: cfg.warmup_steps,
+            min_lr_ratio: cfg.min_lr_ratio,
+            log_every: cfg.log_every,
+            val_every: cfg.val_every,
+            checkpoint_every: cfg.checkpoint_every,
+            keep_checkpoints: cfg.keep_checkpoints,
+            seed,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

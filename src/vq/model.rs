@@ -64,7 +64,15 @@ impl MoVq {
         self.decode(&self.quantize.lookup(indices)?)
     }
 
-    /// encode → quantize → decode; returns the reconstruction and the quantizer's output.
+    /// Inference reconstruction: encode → quantize → decode the codes themselves (no
+    /// straight-through arithmetic, so it equals `decode_indices` of the same indices).
+    pub fn reconstruct(&self, x: &Tensor) -> Result<(Tensor, QuantOutput)> {
+        let q = self.quantize.forward(&self.encode(x)?)?;
+        Ok((self.decode_indices(&q.indices)?, q))
+    }
+
+    /// encode → quantize → decode (training: the decoder sees the straight-through latent);
+    /// returns the reconstruction and the quantizer's output.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, QuantOutput)> {
         let q = self.quantize.forward(&self.encode(x)?)?;
         Ok((self.decode(&q.zq)?, q))

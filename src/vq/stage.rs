@@ -179,7 +179,7 @@ impl Stage for VqStage {
         let mut scores = Vec::with_capacity(self.val_images.len());
         for chunk in self.val_images.chunks(self.cfg.train.batch_size.max(1)) {
             let x = images_to_tensor(chunk, &self.device)?;
-            let (xrec, qo) = self.model.forward(&x)?;
+            let (xrec, qo) = self.model.reconstruct(&x)?;
             stats.add(&qo.indices)?;
             for (a, b) in chunk.iter().zip(tensor_to_images(&xrec)?) {
                 scores.push(pair_scores(a, &b));

@@ -264,3 +264,280 @@ fn bad_input_gives_clear_errors() {
     ]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 }
+
+/// A stage-1 run and a stage-2 run on top of it, trained for a few steps on builtin:shapes.
+fn pipeline(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cfg = tiny_config(dir, |v| {
+        v["train"]["steps"] = 4.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["transformer"]["train"]["steps"] = 6.into();
+        v["transformer"]["train"]["batch_size"] = 4.into();
+        v["transformer"]["train"]["val_images"] = 8.into();
+        v["transformer"]["train"]["log_every"] = 2.into();
+    });
+    let vq = dir.join("vq");
+    let tr = dir.join("tr");
+    train_vq(&cfg, "builtin:shapes:48", &vq).ok();
+    let r = movq(&[
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        "builtin:shapes:48",
+        "--out",
+        s(&tr),
+        "--device",
+        "cpu",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("16 classes"), "{}", r.stderr);
+    (vq, tr)
+}
+
+fn png_bytes(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn stage2_pipeline_sample_and_masked_reconstruction() {
+    let dir = tmp();
+    let (vq, tr) = pipeline(dir.path());
+    for f in [
+        "config.json",
+        "tokens.safetensors",
+        "vq/config.json",
+        "vq/latest",
+        "checkpoints/step-0000006.safetensors",
+    ] {
+        assert!(tr.join(f).is_file(), "missing {f}");
+    }
+    let log = std::fs::read_to_string(tr.join("metrics.jsonl")).unwrap();
+    let val = log
+        .lines()
+        .map(json)
+        .find(|v| v["split"] == "val")
+        .expect("validation record");
+    assert!(
+        val["acc@0.5"].is_number() && val["loss@0.95"].is_number(),
+        "{val}"
+    );
+
+    // conditional (by name and by index) and unconditional sampling; seeded
+    let sample = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--model",
+            s(&tr),
+            "--steps",
+            "4",
+            "--num",
+            "3",
+            "--batch-size",
+            "2",
+            "--out",
+            s(out),
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        movq(&args)
+    };
+    let (a, b, c, d) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+        dir.path().join("d"),
+    );
+    let r = sample(&a, &["--class", "circle-red", "--seed", "1"]);
+    r.ok();
+    assert_eq!(json(&r.stdout)["class"], "circle-red");
+    sample(&b, &["--class", "0", "--seed", "1"]).ok();
+    sample(&c, &["--class", "0", "--seed", "2"]).ok();
+    sample(&d, &["--seed", "1", "--cfg-scale", "0"]).ok();
+    assert!(a.join("sample-0002.png").is_file() && a.join("grid.png").is_file());
+    assert_eq!(
+        png_bytes(&a),
+        png_bytes(&b),
+        "same seed and class must give identical PNGs"
+    );
+    assert_ne!(
+        png_bytes(&b),
+        png_bytes(&c),
+        "different seeds should differ"
+    );
+
+    // bad classes
+    sample(&a, &["--class", "16"]).fails_with(&["--class 16", "out of range", "16 classes"]);
+    sample(&a, &["--class", "hexagon"]).fails_with(&[
+        "--class hexagon",
+        "unknown class name",
+        "circle-red",
+    ]);
+
+    // masked reconstruction at several ratios (figure A.1 layout) and at R = 0
+    let m = dir.path().join("m");
+    let r = movq(&[
+        "reconstruct",
+        "--model",
+        s(&tr),
+        "--input",
+        "builtin:shapes:2",
+        "--mask-ratio",
+        "1,0.95,0.5",
+        "--steps",
+        "3",
+        "--samples",
+        "2",
+        "--out",
+        s(&m),
+        "--device",
+        "cpu",
+    ]);
+    r.ok();
+    assert!(r.stdout.contains("0.950"), "{}", r.stdout);
+    let report = json(&std::fs::read_to_string(m.join("metrics.json")).unwrap());
+    let t = report["table"].as_array().unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[1]["masked_per_channel"], 244);
+    assert_eq!(t[1]["visible_per_channel"], 12);
+    assert_eq!(t[0]["visible_per_channel"], 0);
+    let fig = image::open(m.join("grid.png")).unwrap();
+    assert_eq!(
+        (fig.width(), fig.height()),
+        (2 + 4 * 34, 2 + 6 * 34),
+        "2 images × 3 rows, 1 + 3 columns"
+    );
+
+    let z = dir.path().join("z");
+    movq(&[
+        "reconstruct",
+        "--model",
+        s(&tr),
+        "--input",
+        "builtin:shapes:2",
+        "--mask-ratio",
+        "0",
+        "--samples",
+        "1",
+        "--out",
+        s(&z),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    let report = json(&std::fs::read_to_string(z.join("metrics.json")).unwrap());
+    assert_eq!(report["masked_per_channel"], 0);
+    assert_eq!(report["visible_per_channel"], 256);
+    // row: original | stage-1 | masked | top-1 | random: at R = 0 top-1 and random equal stage 1, pixel for pixel
+    let row = image::open(z.join("000000.png")).unwrap().to_rgb8();
+    let tile = |k: u32| image::imageops::crop_imm(&row, 2 + k * 34, 2, 32, 32).to_image();
+    assert!(
+        tile(1) == tile(3) && tile(1) == tile(4),
+        "R = 0 must reproduce the stage-1 reconstruction"
+    );
+    assert!(tile(1) != tile(0));
+
+    // a stage-1 run cannot do masked reconstruction; the error says why
+    movq(&[
+        "reconstruct",
+        "--model",
+        s(&vq),
+        "--input",
+        "builtin:shapes:1",
+        "--mask-ratio",
+        "0.5",
+        "--out",
+        s(&z),
+    ])
+    .fails_with(&["--mask-ratio", "stage-2"]);
+    movq(&[
+        "reconstruct",
+        "--model",
+        s(&tr),
+        "--input",
+        "builtin:shapes:1",
+        "--mask-ratio",
+        "1.5",
+        "--out",
+        s(&z),
+    ])
+    .fails_with(&["--mask-ratio 1.5", "from 0 to 1"]);
+
+    // resume reuses the token cache
+    let r = movq(&[
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        "builtin:shapes:48",
+        "--out",
+        s(&tr),
+        "--resume",
+        "--steps",
+        "8",
+        "--device",
+        "cpu",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("token cache: reusing"), "{}", r.stderr);
+}
+
+#[test]
+fn stage2_bad_input() {
+    let dir = tmp();
+    let cfg = quick_config(dir.path(), 2);
+    let vq = dir.path().join("vq");
+    train_vq(&cfg, "builtin:shapes:16", &vq).ok();
+    // a transformer config whose tokenizer disagrees with the stage-1 run
+    let other = tiny_config(dir.path(), |v| {
+        v["model"]["quantizer"]["codebook_size"] = 64.into()
+    });
+    movq(&[
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&dir.path().join("t")),
+        "--config",
+        s(&other),
+    ])
+    .fails_with(&["codebook_size (64)", "stage-1 run's (32)"]);
+    assert!(!dir.path().join("t").exists());
+    // missing run directories
+    movq(&[
+        "train-transformer",
+        "--vq",
+        "/nonexistent/vq",
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&dir.path().join("t")),
+    ])
+    .fails_with(&["/nonexistent/vq", "does not exist"]);
+    movq(&[
+        "sample",
+        "--model",
+        "/nonexistent/tr",
+        "--out",
+        s(&dir.path().join("o")),
+    ])
+    .fails_with(&["/nonexistent/tr", "does not exist"]);
+    // sampling from a stage-1 run
+    movq(&[
+        "sample",
+        "--model",
+        s(&vq),
+        "--out",
+        s(&dir.path().join("o")),
+    ])
+    .fails_with(&["not a stage-2 run"]);
+}

@@ -5,4 +5,5 @@ mod harness;
 mod cli;
 mod metrics;
 mod model;
+mod stage2;
 mod training;

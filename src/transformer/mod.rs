@@ -1,0 +1,13 @@
+//! Stage 2: the bidirectional masked transformer over MoVQ tokens, MaskGIT sampling and masked
+//! reconstruction.
+
+pub mod cache;
+pub mod maskgit;
+pub mod masking;
+pub mod model;
+pub mod schedule;
+pub mod stage;
+pub mod tokens;
+
+pub use model::MaskTransformer;
+pub use tokens::TokenLayout;

@@ -1,0 +1,233 @@
+//! The bidirectional (non-causal) masked transformer over multichannel tokens.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Init, LayerNorm, Linear, VarBuilder};
+
+use crate::config::TransformerConfig;
+use crate::transformer::tokens::TokenLayout;
+
+const INIT_STD: f64 = 0.02;
+
+fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
+    )?;
+    let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
+    let w = vb.get_with_hints(
+        (n, dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
+    )?;
+    Ok(Embedding::new(w, dim))
+}
+
+fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    let w = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+    let b = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+    Ok(LayerNorm::new(w, b, 1e-5))
+}
+
+/// Multi-head self-attention without a causal mask.
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+impl SelfAttention {
+    fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            qkv: linear(width, 3 * width, vb.pp("qkv"))?,
+            proj: linear(width, width, vb.pp("proj"))?,
+            heads,
+        })
+    }
+
+    /// `[B, T, D]` → `[B, T, D]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let dh = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.heads, dh))?
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, T, Dh]
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [B, H, T, T]
+        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.proj.forward(&out)
+    }
+}
+
+/// Pre-LayerNorm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug, Clone)]
+struct Block {
+    ln1: LayerNorm,
+    attn: SelfAttention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Block {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            ln1: layer_norm(cfg.width, vb.pp("ln1"))?,
+            attn: SelfAttention::new(cfg.width, cfg.heads, vb.pp("attn"))?,
+            ln2: layer_norm(cfg.width, vb.pp("ln2"))?,
+            fc1: linear(cfg.width, cfg.mlp, vb.pp("mlp.fc1"))?,
+            fc2: linear(cfg.mlp, cfg.width, vb.pp("mlp.fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let h = self.fc1.forward(&self.ln2.forward(&x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskTransformer {
+    tok_emb: Embedding,
+    cond_emb: Embedding,
+    /// Learned embedding per spatial position `[h·w, D]`, per channel `[c, D]`, and for the
+    /// conditioning slot `[1, D]`.
+    pos_emb: Tensor,
+    chan_emb: Tensor,
+    cond_pos: Tensor,
+    /// Sequence index → spatial position and channel, `[L]` u32 each.
+    seq_pos: Tensor,
+    seq_chan: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Linear,
+    layout: TokenLayout,
+}
+
+impl MaskTransformer {
+    pub fn new(cfg: &TransformerConfig, layout: TokenLayout, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.width;
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let dev = vb.device().clone();
+        let l = layout.seq_len();
+        let seq_pos: Vec<u32> = (0..l).map(|i| (i / layout.channels) as u32).collect();
+        let seq_chan: Vec<u32> = (0..l).map(|i| (i % layout.channels) as u32).collect();
+        Ok(Self {
+            tok_emb: embedding(layout.vocab_size(), d, vb.pp("tok_emb"))?,
+            cond_emb: embedding(layout.n_classes + 1, d, vb.pp("cond_emb"))?,
+            pos_emb: vb.get_with_hints((layout.positions(), d), "pos_emb", randn)?,
+            chan_emb: vb.get_with_hints((layout.channels, d), "chan_emb", randn)?,
+            cond_pos: vb.get_with_hints((1, d), "cond_pos", randn)?,
+            seq_pos: Tensor::new(seq_pos.as_slice(), &dev)?,
+            seq_chan: Tensor::new(seq_chan.as_slice(), &dev)?,
+            blocks: (0..cfg.layers)
+                .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
+                .collect::<Result<_>>()?,
+            ln_f: layer_norm(d, vb.pp("ln_f"))?,
+            head: linear(d, layout.codebook_size, vb.pp("head"))?,
+            layout,
+        })
+    }
+
+    pub fn layout(&self) -> &TokenLayout {
+        &self.layout
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.pos_emb.device()
+    }
+
+    /// `tokens`: `[B, L]` u32 (codes or `[MASK]`), `cond`: `[B]` u32 → logits `[B, L, K]`.
+    pub fn forward(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let (_, l) = tokens.dims2()?;
+        if l != self.layout.seq_len() {
+            candle_core::bail!(
+                "expected sequences of {} tokens, got {l}",
+                self.layout.seq_len()
+            );
+        }
+        let pos = (self.pos_emb.index_select(&self.seq_pos, 0)?
+            + self.chan_emb.index_select(&self.seq_chan, 0)?)?; // [L, D]
+        let x = self.tok_emb.forward(tokens)?.broadcast_add(&pos)?; // [B, L, D]
+        let c = self
+            .cond_emb
+            .forward(cond)?
+            .broadcast_add(&self.cond_pos)?
+            .unsqueeze(1)?; // [B, 1, D]
+        let mut h = Tensor::cat(&[&c, &x], 1)?; // [B, L+1, D]
+        for block in &self.blocks {
+            h = block.forward(&h)?;
+        }
+        let h = self.ln_f.forward(&h.narrow(1, 1, l)?)?;
+        self.head.forward(&h)
+    }
+
+    /// Logits with classifier-free guidance: `(1+s)·cond − s·uncond` (plain conditional logits
+    /// when `s = 0`).
+    pub fn guided_logits(&self, tokens: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor> {
+        let logits = self.forward(tokens, cond)?;
+        if scale == 0.0 {
+            return Ok(logits);
+        }
+        let none = Tensor::full(self.layout.no_class(), cond.dims(), cond.device())?;
+        let uncond = self.forward(tokens, &none)?;
+        (logits * (1.0 + scale))? - (uncond * scale)?
+    }
+}
+
+/// Number of parameters of a transformer of this size over this layout (what
+/// [`MaskTransformer::new`] creates).
+pub fn parameter_count(cfg: &TransformerConfig, layout: &TokenLayout) -> usize {
+    let (d, m) = (cfg.width, cfg.mlp);
+    let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d);
+    let embeddings =
+        (layout.vocab_size() + layout.n_classes + 1 + layout.positions() + layout.channels + 1) * d;
+    embeddings + cfg.layers * block + 2 * d + (d * layout.codebook_size + layout.codebook_size)
+}
+
+/// Masked-token cross-entropy with label smoothing `eps`, averaged over positions where
+/// `weights` (`[B, L]` f32, 1 = masked) is 1; unmasked positions contribute exactly nothing.
+/// Returns the loss and the accuracy of the argmax on masked positions.
+pub fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, f64)> {
+    let (b, l, k) = logits.dims3()?;
+    let logits = logits.reshape((b * l, k))?.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let targets = targets.reshape(b * l)?.to_dtype(DType::U32)?;
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let smooth = logp.mean(D::Minus1)?.neg()?;
+    let per = ((nll * (1.0 - eps))? + (smooth * eps)?)?;
+    let w = weights.reshape(b * l)?;
+    let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
+    let loss = ((per * &w)?.sum_all()? / count)?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(&targets)?
+        .to_dtype(DType::F32)?;
+    let acc = (correct * &w)?.sum_all()?.to_scalar::<f32>()? as f64 / count;
+    Ok((loss, acc))
+}

@@ -1,0 +1,225 @@
+//! Stage-2 training step: per-channel cosine masking, class dropout, masked-token cross-entropy
+//! with label smoothing, AdamW; plugged into the shared loop through [`Stage`].
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use rand::Rng;
+
+use crate::config::TransformerSection;
+use crate::nn::params::ParamStore;
+use crate::rng::{rng_for, Stream};
+use crate::train::optim::Adam;
+use crate::train::run_dir::{read_tensors, Checkpoint};
+use crate::train::{Metrics, Stage, StepContext};
+use crate::transformer::masking::{hidden_per_channel, per_channel_mask, training_count};
+use crate::transformer::model::{masked_cross_entropy, MaskTransformer};
+use crate::transformer::tokens::TokenLayout;
+
+/// Sequences and their conditioning ids.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub tokens: Vec<Vec<u32>>,
+    pub labels: Vec<u32>,
+}
+
+/// Masked inputs, targets and loss weights for a batch.
+pub struct MaskedBatch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+    pub weights: Tensor,
+    pub cond: Tensor,
+}
+
+/// Replaces the positions where `masks` is true by `[MASK]` and builds the tensors.
+pub fn masked_batch(
+    layout: &TokenLayout,
+    batch: &TokenBatch,
+    masks: &[Vec<bool>],
+    device: &Device,
+) -> Result<MaskedBatch> {
+    let (b, l) = (batch.tokens.len(), layout.seq_len());
+    let mut inputs = Vec::with_capacity(b * l);
+    let mut weights = Vec::with_capacity(b * l);
+    for (row, mask) in batch.tokens.iter().zip(masks) {
+        for (&tok, &m) in row.iter().zip(mask) {
+            inputs.push(if m { layout.mask_id() } else { tok });
+            weights.push(if m { 1f32 } else { 0.0 });
+        }
+    }
+    let targets: Vec<u32> = batch.tokens.iter().flatten().copied().collect();
+    Ok(MaskedBatch {
+        inputs: Tensor::from_vec(inputs, (b, l), device)?,
+        targets: Tensor::from_vec(targets, (b, l), device)?,
+        weights: Tensor::from_vec(weights, (b, l), device)?,
+        cond: Tensor::new(batch.labels.as_slice(), device)?,
+    })
+}
+
+pub struct TransformerStage {
+    cfg: TransformerSection,
+    store: ParamStore,
+    model: MaskTransformer,
+    opt: Adam,
+    val: TokenBatch,
+    seed: u64,
+    device: Device,
+}
+
+impl TransformerStage {
+    pub fn new(
+        cfg: &TransformerSection,
+        layout: TokenLayout,
+        seed: u64,
+        device: &Device,
+        val: TokenBatch,
+    ) -> Result<Self> {
+        let store = ParamStore::new(crate::vq::stage::init_seed(seed), device);
+        let model = MaskTransformer::new(&cfg.model, layout, store.var_builder())?;
+        let opt = Adam::new(store.trainable(), &cfg.train)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            store,
+            model,
+            opt,
+            val,
+            seed,
+            device: device.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    pub fn model(&self) -> &MaskTransformer {
+        &self.model
+    }
+}
+
+impl Stage for TransformerStage {
+    type Batch = TokenBatch;
+
+    fn train_step(&mut self, mut batch: TokenBatch, mut ctx: StepContext) -> Result<Metrics> {
+        let layout = *self.model.layout();
+        let masks: Vec<Vec<bool>> = batch
+            .tokens
+            .iter()
+            .map(|_| {
+                let count = training_count(&layout, &mut ctx.rng);
+                per_channel_mask(&layout, count, &mut ctx.rng)
+            })
+            .collect();
+        if layout.n_classes > 0 {
+            for label in batch.labels.iter_mut() {
+                if ctx.rng.random_bool(self.cfg.class_dropout) {
+                    *label = layout.no_class();
+                }
+            }
+        }
+        let mb = masked_batch(&layout, &batch, &masks, &self.device)?;
+        let logits = self.model.forward(&mb.inputs, &mb.cond)?;
+        let (loss, acc) =
+            masked_cross_entropy(&logits, &mb.targets, &mb.weights, self.cfg.label_smoothing)?;
+        let grads = self.opt.grads(&loss.backward()?);
+        let grad_norm = self.opt.step(&grads, ctx.lr)?;
+        let mut m = Metrics::new();
+        m.push("loss", loss.to_scalar::<f32>()? as f64);
+        m.push("acc", acc);
+        m.push("grad_norm", grad_norm);
+        Ok(m)
+    }
+
+    fn validate(&mut self) -> Result<Metrics> {
+        let layout = *self.model.layout();
+        let mut m = Metrics::new();
+        for &ratio in &self.cfg.val_mask_ratios {
+            let mut rng = rng_for(self.seed, Stream::Data, &[ratio.to_bits()]);
+            let count = hidden_per_channel(&layout, ratio).max(1);
+            let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
+            let bs = self.cfg.train.batch_size.max(1);
+            for (rows, labels) in self.val.tokens.chunks(bs).zip(self.val.labels.chunks(bs)) {
+                let batch = TokenBatch {
+                    tokens: rows.to_vec(),
+                    labels: labels.to_vec(),
+                };
+                let masks: Vec<Vec<bool>> = rows
+                    .iter()
+                    .map(|_| per_channel_mask(&layout, count, &mut rng))
+                    .collect();
+                let mb = masked_batch(&layout, &batch, &masks, &self.device)?;
+                let logits = self.model.forward(&mb.inputs, &mb.cond)?;
+                let (loss, acc) = masked_cross_entropy(&logits, &mb.targets, &mb.weights, 0.0)?;
+                loss_sum += loss.to_scalar::<f32>()? as f64 * rows.len() as f64;
+                acc_sum += acc * rows.len() as f64;
+                n += rows.len();
+            }
+            let n = n.max(1) as f64;
+            m.push(format!("loss@{ratio}"), loss_sum / n);
+            m.push(format!("acc@{ratio}"), acc_sum / n);
+        }
+        Ok(m)
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.store.tensors()
+    }
+
+    fn train_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.opt.state("optimizer")?)
+    }
+
+    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.store.load_file(&ckpt.model)?;
+        let state = read_tensors(&ckpt.train_state, &self.device)?;
+        self.opt.load_state(&state, "optimizer").with_context(|| {
+            format!(
+                "cannot restore the optimizer from {}",
+                ckpt.train_state.display()
+            )
+        })
+    }
+
+    fn progress_keys(&self) -> &'static [&'static str] {
+        &["loss", "acc"]
+    }
+}
+
+/// Training batches drawn from cache rows in the shared deterministic order.
+pub struct TokenLoader {
+    order: crate::data::order::SampleOrder,
+    tokens: std::sync::Arc<Vec<Vec<u32>>>,
+    labels: std::sync::Arc<Vec<u32>>,
+    batch_size: usize,
+    step: usize,
+}
+
+impl TokenLoader {
+    pub fn new(
+        rows: Vec<usize>,
+        tokens: std::sync::Arc<Vec<Vec<u32>>>,
+        labels: std::sync::Arc<Vec<u32>>,
+        batch_size: usize,
+        seed: u64,
+        start_step: usize,
+    ) -> Self {
+        Self {
+            order: crate::data::order::SampleOrder::new(rows, seed),
+            tokens,
+            labels,
+            batch_size,
+            step: start_step,
+        }
+    }
+}
+
+impl Iterator for TokenLoader {
+    type Item = Result<TokenBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let visits = self.order.batch(self.step, self.batch_size);
+        self.step += 1;
+        Some(Ok(TokenBatch {
+            tokens: visits.iter().map(|v| self.tokens[v.item].clone()).collect(),
+            labels: visits.iter().map(|v| self.labels[v.item]).collect(),
+        }))
+    }
+}

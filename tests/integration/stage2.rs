@@ -1,0 +1,302 @@
+//! Stage 2: token layout, schedules, masking, the transformer, MaskGIT sampling, training.
+
+use candle_core::{Device, Tensor};
+use movq::config::{RunConfig, TransformerConfig};
+use movq::nn::params::ParamStore;
+use movq::rng::{rng_for, Stream};
+use movq::train::{Stage, StepContext};
+use movq::transformer::maskgit::{complete, SamplerOptions};
+use movq::transformer::masking::{hidden_per_channel, per_channel_mask, training_count};
+use movq::transformer::model::{masked_cross_entropy, parameter_count};
+use movq::transformer::schedule::{masked_counts, MaskSchedule};
+use movq::transformer::stage::{TokenBatch, TransformerStage};
+use movq::transformer::{MaskTransformer, TokenLayout};
+use rand::{Rng, SeedableRng};
+
+fn layout(h: usize, c: usize, k: usize, classes: usize) -> TokenLayout {
+    TokenLayout {
+        h,
+        w: h,
+        channels: c,
+        codebook_size: k,
+        n_classes: classes,
+    }
+}
+
+#[test]
+fn cosine_schedule_counts_for_1024_tokens_and_12_steps() {
+    // [math.floor(1024*math.cos(math.pi/2*(t+1)/12)) for t in range(11)] + [0]
+    let want = [1015, 989, 946, 886, 812, 724, 623, 512, 391, 265, 133, 0];
+    let got = masked_counts(1024, 1024, 12, MaskSchedule::Cosine);
+    assert_eq!(got, want);
+    for s in [
+        MaskSchedule::Cosine,
+        MaskSchedule::Linear,
+        MaskSchedule::Square,
+        MaskSchedule::Cubic,
+    ] {
+        let c = masked_counts(1024, 1024, 12, s);
+        assert!(c.windows(2).all(|w| w[1] < w[0]), "{s:?}: {c:?}");
+        assert!(c[0] < 1024 && *c.last().unwrap() == 0, "{s:?}: {c:?}");
+        // the schedule's inverse undoes it
+        for r in [0.0, 0.3, 0.7, 1.0] {
+            assert!((s.inverse(s.gamma(r)) - r).abs() < 1e-9, "{s:?} at {r}");
+        }
+    }
+    // more steps than tokens: one fewer each step, then 0
+    assert_eq!(
+        masked_counts(4, 4, 6, MaskSchedule::Cosine),
+        vec![3, 2, 1, 0, 0, 0]
+    );
+}
+
+#[test]
+fn a_partly_masked_start_continues_the_schedule() {
+    // r0 = acos(0.5)/(π/2) = 2/3; [floor(1024*cos(π/2*(r0+(1-r0)*(t+1)/8))) for t in range(7)] + [0]
+    assert_eq!(
+        masked_counts(1024, 512, 8, MaskSchedule::Cosine),
+        vec![452, 391, 329, 265, 199, 133, 66, 0]
+    );
+    assert_eq!(masked_counts(1024, 0, 8, MaskSchedule::Cosine), vec![0; 8]);
+}
+
+#[test]
+fn per_channel_masking_counts() {
+    let l = layout(16, 4, 1024, 0);
+    // at R = 0.95 on 16×16×4: 244 hidden, exactly 12 of 256 visible in each channel
+    let hidden = hidden_per_channel(&l, 0.95);
+    assert_eq!(hidden, 244);
+    let mut rng = rng_for(1, Stream::Sample, &[]);
+    let mask = per_channel_mask(&l, hidden, &mut rng);
+    for ch in 0..4 {
+        let visible = (0..256).filter(|&p| !mask[l.index(p, ch)]).count();
+        assert_eq!(visible, 12, "channel {ch}");
+    }
+    assert_eq!(hidden_per_channel(&l, 0.5), 128);
+    assert_eq!(hidden_per_channel(&l, 0.0), 0);
+    assert_eq!(hidden_per_channel(&l, 1.0), 256);
+    // training: ⌈cos(πr/2)·h·w⌉ per channel, at least 1, for the r drawn
+    for seed in 0..20 {
+        let mut a = rng_for(seed, Stream::Step, &[]);
+        let mut b = a.clone();
+        let n = training_count(&l, &mut a);
+        let r: f64 = b.random();
+        let want = ((std::f64::consts::FRAC_PI_2 * r).cos() * 256.0 - 1e-9)
+            .ceil()
+            .max(1.0) as usize;
+        assert_eq!(n, want);
+        let mask = per_channel_mask(&l, n, &mut a);
+        for ch in 0..4 {
+            assert_eq!((0..256).filter(|&p| mask[l.index(p, ch)]).count(), n);
+        }
+    }
+}
+
+#[test]
+fn tokens_round_trip_in_row_column_channel_order() {
+    let l = layout(3, 2, 50, 0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let v: Vec<u32> = (0..2 * 2 * 3 * 3)
+        .map(|_| rng.random_range(0..50))
+        .collect();
+    let idx = Tensor::from_vec(v, (2, 2, 3, 3), &Device::Cpu).unwrap();
+    let rows = l.to_sequences(&idx).unwrap();
+    let flat: Vec<u32> = idx.flatten_all().unwrap().to_vec1().unwrap();
+    for (b, row) in rows.iter().enumerate() {
+        for (i, &tok) in row.iter().enumerate() {
+            let (pos, ch) = (i / 2, i % 2);
+            let (y, x) = (pos / 3, pos % 3);
+            assert_eq!(tok, flat[((b * 2 + ch) * 3 + y) * 3 + x]);
+        }
+    }
+    let back = l.to_indices(&rows, &Device::Cpu).unwrap();
+    assert_eq!(back.flatten_all().unwrap().to_vec1::<u32>().unwrap(), flat);
+    assert_eq!((l.mask_id(), l.vocab_size(), l.no_class()), (50, 51, 0));
+}
+
+#[test]
+fn parameter_counts() {
+    let cfg = TransformerConfig {
+        layers: 2,
+        width: 32,
+        heads: 4,
+        mlp: 64,
+    };
+    let l = layout(4, 2, 20, 3);
+    let store = ParamStore::new(0, &Device::Cpu);
+    MaskTransformer::new(&cfg, l, store.var_builder()).unwrap();
+    assert_eq!(store.num_parameters(), parameter_count(&cfg, &l));
+    // The paper preset: 24 layers, width 1024, 16 heads, MLP 4096, 16×16×4 tokens, K 1024: ≈ 307 M.
+    let paper = RunConfig::resolve("ffhq-256").unwrap();
+    let t = paper.transformer.unwrap();
+    let n = parameter_count(&t.model, &layout(16, 4, 1024, 0));
+    assert!((300_000_000..315_000_000).contains(&n), "{n}");
+}
+
+fn model(l: TokenLayout, seed: u64) -> MaskTransformer {
+    let cfg = TransformerConfig {
+        layers: 2,
+        width: 32,
+        heads: 4,
+        mlp: 64,
+    };
+    let store = ParamStore::new(seed, &Device::Cpu);
+    MaskTransformer::new(&cfg, l, store.var_builder()).unwrap()
+}
+
+fn opts(steps: usize, top1: bool, cfg_scale: f64) -> SamplerOptions {
+    SamplerOptions {
+        steps,
+        temperature: 1.0,
+        choice_temperature: 4.5,
+        schedule: MaskSchedule::Cosine,
+        top1,
+        cfg_scale,
+    }
+}
+
+#[test]
+fn sampling_keeps_known_tokens_and_is_seeded() {
+    let l = layout(4, 2, 16, 3);
+    let m = model(l, 1);
+    let known: Vec<u32> = (0..l.seq_len() as u32).map(|i| i % 16).collect();
+    let start: Vec<u32> = known
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if i % 3 == 0 { l.mask_id() } else { t })
+        .collect();
+    let run = |seed: u64, o: &SamplerOptions| {
+        let mut rows = vec![start.clone(); 3];
+        complete(
+            &m,
+            &mut rows,
+            &[0, 1, 3],
+            o,
+            &mut rng_for(seed, Stream::Sample, &[]),
+            &Device::Cpu,
+        )
+        .unwrap();
+        rows
+    };
+    let a = run(5, &opts(4, false, 0.0));
+    for row in &a {
+        assert!(!row.contains(&l.mask_id()));
+        for (i, (&got, &orig)) in row.iter().zip(&start).enumerate() {
+            if orig != l.mask_id() {
+                assert_eq!(got, orig, "known token {i} changed");
+            }
+        }
+    }
+    assert_eq!(a, run(5, &opts(4, false, 0.0)), "same seed, same samples");
+    assert_ne!(
+        a,
+        run(6, &opts(4, false, 0.0)),
+        "different seeds, different samples"
+    );
+    // top-1 is deterministic whatever the seed
+    assert_eq!(run(1, &opts(4, true, 0.0)), run(2, &opts(4, true, 0.0)));
+    // a fully masked start is completed too, with guidance
+    let mut rows = vec![vec![l.mask_id(); l.seq_len()]; 2];
+    complete(
+        &m,
+        &mut rows,
+        &[2, 3],
+        &opts(12, false, 2.0),
+        &mut rng_for(0, Stream::Sample, &[]),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(rows.iter().all(|r| !r.contains(&l.mask_id())));
+}
+
+#[test]
+fn classifier_free_guidance() {
+    let l = layout(2, 2, 8, 4);
+    let m = model(l, 2);
+    let tokens = Tensor::new(&[[1u32, 8, 3, 8, 0, 2, 8, 5]], &Device::Cpu).unwrap();
+    let cond = Tensor::new(&[2u32], &Device::Cpu).unwrap();
+    let c = m.forward(&tokens, &cond).unwrap();
+    let u = m
+        .forward(&tokens, &Tensor::new(&[4u32], &Device::Cpu).unwrap())
+        .unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(
+        diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c),
+        0.0
+    );
+    let want = ((&c * 3.0).unwrap() - (&u * 2.0).unwrap()).unwrap();
+    assert!(diff(&m.guided_logits(&tokens, &cond, 2.0).unwrap(), &want) < 1e-5);
+}
+
+#[test]
+fn the_loss_counts_masked_positions_only() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let logits: Vec<f32> = (0..2 * 6 * 5)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect();
+    let logits = Tensor::from_vec(logits, (2, 6, 5), &Device::Cpu).unwrap();
+    let w = Tensor::new(
+        &[[1f32, 0., 1., 0., 0., 1.], [0., 1., 0., 0., 1., 0.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let t1 = Tensor::new(&[[0u32, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 1]], &Device::Cpu).unwrap();
+    // change only the targets where the weight is 0
+    let t2 = Tensor::new(&[[0u32, 4, 2, 0, 1, 0], [3, 2, 0, 1, 0, 2]], &Device::Cpu).unwrap();
+    let (l1, a1) = masked_cross_entropy(&logits, &t1, &w, 0.1).unwrap();
+    let (l2, a2) = masked_cross_entropy(&logits, &t2, &w, 0.1).unwrap();
+    assert_eq!(
+        l1.to_scalar::<f32>().unwrap(),
+        l2.to_scalar::<f32>().unwrap()
+    );
+    assert_eq!(a1, a2);
+    let t3 = Tensor::new(&[[1u32, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 1]], &Device::Cpu).unwrap();
+    let (l3, _) = masked_cross_entropy(&logits, &t3, &w, 0.1).unwrap();
+    assert_ne!(
+        l1.to_scalar::<f32>().unwrap(),
+        l3.to_scalar::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn overfitting_a_few_token_grids_reaches_high_masked_accuracy() {
+    // four images, each of its own class (as in a labelled folder)
+    let l = layout(4, 2, 16, 4);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let tokens: Vec<Vec<u32>> = (0..4)
+        .map(|_| (0..l.seq_len()).map(|_| rng.random_range(0..16)).collect())
+        .collect();
+    let labels = vec![0, 1, 2, 3];
+    let mut cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    cfg.class_dropout = 0.0;
+
+    cfg.val_mask_ratios = vec![0.5];
+    let batch = TokenBatch {
+        tokens: tokens.clone(),
+        labels: labels.clone(),
+    };
+    let mut stage = TransformerStage::new(&cfg, l, 0, &Device::Cpu, batch.clone()).unwrap();
+    let before = stage.validate().unwrap().get("acc@0.5").unwrap();
+    for step in 0..400 {
+        let ctx = StepContext {
+            step,
+            lr: 1e-3,
+            rng: rng_for(0, Stream::Step, &[step as u64]),
+        };
+        stage.train_step(batch.clone(), ctx).unwrap();
+    }
+    let after = stage.validate().unwrap().get("acc@0.5").unwrap();
+    assert!(
+        after > 0.9,
+        "masked-token accuracy at 50 %: {before} → {after}"
+    );
+}

@@ -1,0 +1,134 @@
+//! Stage-2 CPU throughput: tokens/s of a transformer training step and images/s of 12-step
+//! MaskGIT sampling (tokens only, without the stage-1 decoder), for the tiny preset's transformer
+//! and a small base model. Median of several timed runs after a warm-up; one JSON line per figure.
+//!
+//! `cargo bench --bench stage2` (set `MOVQ_BENCH_ITERS` to change the number of timed runs).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use movq::config::{RunConfig, TransformerConfig};
+use movq::rng::{rng_for, Stream};
+use movq::train::{Stage, StepContext};
+use movq::transformer::maskgit::{complete, SamplerOptions};
+use movq::transformer::schedule::MaskSchedule;
+use movq::transformer::stage::{TokenBatch, TransformerStage};
+use movq::transformer::TokenLayout;
+use rand::Rng;
+use serde_json::json;
+
+/// Median seconds of `iters` timed calls of `f(i)` after one warm-up call.
+fn median_time(iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    f(0)?;
+    let mut times = Vec::with_capacity(iters);
+    for i in 1..=iters {
+        let t = Instant::now();
+        f(i)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn bench(
+    name: &str,
+    model: TransformerConfig,
+    layout: TokenLayout,
+    batch: usize,
+    iters: usize,
+) -> Result<()> {
+    let mut section = RunConfig::resolve("tiny")?
+        .transformer
+        .expect("tiny has a transformer section");
+    section.model = model;
+    let mut rng = rng_for(0, Stream::Data, &[]);
+    let tokens: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            (0..layout.seq_len())
+                .map(|_| rng.random_range(0..layout.codebook_size as u32))
+                .collect()
+        })
+        .collect();
+    let b = TokenBatch {
+        tokens,
+        labels: vec![0; batch],
+    };
+    let mut stage = TransformerStage::new(&section, layout, 0, &Device::Cpu, b.clone())?;
+    let l = layout.seq_len();
+    let secs = median_time(iters, |i| {
+        let ctx = StepContext {
+            step: i,
+            lr: 1e-4,
+            rng: rng_for(0, Stream::Step, &[i as u64]),
+        };
+        stage.train_step(b.clone(), ctx).map(|_| ())
+    })?;
+    println!(
+        "{}",
+        json!({"bench": "stage2_train_step", "config": name, "batch": batch, "tokens": l + 1,
+        "tokens_per_s": (batch * (l + 1)) as f64 / secs, "median_ms": secs * 1e3, "device": "cpu"})
+    );
+    let opts = SamplerOptions {
+        steps: 12,
+        temperature: 1.0,
+        choice_temperature: 4.5,
+        schedule: MaskSchedule::Cosine,
+        top1: false,
+        cfg_scale: 0.0,
+    };
+    let secs = median_time(iters, |i| {
+        let mut rows = vec![vec![layout.mask_id(); l]; batch];
+        complete(
+            stage.model(),
+            &mut rows,
+            &vec![0; batch],
+            &opts,
+            &mut rng_for(0, Stream::Sample, &[i as u64]),
+            &Device::Cpu,
+        )?;
+        Ok(())
+    })?;
+    println!(
+        "{}",
+        json!({"bench": "stage2_sample_12_steps", "config": name, "batch": batch, "tokens": l,
+        "images_per_s": batch as f64 / secs, "median_ms": secs * 1e3, "device": "cpu"})
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let iters: usize = std::env::var("MOVQ_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let tiny = RunConfig::resolve("tiny")?;
+    let t = tiny
+        .transformer
+        .clone()
+        .expect("tiny has a transformer section");
+    let layout = TokenLayout {
+        h: 16,
+        w: 16,
+        channels: 2,
+        codebook_size: 32,
+        n_classes: 16,
+    };
+    bench("tiny", t.model, layout, 16, iters)?;
+    // A small base model: 6 layers × 256 wide, 8 heads, over 8×8×4 tokens with K = 1024.
+    let base = TransformerConfig {
+        layers: 6,
+        width: 256,
+        heads: 8,
+        mlp: 1024,
+    };
+    let layout = TokenLayout {
+        h: 8,
+        w: 8,
+        channels: 4,
+        codebook_size: 1024,
+        n_classes: 10,
+    };
+    bench("base-6x256", base, layout, 16, iters)?;
+    Ok(())
+}

@@ -4,10 +4,11 @@
 //!
 //! `cargo bench --bench stage1` (set `MOVQ_BENCH_ITERS` to change the number of timed runs).
 
-use std::time::Instant;
+mod common;
 
 use anyhow::Result;
 use candle_core::Device;
+use common::{iterations, median_time};
 use movq::config::RunConfig;
 use movq::data::image::push_chw;
 use movq::data::loader::ImageBatch;
@@ -16,19 +17,6 @@ use movq::rng::{rng_for, Stream};
 use movq::train::{Stage, StepContext};
 use movq::vq::stage::VqStage;
 use serde_json::json;
-
-/// Median seconds of `iters` timed calls of `f(i)` after one warm-up call.
-fn median_time(iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
-    f(0)?;
-    let mut times = Vec::with_capacity(iters);
-    for i in 1..=iters {
-        let t = Instant::now();
-        f(i)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
 
 fn batch(side: u32, n: usize) -> Result<ImageBatch> {
     let ds = Dataset::open(&format!("builtin:shapes:{n}"), 0)?;
@@ -80,10 +68,7 @@ fn bench(name: &str, cfg: &RunConfig, batch_size: usize, iters: usize) -> Result
 }
 
 fn main() -> Result<()> {
-    let iters: usize = std::env::var("MOVQ_BENCH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let iters = iterations();
     let tiny = RunConfig::resolve("tiny")?;
     bench("tiny", &tiny, 8, iters)?;
     // A 64-px model with base width 64: 3 levels (f = 4), attention at 16.

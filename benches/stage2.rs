@@ -4,10 +4,11 @@
 //!
 //! `cargo bench --bench stage2` (set `MOVQ_BENCH_ITERS` to change the number of timed runs).
 
-use std::time::Instant;
+mod common;
 
 use anyhow::Result;
 use candle_core::Device;
+use common::{iterations, median_time};
 use movq::config::{RunConfig, TransformerConfig};
 use movq::rng::{rng_for, Stream};
 use movq::train::{Stage, StepContext};
@@ -17,19 +18,6 @@ use movq::transformer::stage::{TokenBatch, TransformerStage};
 use movq::transformer::TokenLayout;
 use rand::Rng;
 use serde_json::json;
-
-/// Median seconds of `iters` timed calls of `f(i)` after one warm-up call.
-fn median_time(iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
-    f(0)?;
-    let mut times = Vec::with_capacity(iters);
-    for i in 1..=iters {
-        let t = Instant::now();
-        f(i)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
 
 fn bench(
     name: &str,
@@ -98,10 +86,7 @@ fn bench(
 }
 
 fn main() -> Result<()> {
-    let iters: usize = std::env::var("MOVQ_BENCH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let iters = iterations();
     let tiny = RunConfig::resolve("tiny")?;
     let t = tiny
         .transformer

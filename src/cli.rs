@@ -27,6 +27,23 @@ pub struct Common {
     pub seed: Option<u64>,
 }
 
+/// Flags of both training commands.
+#[derive(Debug, Clone, Args)]
+pub struct TrainFlags {
+    /// Continue the run in --out exactly where its latest checkpoint left off.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the total training steps (also when resuming, to train further).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override the batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the base learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the stage-1 MoVQ autoencoder.
@@ -54,18 +71,8 @@ pub struct TrainVqArgs {
     /// Run directory to create (or to continue with --resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out exactly where its latest checkpoint left off.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override train.steps (total steps, also when resuming).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Override train.batch_size.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Override train.lr (base learning rate).
-    #[arg(long)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub train: TrainFlags,
     #[command(flatten)]
     pub common: Common,
 }
@@ -84,18 +91,8 @@ pub struct TrainTransformerArgs {
     /// Config file or preset whose `transformer` section to use (default: the stage-1 run's).
     #[arg(long)]
     pub config: Option<String>,
-    /// Continue the run in --out exactly where its latest checkpoint left off.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override transformer.train.steps.
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Override transformer.train.batch_size.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Override transformer.train.lr.
-    #[arg(long)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub train: TrainFlags,
     #[command(flatten)]
     pub common: Common,
 }

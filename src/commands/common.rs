@@ -15,8 +15,8 @@ use crate::data::transform::eval_view;
 use crate::data::Dataset;
 use crate::nn::params::ParamStore;
 use crate::train::run_dir::Checkpoint;
-use crate::train::Outcome;
 use crate::train::RunDir;
+use crate::train::{Outcome, Stage};
 use crate::transformer::{MaskTransformer, TokenLayout};
 use crate::vq::MoVq;
 use image::RgbImage;
@@ -249,4 +249,30 @@ pub fn override_train(
         train.lr = lr;
     }
     *train != before
+}
+
+/// The step to start from: the latest checkpoint's (restored into `stage`) when resuming, else 0.
+/// Errors when the run is already at `total` steps.
+pub fn starting_step<S: Stage>(
+    stage: &mut S,
+    run: &RunDir,
+    resume: bool,
+    total: usize,
+) -> Result<usize> {
+    let start = match run.latest()? {
+        Some(ckpt) if resume => {
+            stage.load_checkpoint(&ckpt)?;
+            run.truncate_log_after(ckpt.step)?;
+            eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
+            ckpt.step
+        }
+        _ => 0,
+    };
+    if start >= total {
+        anyhow::bail!(
+            "run {} is already at step {start} of {total}; pass a larger --steps to train further",
+            run.root().display()
+        );
+    }
+    Ok(start)
 }

@@ -9,13 +9,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainTransformerArgs;
 use crate::commands::common::{
-    interrupt_flag, layout_for, load_vq, override_train, report_outcome,
+    interrupt_flag, layout_for, load_vq, override_train, report_outcome, starting_step,
 };
 use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
 use crate::data::Dataset;
 use crate::device;
 use crate::fsutil;
-use crate::train::{self, LoopOptions, RunDir, Stage};
+use crate::train::{self, LoopOptions, RunDir};
 use crate::transformer::cache::{load_or_build, CacheKey};
 use crate::transformer::stage::{TokenBatch, TokenLoader, TransformerStage};
 
@@ -66,7 +66,7 @@ fn copy_vq(vq_run: &RunDir, dir: &Path) -> Result<()> {
 pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     let device = device::select(&a.common.device)?;
     let vq_dir = a.out.join("vq");
-    let (cfg, run, ds) = if a.resume {
+    let (cfg, run, ds) = if a.train.resume {
         if a.config.is_some() {
             bail!("--config cannot be combined with --resume: the run's own config.json is used");
         }
@@ -75,7 +75,12 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             &run.read_config()?,
             &run.config_path().display().to_string(),
         )?;
-        if override_train(&mut cfg.transformer.train, a.steps, a.batch_size, a.lr) {
+        if override_train(
+            &mut cfg.transformer.train,
+            a.train.steps,
+            a.train.batch_size,
+            a.train.lr,
+        ) {
             cfg.transformer
                 .validate()
                 .context("invalid command-line override")?;
@@ -97,7 +102,12 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         )?;
         vq_run.require_latest()?;
         let mut section = transformer_section(a.config.as_deref(), &vq_cfg)?;
-        override_train(&mut section.train, a.steps, a.batch_size, a.lr);
+        override_train(
+            &mut section.train,
+            a.train.steps,
+            a.train.batch_size,
+            a.train.lr,
+        );
         section
             .validate()
             .context("invalid command-line override")?;
@@ -151,22 +161,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     };
     let tcfg = &cfg.transformer;
     let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, &device, val)?;
-    let start = match run.latest()? {
-        Some(ckpt) if a.resume => {
-            stage.load_checkpoint(&ckpt)?;
-            run.truncate_log_after(ckpt.step)?;
-            eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
-            ckpt.step
-        }
-        _ => 0,
-    };
-    if start >= tcfg.train.steps {
-        bail!(
-            "run {} is already at step {start} of {}; pass a larger --steps to train further",
-            run.root().display(),
-            tcfg.train.steps
-        );
-    }
+    let start = starting_step(&mut stage, &run, a.train.resume, tcfg.train.steps)?;
     eprintln!(
         "train-transformer: {} parameters, {} tokens per image ({}×{}×{}), {} training / {} validation sequences, {}, device {}, steps {}..{}",
         stage.store().num_parameters(),

@@ -6,18 +6,23 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainVqArgs;
-use crate::commands::common::{interrupt_flag, override_train, report_outcome};
+use crate::commands::common::{interrupt_flag, override_train, report_outcome, starting_step};
 use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::device;
 use crate::fsutil;
-use crate::train::{self, LoopOptions, RunDir, Stage};
+use crate::train::{self, LoopOptions, RunDir};
 use crate::vq::stage::VqStage;
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
 fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
-    let changed = override_train(&mut cfg.train, a.steps, a.batch_size, a.lr);
+    let changed = override_train(
+        &mut cfg.train,
+        a.train.steps,
+        a.train.batch_size,
+        a.train.lr,
+    );
     cfg.validate().context("invalid command-line override")?;
     Ok(changed)
 }
@@ -25,7 +30,7 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
 pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     let device = device::select(&a.common.device)?;
     // Resolve the config and open the data before anything is written.
-    let (cfg, existing) = if a.resume {
+    let (cfg, existing) = if a.train.resume {
         if a.config.is_some() {
             bail!("--config cannot be combined with --resume: the run's own config.json is used");
         }
@@ -96,22 +101,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         );
     }
     let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, None)?;
-    let start = match run.latest()? {
-        Some(ckpt) if a.resume => {
-            stage.load_checkpoint(&ckpt)?;
-            run.truncate_log_after(ckpt.step)?;
-            eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
-            ckpt.step
-        }
-        _ => 0,
-    };
-    if start >= cfg.train.steps {
-        bail!(
-            "run {} is already at step {start} of {}; pass a larger --steps to train further",
-            run.root().display(),
-            cfg.train.steps
-        );
-    }
+    let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
     eprintln!(
         "train-vq: {} parameters, {} training / {} validation images{}, {} classes, device {}, steps {}..{}",
         stage.store().num_parameters(),

@@ -111,3 +111,15 @@ pub fn train_vq(cfg: &Path, data: &str, out: &Path) -> Run {
         "cpu",
     ])
 }
+
+/// Largest absolute difference of two tensors.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

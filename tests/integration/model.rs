@@ -7,6 +7,8 @@ use movq::nn::spatial_norm::SpatialNorm;
 use movq::vq::quantizer::Quantizer;
 use movq::vq::MoVq;
 
+use crate::harness::max_abs_diff;
+
 fn tiny() -> RunConfig {
     RunConfig::resolve("tiny").unwrap()
 }
@@ -21,17 +23,6 @@ fn qcfg(channels: usize, k: usize, d: usize) -> QuantizerConfig {
         l2_normalize: false,
         restart_dead_codes: None,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {

@@ -13,6 +13,8 @@ use movq::transformer::stage::{TokenBatch, TransformerStage};
 use movq::transformer::{MaskTransformer, TokenLayout};
 use rand::{Rng, SeedableRng};
 
+use crate::harness::max_abs_diff;
+
 fn layout(h: usize, c: usize, k: usize, classes: usize) -> TokenLayout {
     TokenLayout {
         h,
@@ -219,22 +221,12 @@ fn classifier_free_guidance() {
     let u = m
         .forward(&tokens, &Tensor::new(&[4u32], &Device::Cpu).unwrap())
         .unwrap();
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     assert_eq!(
-        diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c),
+        max_abs_diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c),
         0.0
     );
     let want = ((&c * 3.0).unwrap() - (&u * 2.0).unwrap()).unwrap();
-    assert!(diff(&m.guided_logits(&tokens, &cond, 2.0).unwrap(), &want) < 1e-5);
+    assert!(max_abs_diff(&m.guided_logits(&tokens, &cond, 2.0).unwrap(), &want) < 1e-5);
 }
 
 #[test]

@@ -33,10 +33,6 @@ impl SampleOrder {
         }
     }
 
-    pub fn items(&self) -> &[usize] {
-        &self.items
-    }
-
     /// The visit at stream position `p`.
     pub fn at(&mut self, p: u64) -> Visit {
         let n = self.items.len() as u64;

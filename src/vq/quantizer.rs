@@ -77,11 +77,6 @@ impl Quantizer {
         })
     }
 
-    /// Name of the codebook parameter (kept out of the optimizer with EMA updates).
-    pub fn uses_ema(&self) -> bool {
-        self.ema.is_some()
-    }
-
     /// The codebook as used for lookups: `[K, d]`, l2-normalised when configured.
     pub fn codebook(&self) -> Result<Tensor> {
         let e = self.embedding.as_tensor();

@@ -17,9 +17,14 @@ pub fn splitmix(mut x: u64) -> u64 {
 
 /// Hash of a sequence of words.
 pub fn mix(words: &[u64]) -> u64 {
+    mix_iter(words.iter().copied())
+}
+
+/// [`mix`] of words produced one at a time (nothing is collected).
+pub fn mix_iter(words: impl IntoIterator<Item = u64>) -> u64 {
     words
-        .iter()
-        .fold(0x5EED, |acc, &w| splitmix(acc ^ splitmix(w)))
+        .into_iter()
+        .fold(0x5EED, |acc, w| splitmix(acc ^ splitmix(w)))
 }
 
 /// Purposes, so different uses of the same counters never share a stream.

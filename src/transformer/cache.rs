@@ -16,7 +16,7 @@ use crate::data::image::images_to_tensor;
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
 use crate::nn::safetensors_io;
-use crate::rng::mix;
+use crate::rng::{mix, mix_iter};
 use crate::transformer::tokens::TokenLayout;
 use crate::vq::MoVq;
 
@@ -57,10 +57,10 @@ impl CacheKey<'_> {
     pub fn fingerprint(&self) -> Result<String> {
         let ckpt = std::fs::read(self.vq_checkpoint)
             .with_context(|| format!("cannot read {}", self.vq_checkpoint.display()))?;
-        let ckpt_hash = mix(&ckpt
-            .chunks(8)
-            .map(|c| c.iter().fold(0u64, |a, &b| (a << 8) | b as u64))
-            .collect::<Vec<_>>());
+        let ckpt_hash = mix_iter(
+            ckpt.chunks(8)
+                .map(|c| c.iter().fold(0u64, |a, &b| (a << 8) | b as u64)),
+        );
         Ok(format!(
             "{:016x}",
             mix(&[

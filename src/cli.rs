@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::nn::precision::Precision;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "movq",
@@ -25,6 +27,13 @@ pub struct Common {
     /// Seed of every random choice (weights, data order, augmentation).
     #[arg(long, global = true)]
     pub seed: Option<u64>,
+    /// Numeric precision: f32, or bf16 mixed precision (CUDA; f32 on the CPU). Default: the
+    /// config's train.precision.
+    #[arg(long, global = true, value_enum)]
+    pub precision: Option<Precision>,
+    /// Allow TF32 tensor cores for f32 matmuls on CUDA (also `train.tf32` in the config).
+    #[arg(long, global = true)]
+    pub tf32: bool,
 }
 
 /// Flags of both training commands.

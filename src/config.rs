@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::nn::precision::Precision;
+
 /// Built-in presets (the files of `configs/`), usable by name as `--config NAME`.
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../configs/tiny.json")),
@@ -385,6 +387,12 @@ pub struct TrainConfig {
     /// Keep this many most recent checkpoints (0 = keep all).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// `f32`, or `bf16` mixed precision (f32 master weights and optimizer state; CUDA only).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Allow TF32 tensor cores for f32 matmuls on CUDA.
+    #[serde(default)]
+    pub tf32: bool,
 }
 
 fn default_betas() -> (f64, f64) {

@@ -5,15 +5,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use std::process::ExitCode;
 
+use crate::cli::{Common, TrainFlags};
 use crate::config::{RunConfig, TrainConfig, TransformerRunConfig};
 use crate::data::image::open_rgb;
 use crate::data::transform::eval_view;
 use crate::data::Dataset;
 use crate::nn::params::ParamStore;
+use crate::nn::precision::set_tf32;
 use crate::train::run_dir::Checkpoint;
 use crate::train::RunDir;
 use crate::train::{Outcome, Stage};
@@ -147,6 +149,14 @@ pub struct TransformerRun {
 }
 
 impl TransformerRun {
+    /// Both models computing in the precision asked by `common` (or the run's config).
+    pub fn with_precision(mut self, common: &Common) -> Self {
+        let dtype = compute_dtype(common, &self.cfg.transformer.train, &self.vq_device());
+        self.vq = self.vq.with_dtype(dtype);
+        self.model = self.model.with_dtype(dtype);
+        self
+    }
+
     /// The device the models live on.
     pub fn vq_device(&self) -> Device {
         self.model.device().clone()
@@ -232,23 +242,35 @@ pub fn resolve_class(spec: Option<&str>, classes: &[String]) -> Result<u32> {
 }
 
 /// Applies `--steps`, `--batch-size` and `--lr` to a training section; true if anything changed.
-pub fn override_train(
-    train: &mut TrainConfig,
-    steps: Option<usize>,
-    batch_size: Option<usize>,
-    lr: Option<f64>,
-) -> bool {
+pub fn override_train(train: &mut TrainConfig, flags: &TrainFlags, common: &Common) -> bool {
     let before = train.clone();
-    if let Some(s) = steps {
+    if let Some(s) = flags.steps {
         train.steps = s;
     }
-    if let Some(b) = batch_size {
+    if let Some(b) = flags.batch_size {
         train.batch_size = b;
     }
-    if let Some(lr) = lr {
+    if let Some(lr) = flags.lr {
         train.lr = lr;
     }
+    if let Some(p) = common.precision {
+        train.precision = p;
+    }
+    if common.tf32 {
+        train.tf32 = true;
+    }
     *train != before
+}
+
+/// The dtype a command computes in on `device`: `--precision` if given, else the config's
+/// `train.precision`; bf16 on the CPU falls back to f32 with a notice. Applies TF32 as asked.
+pub fn compute_dtype(common: &Common, train: &TrainConfig, device: &Device) -> DType {
+    set_tf32(common.tf32 || train.tf32);
+    common
+        .precision
+        .unwrap_or(train.precision)
+        .effective(device)
+        .compute_dtype(device)
 }
 
 /// The step to start from: the latest checkpoint's (restored into `stage`) when resuming, else 0.

@@ -7,7 +7,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::commands::common::load_vq;
+use crate::commands::common::{compute_dtype, load_vq};
 use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
@@ -20,6 +20,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     }
     let device = device::select(&a.common.device)?;
     let (cfg, model, ckpt) = load_vq(&a.model, &device)?;
+    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
     let ds = Dataset::open(&a.data, a.common.seed.unwrap_or(cfg.seed))?;
     let side = cfg.model.resolution as u32;
     let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));

@@ -89,7 +89,7 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
     let random_opts = a.decode.options(a.steps, false)?;
     let top1_opts = a.decode.options(1, true)?;
     let device = device::select(&a.common.device)?;
-    let tr = load_transformer(&a.model, &device)?;
+    let tr = load_transformer(&a.model, &device)?.with_precision(&a.common);
     let layout = *tr.model.layout();
     let cond = resolve_class(a.class.as_deref(), &tr.cfg.classes)?;
     let seed = a.common.seed.unwrap_or(0);

@@ -7,7 +7,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{is_transformer_run, load_vq, output_names, Inputs};
+use crate::commands::common::{compute_dtype, is_transformer_run, load_vq, output_names, Inputs};
 use crate::commands::masked;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
 use crate::device;
@@ -36,6 +36,7 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
         a.model.clone()
     };
     let (cfg, model, ckpt) = load_vq(&vq_path, &device)?;
+    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
     let inputs = Inputs::open(&a.input)?;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
     let names = output_names(&sources);

@@ -55,7 +55,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     }
     let opts = a.decode.options(a.steps, a.top1)?;
     let device = device::select(&a.common.device)?;
-    let tr = load_transformer(&a.model, &device)?;
+    let tr = load_transformer(&a.model, &device)?.with_precision(&a.common);
     let layout = *tr.model.layout();
     let cond = resolve_class(a.class.as_deref(), &tr.cfg.classes)?;
     let seed = a.common.seed.unwrap_or(0);

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainTransformerArgs;
 use crate::commands::common::{
-    interrupt_flag, layout_for, load_vq, override_train, report_outcome, starting_step,
+    compute_dtype, interrupt_flag, layout_for, load_vq, override_train, report_outcome,
+    starting_step,
 };
 use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
 use crate::data::Dataset;
@@ -75,12 +76,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             &run.read_config()?,
             &run.config_path().display().to_string(),
         )?;
-        if override_train(
-            &mut cfg.transformer.train,
-            a.train.steps,
-            a.train.batch_size,
-            a.train.lr,
-        ) {
+        if override_train(&mut cfg.transformer.train, &a.train, &a.common) {
             cfg.transformer
                 .validate()
                 .context("invalid command-line override")?;
@@ -102,12 +98,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         )?;
         vq_run.require_latest()?;
         let mut section = transformer_section(a.config.as_deref(), &vq_cfg)?;
-        override_train(
-            &mut section.train,
-            a.train.steps,
-            a.train.batch_size,
-            a.train.lr,
-        );
+        override_train(&mut section.train, &a.train, &a.common);
         section
             .validate()
             .context("invalid command-line override")?;
@@ -160,6 +151,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         labels: val_rows.iter().map(|&i| cache.labels[i]).collect(),
     };
     let tcfg = &cfg.transformer;
+    compute_dtype(&a.common, &tcfg.train, &device);
     let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, &device, val)?;
     let start = starting_step(&mut stage, &run, a.train.resume, tcfg.train.steps)?;
     eprintln!(

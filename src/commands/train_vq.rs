@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainVqArgs;
-use crate::commands::common::{interrupt_flag, override_train, report_outcome, starting_step};
+use crate::commands::common::{
+    compute_dtype, interrupt_flag, override_train, report_outcome, starting_step,
+};
 use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
@@ -17,12 +19,7 @@ use crate::vq::stage::VqStage;
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
 fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
-    let changed = override_train(
-        &mut cfg.train,
-        a.train.steps,
-        a.train.batch_size,
-        a.train.lr,
-    );
+    let changed = override_train(&mut cfg.train, &a.train, &a.common);
     cfg.validate().context("invalid command-line override")?;
     Ok(changed)
 }
@@ -100,6 +97,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             cfg.loss.perceptual_weight
         );
     }
+    compute_dtype(&a.common, &cfg.train, &device);
     let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, None)?;
     let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
     eprintln!(

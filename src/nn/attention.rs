@@ -1,9 +1,10 @@
 //! Single-head spatial self-attention over the pixels of a feature map (VQGAN's AttnBlock).
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::nn::layers::conv1x1;
+use crate::nn::layers::{conv1x1, Conv2d};
+use crate::nn::softmax::softmax_last_dim;
 use crate::nn::spatial_norm::{Norm, NormKind};
 
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ impl AttnBlock {
             .transpose(1, 2)?; // [B, HW, C]
         let scale = 1.0 / (self.channels as f64).sqrt();
         let attn = (q.contiguous()?.matmul(&k.contiguous()?)? * scale)?; // [B, HW, HW]
-        let attn = candle_nn::ops::softmax(&attn, D::Minus1)?;
+        let attn = softmax_last_dim(&attn)?;
         let out = attn.matmul(&v.contiguous()?)?; // [B, HW, C]
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         x.add(&self.proj_out.forward(&out)?)

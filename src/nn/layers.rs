@@ -1,7 +1,13 @@
 //! Plain layers with PyTorch's default initialisation (uniform ±1/√fan_in).
+//!
+//! Every layer follows the dtype of its input: the weights stay f32 (the master copy that the
+//! optimizer updates) and are cast to the input's dtype for the convolution or matmul, so a
+//! network runs in bf16 simply by casting its input (see [`crate::nn::precision`]). The casts
+//! are differentiable, so gradients reach the f32 weights. Normalizations compute their
+//! statistics in f32 whatever the input dtype.
 
-use candle_core::Result;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
 /// PyTorch's default initialisation for a layer with `fan_in` inputs: uniform ±1/√fan_in.
 fn default_init(fan_in: usize) -> Init {
@@ -9,6 +15,146 @@ fn default_init(fan_in: usize) -> Init {
     Init::Uniform {
         lo: -bound,
         up: bound,
+    }
+}
+
+/// A 2-D convolution computed in its input's dtype.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Self {
+        Self { weight, bias, cfg }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let c = self.cfg;
+        let y = x.conv2d(
+            &self.weight.to_dtype(dt)?,
+            c.padding,
+            c.stride,
+            c.dilation,
+            c.groups,
+        )?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => {
+                let n = b.dim(0)?;
+                y.broadcast_add(&b.to_dtype(dt)?.reshape((1, n, 1, 1))?)
+            }
+        }
+    }
+}
+
+/// `y = x·Wᵀ + b` over the last dimension, computed in its input's dtype.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let dims = x.dims().to_vec();
+        let (out, inp) = self.weight.dims2()?;
+        let rows = x.elem_count() / inp;
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.weight.to_dtype(dt)?.t()?)?;
+        let y = match &self.bias {
+            None => y,
+            Some(b) => y.broadcast_add(&b.to_dtype(dt)?)?,
+        };
+        let mut out_dims = dims;
+        *out_dims
+            .last_mut()
+            .expect("a linear layer's input has a last dimension") = out;
+        y.reshape(out_dims)
+    }
+}
+
+/// GroupNorm over `[B, C, ...]`: statistics in f32, affine in f32, result in the input's dtype.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let shape = x.dims().to_vec();
+        let (b, c) = (shape[0], shape[1]);
+        if !c.is_multiple_of(self.groups) {
+            candle_core::bail!(
+                "GroupNorm: {c} channels do not split into {} groups",
+                self.groups
+            );
+        }
+        let n = x.elem_count() / (b * self.groups);
+        let xg = x.reshape((b, self.groups, n))?.to_dtype(DType::F32)?;
+        let mean = (xg.sum_keepdim(2)? / n as f64)?;
+        let xc = xg.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(2)? / n as f64)?;
+        let normed = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let mut wdims = vec![1; shape.len()];
+        wdims[1] = c;
+        normed
+            .reshape(shape)?
+            .broadcast_mul(&self.weight.reshape(wdims.clone())?)?
+            .broadcast_add(&self.bias.reshape(wdims)?)?
+            .to_dtype(dt)
+    }
+}
+
+/// LayerNorm over the last dimension: computed in f32, result in the input's dtype.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f32) -> Self {
+        Self { weight, bias, eps }
+    }
+}
+
+impl Module for LayerNorm {
+    /// Written with differentiable ops: candle's fused `ops::layer_norm` has no backward pass
+    /// (its input and affine weights would get no gradient).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let n = x.dim(D::Minus1)? as f64;
+        let x = x.to_dtype(DType::F32)?;
+        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        xc.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?
+            .to_dtype(dt)
     }
 }
 
@@ -86,5 +232,13 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 
 /// GroupNorm with eps 1e-6 and its own affine weights (ones / zeros).
 pub fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(groups, channels, 1e-6, vb)
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups");
+    }
+    Ok(GroupNorm {
+        weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+        bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+        groups,
+        eps: 1e-6,
+    })
 }

@@ -3,7 +3,9 @@
 pub mod attention;
 pub mod layers;
 pub mod params;
+pub mod precision;
 pub mod resample;
 pub mod resnet;
 pub mod safetensors_io;
+pub mod softmax;
 pub mod spatial_norm;

@@ -1,9 +1,9 @@
 //! Resolution changes: stride-2 convolution down, nearest ×2 + conv up.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::nn::layers::{conv2d, conv3x3};
+use crate::nn::layers::{conv2d, conv3x3, Conv2d};
 
 /// Halves H and W: pad right/bottom by one, then a 3×3 convolution with stride 2.
 #[derive(Debug, Clone)]

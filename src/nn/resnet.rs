@@ -2,9 +2,9 @@
 //! changes.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::nn::layers::{conv1x1, conv3x3};
+use crate::nn::layers::{conv1x1, conv3x3, Conv2d};
 use crate::nn::spatial_norm::{Norm, NormKind};
 
 #[derive(Debug, Clone)]

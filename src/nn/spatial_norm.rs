@@ -1,9 +1,9 @@
 //! SpatialNorm: the MoVQ decoder's spatially conditional normalization.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::nn::layers::{conv1x1, group_norm};
+use crate::nn::layers::{conv1x1, group_norm, Conv2d, GroupNorm};
 use crate::nn::resample::upsample_nearest;
 
 /// `SpatialNorm(f, zq) = GroupNorm(f) · conv_y(zq↑) + conv_b(zq↑)` where `zq↑` is the quantized

@@ -5,8 +5,11 @@
 //! (known tokens never change); keep all but the `n_t` lowest-scoring, which are masked again, with
 //! `n_t` from [`masked_counts`]. A partly masked start continues the schedule from its masked
 //! fraction.
+//!
+//! On the CPU the per-token choice runs on the host with the caller's seeded generator; on a GPU
+//! it runs on the device (its own seeded generator), so logits never leave the GPU.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, D};
 use rand::Rng;
 
 use crate::transformer::model::MaskTransformer;
@@ -59,6 +62,34 @@ fn pick(logits: &[f32], temperature: f64, top1: bool, rng: &mut impl Rng) -> (u3
     (choice as u32, scaled[choice] - lse)
 }
 
+/// `counts[t][b]`: how many tokens of row `b` are still masked after step `t`.
+pub fn step_counts(
+    rows: &[Vec<u32>],
+    mask_id: u32,
+    l: usize,
+    opts: &SamplerOptions,
+) -> Vec<Vec<usize>> {
+    let per_row: Vec<Vec<usize>> = rows
+        .iter()
+        .map(|r| {
+            let masked = r.iter().filter(|&&t| t == mask_id).count();
+            masked_counts(l, masked, opts.steps, opts.schedule)
+        })
+        .collect();
+    (0..opts.steps)
+        .map(|t| per_row.iter().map(|c| c[t]).collect())
+        .collect()
+}
+
+/// The weight of the confidence's Gumbel noise at step `t`.
+fn choice_noise(opts: &SamplerOptions, t: usize) -> f64 {
+    if opts.top1 {
+        0.0
+    } else {
+        opts.choice_temperature * (1.0 - (t + 1) as f64 / opts.steps as f64)
+    }
+}
+
 /// Completes every `[MASK]` (`mask_id`) of `rows` in place, conditioned on `cond` (one id per row).
 pub fn complete(
     model: &MaskTransformer,
@@ -68,19 +99,26 @@ pub fn complete(
     rng: &mut impl Rng,
     device: &Device,
 ) -> Result<()> {
+    if device.is_cpu() {
+        complete_on_host(model, rows, cond, opts, rng, device)
+    } else {
+        device.set_seed(rng.random())?;
+        complete_on_device(model, rows, cond, opts, device)
+    }
+}
+
+/// [`complete`] with the choice made on the host from `rng` (exactly reproducible).
+fn complete_on_host(
+    model: &MaskTransformer,
+    rows: &mut [Vec<u32>],
+    cond: &[u32],
+    opts: &SamplerOptions,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<()> {
     let layout = *model.layout();
     let (l, k, mask_id) = (layout.seq_len(), layout.codebook_size, layout.mask_id());
-    let per_row: Vec<Vec<usize>> = rows
-        .iter()
-        .map(|r| {
-            let masked = r.iter().filter(|&&t| t == mask_id).count();
-            masked_counts(l, masked, opts.steps, opts.schedule)
-        })
-        .collect();
-    // counts[t][b]: tokens of row b still masked after step t
-    let counts: Vec<Vec<usize>> = (0..opts.steps)
-        .map(|t| per_row.iter().map(|c| c[t]).collect())
-        .collect();
+    let counts = step_counts(rows, mask_id, l, opts);
     let cond_t = Tensor::new(cond, device)?;
     for (t, step_counts) in counts.iter().enumerate() {
         if rows.iter().all(|r| !r.contains(&mask_id)) {
@@ -93,11 +131,7 @@ pub fn complete(
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1()?;
-        let noise = if opts.top1 {
-            0.0
-        } else {
-            opts.choice_temperature * (1.0 - (t + 1) as f64 / opts.steps as f64)
-        };
+        let noise = choice_noise(opts, t);
         for (b, row) in rows.iter_mut().enumerate() {
             let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
             for (i, &current) in row.iter().enumerate() {
@@ -122,4 +156,91 @@ pub fn complete(
         }
     }
     Ok(())
+}
+
+/// Standard Gumbel noise of `shape` from the device's generator.
+fn gumbel_tensor(shape: &[usize], device: &Device) -> Result<Tensor> {
+    let u = Tensor::rand(0f32, 1f32, shape, device)?.clamp(1e-20f32, 1.0 - 1e-7)?;
+    u.log()?.neg()?.log()?.neg()
+}
+
+/// [`complete`] with every step's choice made by tensor ops on `device`: the token grid stays on
+/// the device and is read back once at the end. Random draws come from the device's generator.
+pub fn complete_on_device(
+    model: &MaskTransformer,
+    rows: &mut [Vec<u32>],
+    cond: &[u32],
+    opts: &SamplerOptions,
+    device: &Device,
+) -> Result<()> {
+    let layout = *model.layout();
+    let (l, mask_id) = (layout.seq_len(), layout.mask_id());
+    if !rows.iter().any(|r| r.contains(&mask_id)) {
+        return Ok(());
+    }
+    let counts = step_counts(rows, mask_id, l, opts);
+    let cond_t = Tensor::new(cond, device)?;
+    let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+    let tokens = Tensor::from_vec(flat, (rows.len(), l), device)?;
+    let tokens = steps_on_device(model, tokens, &cond_t, opts, &counts)?;
+    for (row, values) in rows.iter_mut().zip(tokens.to_vec2::<u32>()?) {
+        *row = values;
+    }
+    Ok(())
+}
+
+/// Runs the decoding steps `t = 0..counts.len()` on `tokens` `[B, L]` (on its device), step `t`
+/// leaving exactly `counts[t][b]` tokens of row `b` masked; returns the new grid.
+pub fn steps_on_device(
+    model: &MaskTransformer,
+    mut tokens: Tensor,
+    cond: &Tensor,
+    opts: &SamplerOptions,
+    counts: &[Vec<usize>],
+) -> Result<Tensor> {
+    let device = tokens.device().clone();
+    let (b, l) = tokens.dims2()?;
+    let mask_tok = Tensor::full(model.layout().mask_id(), (b, l), &device)?;
+    let ranks_src = Tensor::arange(0u32, l as u32, &device)?
+        .to_dtype(DType::F32)?
+        .broadcast_as((b, l))?
+        .contiguous()?;
+    let inf = Tensor::full(f32::INFINITY, (b, l), &device)?;
+    let temp = if opts.top1 {
+        1.0
+    } else {
+        opts.temperature.max(1e-6)
+    };
+    for (t, step_counts) in counts.iter().enumerate() {
+        let unknown = tokens.eq(&mask_tok)?;
+        let logits = model.guided_logits(&tokens, cond, opts.cfg_scale)?; // [B, L, K] f32
+        let scaled = (logits / temp)?;
+        let sampled = if opts.top1 {
+            scaled.argmax(D::Minus1)?
+        } else {
+            (&scaled + gumbel_tensor(scaled.dims(), &device)?)?.argmax(D::Minus1)?
+        }; // [B, L] u32
+        let logp = candle_nn::ops::log_softmax(&scaled, D::Minus1)?
+            .gather(&sampled.unsqueeze(2)?, 2)?
+            .squeeze(2)?; // [B, L]
+        let noise = choice_noise(opts, t);
+        let conf = if noise > 0.0 {
+            (logp + (gumbel_tensor(&[b, l], &device)? * noise)?)?
+        } else {
+            logp
+        };
+        // Known tokens never compete: they rank after every newly predicted one.
+        let conf = unknown.where_cond(&conf, &inf)?;
+        let order = conf.arg_sort_last_dim(true)?; // [B, L], lowest confidence first
+        let rank =
+            Tensor::zeros((b, l), DType::F32, &device)?.scatter_add(&order, &ranks_src, 1)?;
+        let keep: Vec<f32> = step_counts.iter().map(|&n| n as f32).collect();
+        let remask = rank.broadcast_lt(&Tensor::from_vec(keep, (b, 1), &device)?)?;
+        let predicted = unknown.where_cond(&sampled, &tokens)?;
+        tokens = remask.where_cond(&mask_tok, &predicted)?;
+        if step_counts.iter().all(|&n| n == 0) {
+            break;
+        }
+    }
+    Ok(tokens)
 }

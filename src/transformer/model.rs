@@ -1,9 +1,11 @@
 //! The bidirectional (non-causal) masked transformer over multichannel tokens.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::config::TransformerConfig;
+use crate::nn::layers::{LayerNorm, Linear};
+use crate::nn::softmax::softmax_last_dim;
 use crate::transformer::tokens::TokenLayout;
 
 const INIT_STD: f64 = 0.02;
@@ -69,7 +71,7 @@ impl SelfAttention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [B, H, T, T]
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attn = softmax_last_dim(&scores)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.proj.forward(&out)
     }
@@ -119,6 +121,8 @@ pub struct MaskTransformer {
     ln_f: LayerNorm,
     head: Linear,
     layout: TokenLayout,
+    /// Compute dtype of the blocks (f32, or bf16 for mixed precision).
+    dtype: DType,
 }
 
 impl MaskTransformer {
@@ -146,7 +150,14 @@ impl MaskTransformer {
             ln_f: layer_norm(d, vb.pp("ln_f"))?,
             head: linear(d, layout.codebook_size, vb.pp("head"))?,
             layout,
+            dtype: DType::F32,
         })
+    }
+
+    /// The same model computing its blocks in `dtype` (weights, embeddings and logits stay f32).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     pub fn layout(&self) -> &TokenLayout {
@@ -174,12 +185,12 @@ impl MaskTransformer {
             .forward(cond)?
             .broadcast_add(&self.cond_pos)?
             .unsqueeze(1)?; // [B, 1, D]
-        let mut h = Tensor::cat(&[&c, &x], 1)?; // [B, L+1, D]
+        let mut h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
         for block in &self.blocks {
             h = block.forward(&h)?;
         }
         let h = self.ln_f.forward(&h.narrow(1, 1, l)?)?;
-        self.head.forward(&h)
+        self.head.forward(&h)?.to_dtype(DType::F32)
     }
 
     /// Logits with classifier-free guidance: `(1+s)·cond − s·uncond` (plain conditional logits

@@ -74,7 +74,8 @@ impl TransformerStage {
         val: TokenBatch,
     ) -> Result<Self> {
         let store = ParamStore::new(crate::vq::stage::init_seed(seed), device);
-        let model = MaskTransformer::new(&cfg.model, layout, store.var_builder())?;
+        let model = MaskTransformer::new(&cfg.model, layout, store.var_builder())?
+            .with_dtype(cfg.train.precision.compute_dtype(device));
         let opt = Adam::new(store.trainable(), &cfg.train)?;
         Ok(Self {
             cfg: cfg.clone(),

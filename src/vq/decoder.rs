@@ -1,10 +1,10 @@
 //! The MoVQ decoder: every normalization is a SpatialNorm conditioned on the quantized latent.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::VqConfig;
-use crate::nn::layers::conv3x3;
+use crate::nn::layers::{conv3x3, Conv2d};
 use crate::nn::resample::Upsample;
 use crate::nn::spatial_norm::{Norm, NormKind};
 use crate::vq::encoder::MidBlock;

@@ -3,11 +3,12 @@
 //! Normalization is GroupNorm rather than BatchNorm so that the critic's output for an image does
 //! not depend on the rest of the batch and no running statistics need checkpointing.
 
+use candle_core::DType;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::config::DiscriminatorConfig;
-use crate::nn::layers::{conv2d, conv2d_no_bias, group_norm};
+use crate::nn::layers::{conv2d, conv2d_no_bias, group_norm, Conv2d, GroupNorm};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -19,6 +20,8 @@ struct Layer {
 #[derive(Debug, Clone)]
 pub struct Discriminator {
     layers: Vec<Layer>,
+    /// Compute dtype of the convolutions (f32 or bf16).
+    dtype: DType,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -70,7 +73,16 @@ impl Discriminator {
             norm: None,
             act: false,
         });
-        Ok(Self { layers })
+        Ok(Self {
+            layers,
+            dtype: DType::F32,
+        })
+    }
+
+    /// The same network computing in `dtype` (its weights stay f32).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Smallest image side this discriminator accepts (it must leave at least one patch).
@@ -80,9 +92,9 @@ impl Discriminator {
 }
 
 impl Module for Discriminator {
-    /// `[B, 3, H, W]` → patch logits `[B, 1, h', w']`.
+    /// `[B, 3, H, W]` → patch logits `[B, 1, h', w']` (f32).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = x.to_dtype(self.dtype)?;
         for layer in &self.layers {
             h = layer.conv.forward(&h)?;
             if let Some(norm) = &layer.norm {
@@ -92,6 +104,6 @@ impl Module for Discriminator {
                 h = candle_nn::ops::leaky_relu(&h, 0.2)?;
             }
         }
-        Ok(h)
+        h.to_dtype(DType::F32)
     }
 }

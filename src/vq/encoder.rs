@@ -1,11 +1,11 @@
 //! The MoVQ/VQGAN encoder: image → latent `[B, z_channels, h, w]`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::VqConfig;
 use crate::nn::attention::AttnBlock;
-use crate::nn::layers::conv3x3;
+use crate::nn::layers::{conv3x3, Conv2d};
 use crate::nn::resample::Downsample;
 use crate::nn::resnet::ResnetBlock;
 use crate::nn::spatial_norm::{Norm, NormKind};

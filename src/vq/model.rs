@@ -1,11 +1,10 @@
 //! The MoVQ autoencoder: encoder → quant_conv → multichannel quantizer → post_quant_conv →
 //! spatially modulated decoder.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::Conv2d;
+use candle_core::{DType, Module, Result, Tensor};
 
 use crate::config::VqConfig;
-use crate::nn::layers::conv1x1;
+use crate::nn::layers::{conv1x1, Conv2d};
 use crate::nn::params::ParamStore;
 use crate::vq::decoder::Decoder;
 use crate::vq::encoder::Encoder;
@@ -19,6 +18,8 @@ pub struct MoVq {
     post_quant_conv: Conv2d,
     decoder: Decoder,
     cfg: VqConfig,
+    /// Compute dtype of the encoder and decoder (f32, or bf16 for mixed precision).
+    dtype: DType,
 }
 
 impl MoVq {
@@ -33,7 +34,19 @@ impl MoVq {
             post_quant_conv: conv1x1(e, cfg.z_channels, vb.pp("post_quant_conv"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
             cfg: cfg.clone(),
+            dtype: DType::F32,
         })
+    }
+
+    /// The same model computing its encoder and decoder in `dtype` (weights, quantizer and
+    /// outputs stay f32).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn config(&self) -> &VqConfig {
@@ -51,12 +64,16 @@ impl MoVq {
         if c != 3 || h != r || w != r {
             candle_core::bail!("the model takes [B, 3, {r}, {r}] images, got [_, {c}, {h}, {w}]");
         }
-        self.quant_conv.forward(&self.encoder.forward(x)?)
+        let h = self.encoder.forward(&x.to_dtype(self.dtype)?)?;
+        self.quant_conv.forward(&h)?.to_dtype(DType::F32)
     }
 
-    /// Quantized latent `[B, embed_dim, h, w]` → image `[B, 3, H, W]`.
+    /// Quantized latent `[B, embed_dim, h, w]` → image `[B, 3, H, W]` (f32).
     pub fn decode(&self, zq: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(&self.post_quant_conv.forward(zq)?, zq)
+        let zq = zq.to_dtype(self.dtype)?;
+        self.decoder
+            .forward(&self.post_quant_conv.forward(&zq)?, &zq)?
+            .to_dtype(DType::F32)
     }
 
     /// Code indices `[B, c, h, w]` → image.

@@ -52,12 +52,13 @@ impl VqStage {
         perceptual: Option<Box<dyn PerceptualLoss>>,
     ) -> Result<Self> {
         let store = ParamStore::new(init_seed(seed), device);
-        let model = MoVq::new(&cfg.model, &store)?;
+        let dtype = cfg.train.precision.compute_dtype(device);
+        let model = MoVq::new(&cfg.model, &store)?.with_dtype(dtype);
         let opt = Adam::new(store.trainable(), &cfg.train)?;
         let critic = match &cfg.loss.discriminator {
             Some(d) => {
                 let dstore = ParamStore::new(mix(&[seed, Stream::Init as u64, 1]), device);
-                let net = Discriminator::new(d, dstore.var_builder().pp("disc"))?;
+                let net = Discriminator::new(d, dstore.var_builder().pp("disc"))?.with_dtype(dtype);
                 let opt = Adam::new(dstore.trainable(), &cfg.train)?;
                 Some(Critic {
                     store: dstore,

@@ -123,3 +123,28 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// The CUDA device the `cuda` variants of [`device_test!`] run on.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> candle_core::Device {
+    candle_core::Device::new_cuda(0)
+        .expect("a CUDA GPU (these tests were built with --features cuda)")
+}
+
+/// Runs `fn $name(dev: &Device)` on every available device, in the style of candle's
+/// `test_device!`: `$name::cpu` always, `$name::cuda` when built with the `cuda` feature.
+macro_rules! device_test {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&candle_core::Device::Cpu)
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                super::$name(&crate::harness::cuda_device())
+            }
+        }
+    };
+}

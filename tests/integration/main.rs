@@ -1,8 +1,10 @@
 //! All integration tests, compiled into one binary.
 
+#[macro_use]
 mod harness;
 
 mod cli;
+mod devices;
 mod metrics;
 mod model;
 mod stage2;

@@ -25,6 +25,10 @@ fn qcfg(channels: usize, k: usize, d: usize) -> QuantizerConfig {
     }
 }
 
+fn randn_on(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+    randn(shape, seed).to_device(dev).unwrap()
+}
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -33,13 +37,13 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-#[test]
-fn tiny_shapes_through_every_stage() {
+device_test!(tiny_shapes_through_every_stage);
+fn tiny_shapes_through_every_stage(dev: &Device) {
     let cfg = tiny();
     let m = &cfg.model;
-    let store = ParamStore::new(1, &Device::Cpu);
+    let store = ParamStore::new(1, dev);
     let model = MoVq::new(m, &store).unwrap();
-    let x = randn(&[2, 3, 32, 32], 0);
+    let x = randn_on(&[2, 3, 32, 32], 0, dev);
     let z = model.encode(&x).unwrap();
     let h = m.latent_size();
     assert_eq!(h, 16);
@@ -133,10 +137,14 @@ fn brute_force(
 }
 
 fn quantizer(cfg: &QuantizerConfig, seed: u64) -> (Quantizer, Vec<Vec<f32>>) {
-    let store = ParamStore::new(seed, &Device::Cpu);
+    quantizer_on(cfg, seed, &Device::Cpu)
+}
+
+fn quantizer_on(cfg: &QuantizerConfig, seed: u64, dev: &Device) -> (Quantizer, Vec<Vec<f32>>) {
+    let store = ParamStore::new(seed, dev);
     let q = Quantizer::new(cfg, store.var_builder().pp("quantize"), &store).unwrap();
     // spread the codes so that nearest-code ties are impossible
-    let e = randn(&[cfg.codebook_size, cfg.code_dim], seed + 100);
+    let e = randn_on(&[cfg.codebook_size, cfg.code_dim], seed + 100, dev);
     store
         .get_var("quantize.embedding.weight")
         .unwrap()
@@ -145,12 +153,12 @@ fn quantizer(cfg: &QuantizerConfig, seed: u64) -> (Quantizer, Vec<Vec<f32>>) {
     (q, e.to_vec2().unwrap())
 }
 
-#[test]
-fn quantizer_returns_the_nearest_code_per_channel() {
+device_test!(quantizer_returns_the_nearest_code_per_channel);
+fn quantizer_returns_the_nearest_code_per_channel(dev: &Device) {
     for (c, d) in [(1, 6), (3, 4)] {
         let cfg = qcfg(c, 20, d);
-        let (q, codebook) = quantizer(&cfg, 5);
-        let z = randn(&[2, c * d, 3, 5], 9);
+        let (q, codebook) = quantizer_on(&cfg, 5, dev);
+        let z = randn_on(&[2, c * d, 3, 5], 9, dev);
         let out = q.forward(&z).unwrap();
         let got: Vec<u32> = out.indices.flatten_all().unwrap().to_vec1().unwrap();
         let want = brute_force(
@@ -198,11 +206,11 @@ fn one_channel_is_a_plain_vq() {
     assert!((loss - 1.25 * mse).abs() < 1e-5, "{loss} vs {}", 1.25 * mse);
 }
 
-#[test]
-fn straight_through_gradient_equals_upstream_gradient() {
-    let (q, _) = quantizer(&qcfg(2, 10, 3), 3);
-    let z = Var::from_tensor(&randn(&[2, 6, 4, 4], 4)).unwrap();
-    let upstream = randn(&[2, 6, 4, 4], 5);
+device_test!(straight_through_gradient_equals_upstream_gradient);
+fn straight_through_gradient_equals_upstream_gradient(dev: &Device) {
+    let (q, _) = quantizer_on(&qcfg(2, 10, 3), 3, dev);
+    let z = Var::from_tensor(&randn_on(&[2, 6, 4, 4], 4, dev)).unwrap();
+    let upstream = randn_on(&[2, 6, 4, 4], 5, dev);
     let out = q.forward(z.as_tensor()).unwrap();
     let l = (out.zq * &upstream).unwrap().sum_all().unwrap();
     let g = l.backward().unwrap();
@@ -308,52 +316,47 @@ fn spatial_norm(store: &ParamStore) -> SpatialNorm {
     SpatialNorm::new(8, 3, 4, store.var_builder().pp("sn")).unwrap()
 }
 
-#[test]
-fn spatial_norm_with_unit_scale_and_zero_shift_is_group_norm() {
-    let store = ParamStore::new(0, &Device::Cpu);
+device_test!(spatial_norm_with_unit_scale_and_zero_shift_is_group_norm);
+fn spatial_norm_with_unit_scale_and_zero_shift_is_group_norm(dev: &Device) {
+    let store = ParamStore::new(0, dev);
     let sn = spatial_norm(&store);
     let set = |name: &str, t: Tensor| store.get_var(name).unwrap().set(&t).unwrap();
     set(
         "sn.conv_y.weight",
-        Tensor::zeros((8, 3, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((8, 3, 1, 1), DType::F32, dev).unwrap(),
     );
-    set(
-        "sn.conv_y.bias",
-        Tensor::ones(8, DType::F32, &Device::Cpu).unwrap(),
-    );
+    set("sn.conv_y.bias", Tensor::ones(8, DType::F32, dev).unwrap());
     set(
         "sn.conv_b.weight",
-        Tensor::zeros((8, 3, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((8, 3, 1, 1), DType::F32, dev).unwrap(),
     );
-    set(
-        "sn.conv_b.bias",
-        Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
-    );
+    set("sn.conv_b.bias", Tensor::zeros(8, DType::F32, dev).unwrap());
     // non-trivial GroupNorm affine, which SpatialNorm keeps
-    set("sn.norm_layer.weight", randn(&[8], 1));
-    set("sn.norm_layer.bias", randn(&[8], 2));
-    let f = randn(&[2, 8, 8, 8], 3);
-    let zq = randn(&[2, 3, 2, 2], 4);
+    set("sn.norm_layer.weight", randn_on(&[8], 1, dev));
+    set("sn.norm_layer.bias", randn_on(&[8], 2, dev));
+    let f = randn_on(&[2, 8, 8, 8], 3, dev);
+    let zq = randn_on(&[2, 3, 2, 2], 4, dev);
     let got = sn.forward(&f, &zq).unwrap();
-    let gn = candle_nn::GroupNorm::new(randn(&[8], 1), randn(&[8], 2), 8, 4, 1e-6).unwrap();
+    let gn = candle_nn::GroupNorm::new(randn_on(&[8], 1, dev), randn_on(&[8], 2, dev), 8, 4, 1e-6)
+        .unwrap();
     let want = gn.forward(&f).unwrap();
     let diff = max_abs_diff(&got, &want);
     assert!(diff < 1e-5, "{diff}");
 }
 
-#[test]
-fn spatial_norm_modulation_is_per_pixel() {
+device_test!(spatial_norm_modulation_is_per_pixel);
+fn spatial_norm_modulation_is_per_pixel(dev: &Device) {
     // The modulation at a pixel depends only on the latent cell it lies in: changing zq at cell
     // (0, 1) of a 2×2 grid changes exactly the pixels of the matching 4×4 block of an 8×8 map.
-    let store = ParamStore::new(0, &Device::Cpu);
+    let store = ParamStore::new(0, dev);
     let sn = spatial_norm(&store);
-    let f = randn(&[1, 8, 8, 8], 3);
-    let zq = randn(&[1, 3, 2, 2], 4);
+    let f = randn_on(&[1, 8, 8, 8], 3, dev);
+    let zq = randn_on(&[1, 3, 2, 2], 4, dev);
     let mut zq2: Vec<f32> = zq.flatten_all().unwrap().to_vec1().unwrap();
     for c in 0..3 {
         zq2[c * 4 + 1] += 1.0; // cell (row 0, col 1)
     }
-    let zq2 = Tensor::from_vec(zq2, (1, 3, 2, 2), &Device::Cpu).unwrap();
+    let zq2 = Tensor::from_vec(zq2, (1, 3, 2, 2), dev).unwrap();
     let a: Vec<f32> = sn
         .forward(&f, &zq)
         .unwrap()

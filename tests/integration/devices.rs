@@ -1,0 +1,438 @@
+//! Mixed precision and the on-device sampler, run on every available device; with the `cuda`
+//! feature also every block on CUDA against the CPU (forward and backward) and bf16 training
+//! against f32 training.
+
+use candle_core::{DType, Device, Tensor};
+use movq::config::{RunConfig, TransformerConfig};
+use movq::nn::params::ParamStore;
+use movq::transformer::maskgit::{step_counts, steps_on_device, SamplerOptions};
+use movq::transformer::schedule::MaskSchedule;
+use movq::transformer::{MaskTransformer, TokenLayout};
+use movq::vq::MoVq;
+use rand::{Rng, SeedableRng};
+
+/// Uniform values in [-1, 1) from `seed`, on `dev`.
+fn randn(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, dev).unwrap()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// `‖a − b‖ / ‖b‖`.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (to_vec(a), to_vec(b));
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn tiny_transformer(layout: TokenLayout, dev: &Device) -> (ParamStore, MaskTransformer) {
+    let cfg = TransformerConfig {
+        layers: 2,
+        width: 32,
+        heads: 4,
+        mlp: 64,
+    };
+    let store = ParamStore::new(3, dev);
+    let model = MaskTransformer::new(&cfg, layout, store.var_builder()).unwrap();
+    (store, model)
+}
+
+/// The reduced-precision compute dtype tested on `dev`: bf16 on CUDA; f16 on the CPU, whose
+/// matmul has no bf16 kernel (the casts under test are the same).
+fn half_dtype(dev: &Device) -> DType {
+    if dev.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F16
+    }
+}
+
+fn layout() -> TokenLayout {
+    TokenLayout {
+        h: 4,
+        w: 4,
+        channels: 2,
+        codebook_size: 16,
+        n_classes: 3,
+    }
+}
+
+device_test!(bf16_autoencoder_follows_f32);
+/// The stage-1 model computing in half precision returns f32 outputs close to the f32 model's,
+/// and its gradients reach every f32 weight.
+fn bf16_autoencoder_follows_f32(dev: &Device) {
+    let cfg = RunConfig::resolve("tiny").unwrap();
+    let store = ParamStore::new(1, dev);
+    let f32_model = MoVq::new(&cfg.model, &store).unwrap();
+    let bf16_model = f32_model.clone().with_dtype(half_dtype(dev));
+    let x = randn(&[2, 3, 32, 32], 0, dev);
+    let z32 = f32_model.encode(&x).unwrap();
+    let z16 = bf16_model.encode(&x).unwrap();
+    assert_eq!(z16.dtype(), DType::F32);
+    let e = rel_err(&z16, &z32);
+    assert!(e < 0.03, "encoder: relative error {e}");
+    let zq = f32_model.quantizer().forward(&z32).unwrap().zq;
+    let y32 = f32_model.decode(&zq).unwrap();
+    let y16 = bf16_model.decode(&zq).unwrap();
+    assert_eq!(y16.dtype(), DType::F32);
+    let e = rel_err(&y16, &y32);
+    assert!(e < 0.03, "decoder: relative error {e}");
+    // gradients of an L1 + quantizer loss reach every trainable weight, in f32
+    let (y, q) = bf16_model.forward(&x).unwrap();
+    let loss = ((y - &x).unwrap().abs().unwrap().mean_all().unwrap() + q.loss).unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in store.trainable() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+        assert!(to_vec(g).iter().all(|v| v.is_finite()), "{name}");
+    }
+}
+
+device_test!(softmax_gradient_matches_the_composed_softmax);
+/// The fused softmax carries the same gradient as candle's composed softmax.
+fn softmax_gradient_matches_the_composed_softmax(dev: &Device) {
+    let x = candle_core::Var::from_tensor(&(randn(&[3, 5, 17], 1, dev) * 4.0).unwrap()).unwrap();
+    let r = randn(&[3, 5, 17], 2, dev);
+    let fused = movq::nn::softmax::softmax_last_dim(x.as_tensor()).unwrap();
+    let composed = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap();
+    assert!(rel_err(&fused, &composed) < 1e-6);
+    let g1 = (&fused * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (&composed * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (g1, g2) = (
+        g1.get(x.as_tensor()).unwrap(),
+        g2.get(x.as_tensor()).unwrap(),
+    );
+    let e = rel_err(g1, g2);
+    assert!(e < 1e-5, "softmax gradient: relative error {e}");
+}
+
+device_test!(bf16_transformer_follows_f32);
+fn bf16_transformer_follows_f32(dev: &Device) {
+    let l = layout();
+    let (store, model) = tiny_transformer(l, dev);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let toks: Vec<u32> = (0..2 * l.seq_len())
+        .map(|_| rng.random_range(0..=16))
+        .collect();
+    let tokens = Tensor::from_vec(toks, (2, l.seq_len()), dev).unwrap();
+    let cond = Tensor::new(&[0u32, 3], dev).unwrap();
+    let a = model.forward(&tokens, &cond).unwrap();
+    let b16 = model.clone().with_dtype(half_dtype(dev));
+    let b = b16.forward(&tokens, &cond).unwrap();
+    assert_eq!(b.dtype(), DType::F32);
+    let e = rel_err(&b, &a);
+    assert!(e < 0.03, "logits: relative error {e}");
+    let grads = b.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let with_grad = store
+        .trainable()
+        .iter()
+        .filter(|(_, v)| grads.get(v.as_tensor()).is_some())
+        .count();
+    // every weight has a gradient (LayerNorm included)
+    assert!(
+        with_grad == store.trainable().len(),
+        "{with_grad} of {}",
+        store.trainable().len()
+    );
+}
+
+device_test!(device_sampler_leaves_exact_counts_per_step);
+/// The on-device MaskGIT loop leaves exactly the scheduled number of masks after every step,
+/// never changes a known token, and only writes codebook ids.
+fn device_sampler_leaves_exact_counts_per_step(dev: &Device) {
+    let l = layout();
+    let (_, model) = tiny_transformer(l, dev);
+    let (n, mask) = (l.seq_len(), l.mask_id());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    // two fully masked rows and one with a few known tokens
+    let mut rows = vec![vec![mask; n], vec![mask; n], vec![mask; n]];
+    let known: Vec<(usize, u32)> = (0..n)
+        .step_by(3)
+        .map(|i| (i, rng.random_range(0..16)))
+        .collect();
+    for &(i, v) in &known {
+        rows[2][i] = v;
+    }
+    for top1 in [false, true] {
+        let opts = SamplerOptions {
+            steps: 8,
+            temperature: 1.0,
+            choice_temperature: 4.5,
+            schedule: MaskSchedule::Cosine,
+            top1,
+            cfg_scale: 0.0,
+        };
+        let counts = step_counts(&rows, mask, n, &opts);
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let start = Tensor::from_vec(flat, (3, n), dev).unwrap();
+        let cond = Tensor::new(&[0u32, 1, 3], dev).unwrap();
+        for s in 1..=opts.steps {
+            let out = steps_on_device(&model, start.clone(), &cond, &opts, &counts[..s]).unwrap();
+            let out: Vec<Vec<u32>> = out.to_vec2().unwrap();
+            for (b, row) in out.iter().enumerate() {
+                let masked = row.iter().filter(|&&t| t == mask).count();
+                assert_eq!(masked, counts[s - 1][b], "row {b} after step {s}");
+                assert!(row.iter().all(|&t| t == mask || t < 16));
+            }
+            for &(i, v) in &known {
+                assert_eq!(out[2][i], v, "known token {i} changed");
+            }
+        }
+    }
+}
+
+/// Each block on CUDA against the CPU: same weights, same input, forward outputs and the
+/// gradients of every weight and of the input within tolerance; and bf16 training against f32.
+#[cfg(feature = "cuda")]
+mod cuda_against_cpu {
+    use super::*;
+    use candle_core::{Module, Var};
+    use movq::nn::attention::AttnBlock;
+    use movq::nn::resample::{Downsample, Upsample};
+    use movq::nn::resnet::ResnetBlock;
+    use movq::nn::spatial_norm::{NormKind, SpatialNorm};
+    use movq::train::{Stage, StepContext};
+    use movq::vq::discriminator::Discriminator;
+
+    type Forward = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+
+    const SPATIAL: NormKind = NormKind::Spatial {
+        groups: 8,
+        zq_channels: 4,
+    };
+
+    /// The quantized latent a SpatialNorm block is conditioned on, on `dev`.
+    fn zq(dev: &Device) -> Tensor {
+        randn(&[2, 4, 4, 4], 77, dev)
+    }
+
+    /// Builds a block on `dev` (weights from one seed), runs forward and backward of
+    /// `sum(out · r)` and returns the output, the input's gradient and every weight's gradient.
+    fn run(
+        build: &dyn Fn(&ParamStore) -> Forward,
+        input: &[usize],
+        dev: &Device,
+    ) -> (Tensor, Tensor, Vec<(String, Tensor)>) {
+        let store = ParamStore::new(11, dev);
+        let f = build(&store);
+        let x = Var::from_tensor(&randn(input, 1, dev)).unwrap();
+        let y = f(x.as_tensor()).unwrap();
+        let r = randn(y.dims(), 2, dev);
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).unwrap().clone();
+        let gw = store
+            .trainable()
+            .into_iter()
+            .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n, g.clone())))
+            .collect();
+        (y, gx, gw)
+    }
+
+    fn check(name: &str, build: &dyn Fn(&ParamStore) -> Forward, input: &[usize], tol: f64) {
+        let gpu = crate::harness::cuda_device();
+        let (y0, gx0, gw0) = run(build, input, &Device::Cpu);
+        let (y1, gx1, gw1) = run(build, input, &gpu);
+        let e = rel_err(&y1, &y0);
+        assert!(e < tol, "{name}: forward relative error {e}");
+        let e = rel_err(&gx1, &gx0);
+        assert!(e < tol, "{name}: input gradient relative error {e}");
+        assert_eq!(gw0.len(), gw1.len(), "{name}: gradients");
+        for ((n, a), (_, b)) in gw0.iter().zip(&gw1) {
+            let e = rel_err(b, a);
+            assert!(e < tol, "{name}: gradient of {n}: relative error {e}");
+        }
+        println!("{name}: CUDA matches the CPU (forward, input and weight gradients)");
+    }
+
+    #[test]
+    fn blocks_match_the_cpu_forward_and_backward() {
+        let tol = 1e-4;
+        check(
+            "ResnetBlock (GroupNorm, 16→32)",
+            &|s| {
+                let b = ResnetBlock::new(16, 32, NormKind::Group { groups: 8 }, s.var_builder())
+                    .unwrap();
+                Box::new(move |x| b.forward(x, None))
+            },
+            &[2, 16, 16, 16],
+            tol,
+        );
+        check(
+            "ResnetBlock (SpatialNorm)",
+            &|s| {
+                let b = ResnetBlock::new(16, 16, SPATIAL, s.var_builder()).unwrap();
+                let z = zq(s.device());
+                Box::new(move |x| b.forward(x, Some(&z)))
+            },
+            &[2, 16, 16, 16],
+            tol,
+        );
+        check(
+            "AttnBlock (SpatialNorm)",
+            &|s| {
+                let b = AttnBlock::new(16, SPATIAL, s.var_builder()).unwrap();
+                let z = zq(s.device());
+                Box::new(move |x| b.forward(x, Some(&z)))
+            },
+            &[2, 16, 8, 8],
+            tol,
+        );
+        check(
+            "SpatialNorm",
+            &|s| {
+                let n = SpatialNorm::new(16, 4, 8, s.var_builder()).unwrap();
+                let z = zq(s.device());
+                Box::new(move |x| n.forward(x, &z))
+            },
+            &[2, 16, 16, 16],
+            tol,
+        );
+        check(
+            "Downsample",
+            &|s| {
+                let d = Downsample::new(8, s.var_builder()).unwrap();
+                Box::new(move |x| d.forward(x))
+            },
+            &[2, 8, 16, 16],
+            tol,
+        );
+        check(
+            "Upsample",
+            &|s| {
+                let u = Upsample::new(8, s.var_builder()).unwrap();
+                Box::new(move |x| u.forward(x))
+            },
+            &[2, 8, 8, 8],
+            tol,
+        );
+        check(
+            "Discriminator",
+            &|s| {
+                let cfg = RunConfig::resolve("tiny").unwrap();
+                let d =
+                    Discriminator::new(cfg.loss.discriminator.as_ref().unwrap(), s.var_builder())
+                        .unwrap();
+                Box::new(move |x| d.forward(x))
+            },
+            &[2, 3, 32, 32],
+            tol,
+        );
+        check(
+            "MoVQ (tiny): encoder → quantizer (straight-through) → decoder",
+            &|s| {
+                let cfg = RunConfig::resolve("tiny").unwrap();
+                let m = MoVq::new(&cfg.model, s).unwrap();
+                Box::new(move |x| {
+                    let (y, q) = m.forward(x)?;
+                    y.broadcast_add(&q.loss)
+                })
+            },
+            &[2, 3, 32, 32],
+            1e-3,
+        );
+    }
+
+    #[test]
+    fn transformer_matches_the_cpu_forward_and_backward() {
+        let l = layout();
+        let toks: Vec<u32> = (0..2 * l.seq_len()).map(|i| (i * 7 % 17) as u32).collect();
+        let run = |dev: &Device| {
+            let (store, model) = tiny_transformer(l, dev);
+            let tokens = Tensor::from_vec(toks.clone(), (2, l.seq_len()), dev).unwrap();
+            let cond = Tensor::new(&[0u32, 3], dev).unwrap();
+            let y = model.forward(&tokens, &cond).unwrap();
+            let r = randn(y.dims(), 2, dev);
+            let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gw: Vec<(String, Tensor)> = store
+                .trainable()
+                .into_iter()
+                .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n, g.clone())))
+                .collect();
+            (y, gw)
+        };
+        let (y0, g0) = run(&Device::Cpu);
+        let (y1, g1) = run(&crate::harness::cuda_device());
+        let e = rel_err(&y1, &y0);
+        assert!(e < 1e-4, "logits: relative error {e}");
+        assert_eq!(g0.len(), g1.len());
+        for ((n, a), (_, b)) in g0.iter().zip(&g1) {
+            let e = rel_err(b, a);
+            assert!(e < 1e-3, "gradient of {n}: relative error {e}");
+        }
+    }
+
+    /// Mean reconstruction loss over the last `tail` of `steps` training steps on four images.
+    fn vq_training_loss(precision: movq::nn::precision::Precision, steps: usize) -> f64 {
+        let mut cfg = RunConfig::resolve("tiny").unwrap();
+        cfg.loss.discriminator = None;
+        cfg.train.precision = precision;
+        let ds = movq::data::Dataset::open("builtin:shapes:64", 0).unwrap();
+        let images: Vec<_> = (0..4)
+            .map(|i| (*ds.load_resized(i, 32).unwrap()).clone())
+            .collect();
+        let mut pixels = Vec::new();
+        for img in &images {
+            movq::data::image::push_chw(img, &mut pixels);
+        }
+        let batch = movq::data::loader::ImageBatch {
+            pixels,
+            labels: vec![None; 4],
+            side: 32,
+        };
+        let gpu = crate::harness::cuda_device();
+        let mut stage = movq::vq::stage::VqStage::new(&cfg, 0, &gpu, images, None).unwrap();
+        let mut tail = Vec::new();
+        for step in 0..steps {
+            let ctx = StepContext {
+                step,
+                lr: 2e-3,
+                rng: movq::rng::rng_for(0, movq::rng::Stream::Step, &[step as u64]),
+            };
+            let m = stage.train_step(batch.clone(), ctx).unwrap();
+            if step + 10 >= steps {
+                tail.push(m.get("rec").unwrap());
+            }
+        }
+        tail.iter().sum::<f64>() / tail.len() as f64
+    }
+
+    #[test]
+    fn bf16_training_reaches_the_f32_loss() {
+        use movq::nn::precision::Precision;
+        let f32_loss = vq_training_loss(Precision::F32, 150);
+        let bf16_loss = vq_training_loss(Precision::Bf16, 150);
+        println!(
+            "stage 1, 150 seeded steps: reconstruction loss f32 {f32_loss:.5}, bf16 {bf16_loss:.5}"
+        );
+        let rel = (bf16_loss - f32_loss).abs() / f32_loss;
+        assert!(rel < 0.1, "f32 {f32_loss} vs bf16 {bf16_loss}");
+    }
+}

@@ -67,6 +67,32 @@ pub enum Command {
     Eval(EvalArgs),
     /// PSNR and SSIM of two same-sized images, as JSON.
     Compare(CompareArgs),
+    /// Throughput and peak GPU memory on the PyTorch reference benchmark's workloads.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Precisions to measure, comma separated (bf16 is skipped on the CPU).
+    #[arg(long, default_value = "f32,bf16")]
+    pub precisions: String,
+    /// Run only the workloads whose "KIND CONFIG BATCH" contains this text (e.g. "vq-train").
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Timed calls at least.
+    #[arg(long, default_value_t = 3)]
+    pub min_iters: usize,
+    /// Keep timing until this many seconds have passed (at most 20 calls or 20 s).
+    #[arg(long, default_value_t = 2.0)]
+    pub target_seconds: f64,
+    /// Tiny stand-ins for every workload (a quick check that they all run, e.g. on the CPU).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Also append the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

@@ -47,3 +47,51 @@ pub fn describe(device: &Device) -> String {
         d => format!("{:?}", d.location()),
     }
 }
+
+/// Bytes of GPU memory in use on `device` as the driver reports it (all allocations of every
+/// process on that GPU); `None` on the CPU.
+#[cfg(feature = "cuda")]
+pub fn memory_in_use(device: &Device) -> Option<usize> {
+    let cuda = device.as_cuda_device().ok()?;
+    let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+    Some(total - free)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn memory_in_use(_device: &Device) -> Option<usize> {
+    None
+}
+
+/// The highest [`memory_in_use`] seen while it lives, sampled every millisecond on a thread.
+pub struct PeakMemory {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl PeakMemory {
+    /// Starts sampling; `None` on the CPU.
+    pub fn start(device: &Device) -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        memory_in_use(device)?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, dev) = (stop.clone(), device.clone());
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(memory_in_use(&dev).unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            peak.max(memory_in_use(&dev).unwrap_or(0))
+        });
+        Some(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops sampling and returns the peak in bytes.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}

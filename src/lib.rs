@@ -9,6 +9,7 @@ pub mod device;
 pub mod fsutil;
 pub mod metrics;
 pub mod nn;
+pub mod profile;
 pub mod rng;
 pub mod train;
 pub mod transformer;

@@ -31,7 +31,7 @@ pub fn load_vq(run_path: &Path, device: &Device) -> Result<(RunConfig, MoVq, Che
         &run.config_path().display().to_string(),
     )?;
     let ckpt = run.require_latest()?;
-    let store = ParamStore::new(0, device);
+    let store = ParamStore::frozen(0, device);
     let model = MoVq::new(&cfg.model, &store)?;
     store
         .load_file(&ckpt.model)
@@ -195,7 +195,7 @@ pub fn load_transformer(run_path: &Path, device: &Device) -> Result<TransformerR
     )?;
     let (vq_cfg, vq, _) = load_vq(&run_path.join("vq"), device)?;
     let checkpoint = run.require_latest()?;
-    let store = ParamStore::new(0, device);
+    let store = ParamStore::frozen(0, device);
     let layout = layout_for(&vq_cfg, cfg.classes.len());
     let model = MaskTransformer::new(&cfg.transformer.model, layout, store.var_builder())?;
     store

@@ -1,5 +1,6 @@
 //! One module per subcommand: flags → config → work.
 
+mod bench;
 mod common;
 mod compare;
 mod eval;
@@ -29,5 +30,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

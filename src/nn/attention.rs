@@ -45,7 +45,11 @@ impl AttnBlock {
             .reshape((b, c, h * w))?
             .transpose(1, 2)?; // [B, HW, C]
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let attn = (q.contiguous()?.matmul(&k.contiguous()?)? * scale)?; // [B, HW, HW]
+        let attn = crate::profile::scope(
+            || "attention matmuls".into(),
+            x.device(),
+            || q.contiguous()?.matmul(&k.contiguous()?)? * scale,
+        )?; // [B, HW, HW]
         let attn = softmax_last_dim(&attn)?;
         let out = attn.matmul(&v.contiguous()?)?; // [B, HW, C]
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;

@@ -9,6 +9,8 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
+use crate::profile;
+
 /// PyTorch's default initialisation for a layer with `fan_in` inputs: uniform ±1/√fan_in.
 fn default_init(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
@@ -38,6 +40,17 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let name = || {
+            let (_, cin, h, _) = x.dims4().unwrap_or_default();
+            let k = self.weight.dim(2).unwrap_or(0);
+            format!("conv {k}x{k}/{} {cin}ch {h}px", self.cfg.stride)
+        };
+        profile::scope(name, x.device(), || self.forward_inner(x))
+    }
+}
+
+impl Conv2d {
+    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let c = self.cfg;
         let y = x.conv2d(
@@ -72,6 +85,19 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let name = || {
+            format!(
+                "linear {}x{}",
+                self.weight.dim(1).unwrap_or(0),
+                self.weight.dim(0).unwrap_or(0)
+            )
+        };
+        profile::scope(name, x.device(), || self.forward_inner(x))
+    }
+}
+
+impl Linear {
+    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
@@ -102,6 +128,12 @@ pub struct GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        profile::scope(|| "group_norm".into(), x.device(), || self.forward_inner(x))
+    }
+}
+
+impl GroupNorm {
+    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let shape = x.dims().to_vec();
         let (b, c) = (shape[0], shape[1]);
@@ -145,6 +177,12 @@ impl Module for LayerNorm {
     /// Written with differentiable ops: candle's fused `ops::layer_norm` has no backward pass
     /// (its input and affine weights would get no gradient).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        profile::scope(|| "layer_norm".into(), x.device(), || self.forward_inner(x))
+    }
+}
+
+impl LayerNorm {
+    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let n = x.dim(D::Minus1)? as f64;
         let x = x.to_dtype(DType::F32)?;

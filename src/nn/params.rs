@@ -27,6 +27,9 @@ struct Inner {
 pub struct ParamStore {
     inner: Arc<Mutex<Inner>>,
     device: Device,
+    /// Inference only: layers get detached views of the variables, so a forward pass records no
+    /// graph and frees each activation as soon as it is used.
+    frozen: bool,
 }
 
 /// True for non-trainable state such as EMA statistics.
@@ -42,6 +45,29 @@ impl ParamStore {
                 rng: StdRng::seed_from_u64(seed),
             })),
             device: device.clone(),
+            frozen: false,
+        }
+    }
+
+    /// A store for inference: same variables (loadable as usual), but the tensors handed to the
+    /// layers are detached, so no autograd graph keeps activations alive.
+    pub fn frozen(seed: u64, device: &Device) -> Self {
+        Self {
+            frozen: true,
+            ..Self::new(seed, device)
+        }
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// `var` as a layer sees it: detached in a frozen store.
+    pub fn view(&self, var: &Var) -> Tensor {
+        if self.frozen {
+            var.as_tensor().detach()
+        } else {
+            var.as_tensor().clone()
         }
     }
 
@@ -168,17 +194,17 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
                     v.shape()
                 );
             }
-            return v.as_tensor().to_dtype(dtype)?.to_device(dev);
+            return self.view(v).to_dtype(dtype)?.to_device(dev);
         }
         let t = self.init_tensor(&mut inner.rng, &s, h)?;
         let var = Var::from_tensor(&t)?;
         inner.vars.insert(name.to_string(), var.clone());
-        var.as_tensor().to_dtype(dtype)?.to_device(dev)
+        self.view(&var).to_dtype(dtype)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
         match self.lock().vars.get(name) {
-            Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
+            Some(v) => self.view(v).to_dtype(dtype)?.to_device(dev),
             None => bail!("no parameter `{name}`"),
         }
     }

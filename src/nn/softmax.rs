@@ -50,9 +50,17 @@ impl CustomOp2 for WithSoftmaxGrad {
 
 /// Softmax over the last dimension, computed in f32; the result has the input's dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    crate::profile::scope(|| "softmax".into(), x.device(), || softmax_inner(x))
+}
+
+fn softmax_inner(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     // `y` is a fresh contiguous tensor, as the custom op's storage copy requires.
     let y = candle_nn::ops::softmax_last_dim(&x)?;
+    if !x.track_op() {
+        // no gradient wanted (inference): no need to attach one
+        return y.to_dtype(dt);
+    }
     x.apply_op2(&y, WithSoftmaxGrad)?.to_dtype(dt)
 }

@@ -26,11 +26,27 @@ impl SpatialNorm {
         })
     }
 
-    /// `f`: `[B, C, H, W]`, `zq`: `[B, embed_dim, h, w]` with `H, W` multiples of `h, w`.
+    /// `f`: `[B, C, H, W]`, `zq`: `[B, embed_dim, h, w]`.
+    ///
+    /// A 1×1 convolution commutes with nearest-neighbour upsampling, so when `H, W` are
+    /// multiples of `h, w` the scale and shift are computed at the latent's resolution and
+    /// broadcast over each `H/h × W/w` block: the same values, without materialising the
+    /// upsampled latent or running the convolutions at full resolution.
     pub fn forward(&self, f: &Tensor, zq: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = f.dims4()?;
-        let zq = resize_nearest(zq, h, w)?;
+        let (b, c, h, w) = f.dims4()?;
+        let (_, _, zh, zw) = zq.dims4()?;
         let norm = self.norm_layer.forward(f)?;
+        if h.is_multiple_of(zh) && w.is_multiple_of(zw) {
+            let blocks = |t: Tensor| t.reshape((b, c, zh, 1, zw, 1));
+            let scale = blocks(self.conv_y.forward(zq)?)?;
+            let shift = blocks(self.conv_b.forward(zq)?)?;
+            return norm
+                .reshape((b, c, zh, h / zh, zw, w / zw))?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&shift)?
+                .reshape((b, c, h, w));
+        }
+        let zq = resize_nearest(zq, h, w)?;
         norm.mul(&self.conv_y.forward(&zq)?)?
             .add(&self.conv_b.forward(&zq)?)
     }

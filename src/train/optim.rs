@@ -29,10 +29,17 @@ impl Grads {
 
     /// The global l2 norm over all gradients.
     pub fn norm(&self) -> Result<f64> {
-        let mut sq = 0f64;
-        for g in self.0.iter().flatten() {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        // One device→host read for all parameters.
+        let squares = self
+            .0
+            .iter()
+            .flatten()
+            .map(|g| g.sqr()?.sum_all())
+            .collect::<Result<Vec<_>>>()?;
+        if squares.is_empty() {
+            return Ok(0.0);
         }
+        let sq = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64;
         Ok(sq.sqrt())
     }
 }

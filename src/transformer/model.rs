@@ -70,7 +70,11 @@ impl SelfAttention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [B, H, T, T]
+        let scores = crate::profile::scope(
+            || "attention matmuls".into(),
+            x.device(),
+            || q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()),
+        )?; // [B, H, T, T]
         let attn = softmax_last_dim(&scores)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.proj.forward(&out)

@@ -23,6 +23,8 @@ pub struct Quantizer {
     usage: Var,
     /// EMA codebook statistics: cluster sizes `[K]` and summed vectors `[K, d]`.
     ema: Option<(Var, Var)>,
+    /// Inference only: the codebook is used detached (see [`ParamStore::frozen`]).
+    frozen: bool,
 }
 
 /// What the quantizer returns for a latent batch.
@@ -74,16 +76,21 @@ impl Quantizer {
             embedding: var("embedding.weight")?,
             usage: var("buffers.usage")?,
             ema,
+            frozen: store.is_frozen(),
         })
     }
 
     /// The codebook as used for lookups: `[K, d]`, l2-normalised when configured.
     pub fn codebook(&self) -> Result<Tensor> {
-        let e = self.embedding.as_tensor();
-        if self.cfg.l2_normalize {
-            l2_normalize(e)
+        let e = if self.frozen {
+            self.embedding.as_tensor().detach()
         } else {
-            Ok(e.clone())
+            self.embedding.as_tensor().clone()
+        };
+        if self.cfg.l2_normalize {
+            l2_normalize(&e)
+        } else {
+            Ok(e)
         }
     }
 
@@ -113,7 +120,11 @@ impl Quantizer {
             zf = l2_normalize(&zf)?;
         }
         let codebook = self.codebook()?;
-        let indices = Self::nearest(&zf.detach(), &codebook.detach())?;
+        let indices = crate::profile::scope(
+            || "quantizer search".into(),
+            z.device(),
+            || Self::nearest(&zf.detach(), &codebook.detach()),
+        )?;
         let zq = codebook.index_select(&indices, 0)?; // [N, d]
         let commitment = (&zf - zq.detach())?.sqr()?.mean_all()?;
         let loss = match self.ema {

@@ -89,14 +89,18 @@ impl VqStage {
     }
 }
 
-/// Mean PSNR of a reconstruction batch against its input.
+/// Mean PSNR of a reconstruction batch against its input (both in [-1, 1], the reconstruction
+/// clamped), computed on the device with one read back.
 fn batch_psnr(x: &Tensor, xrec: &Tensor) -> Result<f64> {
-    let a = tensor_to_images(x)?;
-    let b = tensor_to_images(xrec)?;
-    let s: Vec<f64> = a
+    let mse: Vec<f32> = (x - xrec.clamp(-1f32, 1f32)?)?
+        .sqr()?
+        .flatten_from(1)?
+        .mean(1)?
+        .to_vec1()?;
+    // peak-to-peak range 2: PSNR = 10·log10(4 / mse)
+    let s: Vec<f64> = mse
         .iter()
-        .zip(&b)
-        .map(|(a, b)| crate::metrics::psnr(a, b))
+        .map(|&m| 10.0 * (4.0 / (m as f64).max(1e-10)).log10())
         .collect();
     Ok(s.iter().sum::<f64>() / s.len().max(1) as f64)
 }
@@ -147,9 +151,17 @@ impl Stage for VqStage {
                 total += weight * g;
                 g_rec.add_scaled(&g_gan, weight)?
             }
-            _ => self.opt.grads(&base.backward()?),
+            _ => self.opt.grads(&crate::profile::scope(
+                || "backward".into(),
+                &self.device,
+                || base.backward(),
+            )?),
         };
-        let grad_norm = self.opt.step(&grads, ctx.lr)?;
+        let grad_norm = crate::profile::scope(
+            || "optimizer".into(),
+            &self.device,
+            || self.opt.step(&grads, ctx.lr),
+        )?;
         let restarted = self.model.quantizer().update(&q, ctx.step, &mut ctx.rng)?;
         if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
             let real = critic.net.forward(&x.detach())?;

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Side-by-side table of `movq bench` and the PyTorch reference (`torch_reference.py`) from one
+run on the same GPU: movq's JSON lines and the reference's results.jsonl, matched by workload,
+precision and batch, with the ratio movq / PyTorch (throughput) and both peak memories.
+
+usage: python3 scripts/bench_table.py MOVQ.jsonl TORCH_RESULTS.jsonl  (markdown on stdout)
+"""
+import json
+import sys
+
+# movq (workload, config, batch) -> how the reference names the same job
+MATCH = [
+    (("vq-train", "ffhq-256", 16), "a2", "train", None, "stage-1 paper preset (f16, 16×16×4, K 1024) train step"),
+    (("vq-infer", "ffhq-256", 64), "a2", "infer", None, "stage-1 paper preset encode+quantize+decode"),
+    (("vq-train", "kandinsky-movq", 16), "a1", "train", None, "Kandinsky-shape (f8) train step"),
+    (("vq-infer", "kandinsky-movq", 64), "a1", "infer", None, "Kandinsky-shape encode+quantize+decode"),
+    (("vq-decode", "ffhq-256", 64), "b", "decode", "grid16x16x4", "paper-preset decoder from 16×16×4 tokens"),
+    (("tr-train", "16x16x4", 64), "b", "train", "seq 1024+1", "transformer 24×768 train, 1024+1 tokens"),
+    (("tr-train", "16x16x1", 64), "b", "train", "seq 256+1", "transformer 24×768 train, 256+1 tokens"),
+    (("tr-sample", "16x16x4", 64), "b", "sample", "seq 1024+1", "12-step sampling, 1024 tokens"),
+    (("tr-sample", "16x16x1", 256), "b", "sample", "seq 256+1", "12-step sampling, 256 tokens"),
+]
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def main():
+    movq = load(sys.argv[1])
+    torch = load(sys.argv[2]) if len(sys.argv) > 2 else []
+    print("| workload | B | prec | movq | PyTorch | movq / PyTorch | movq peak GiB | PyTorch peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (kind, cfg, batch), section, mode, tag, label in MATCH:
+        for prec in ("f32", "bf16"):
+            m = next((r for r in movq if (r.get("workload"), r.get("config"), r.get("batch"), r.get("prec"))
+                      == (kind, cfg, batch, prec)), None)
+            tprec = "fp32" if prec == "f32" else "bf16"
+            t = next((r for r in torch if r.get("section") == section and r.get("mode") == mode
+                      and r.get("prec") == tprec and r.get("batch") == batch
+                      and (tag is None or tag in r.get("config", ""))), None)
+            if m is None and t is None:
+                continue
+            unit = (m or {}).get("unit") or (t or {}).get("unit", "")
+
+            def fmt(r):
+                if r is None:
+                    return "not run"
+                if r.get("status") != "ok":
+                    return r.get("status", "?")
+                return f"{r['throughput']:,.1f} {unit}"
+
+            ratio = "—"
+            if m and t and m.get("status") == "ok" and t.get("status") == "ok":
+                ratio = f"{m['throughput'] / t['throughput']:.3f}×"
+            mp = f"{m['peak_mem_gib']:.1f}" if m and m.get("peak_mem_gib") is not None else "—"
+            tp = f"{t['peak_mem_steady_gib']:.1f}" if t and t.get("peak_mem_steady_gib") is not None else "—"
+            print(f"| {label} | {batch} | {prec} | {fmt(m)} | {fmt(t)} | {ratio} | {mp} | {tp} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+//! Opt-in timing of where a step's time goes: `MOVQ_PROFILE=1` makes every instrumented op
+//! synchronise the device before and after itself and add its wall time to a per-name total.
+//! Synchronising serialises the GPU, so profiled runs are slower; the shares are what count.
+//! Off (the default), a scope is one relaxed atomic load.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{Device, Result};
+
+/// 0 = not yet read from the environment, 1 = off, 2 = on.
+static STATE: AtomicU8 = AtomicU8::new(0);
+static TOTALS: Mutex<BTreeMap<String, (f64, usize)>> = Mutex::new(BTreeMap::new());
+
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("MOVQ_PROFILE").is_ok_and(|v| v != "0" && !v.is_empty());
+            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 2,
+    }
+}
+
+/// Runs `f`, adding its synchronised wall time to `name()`'s total when profiling is on.
+pub fn scope<T>(
+    name: impl FnOnce() -> String,
+    device: &Device,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if !enabled() {
+        return f();
+    }
+    device.synchronize()?;
+    let t = Instant::now();
+    let out = f()?;
+    device.synchronize()?;
+    let dt = t.elapsed().as_secs_f64();
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    let e = totals.entry(name()).or_insert((0.0, 0));
+    e.0 += dt;
+    e.1 += 1;
+    Ok(out)
+}
+
+/// The totals so far (name, seconds, calls), largest first; clears them.
+pub fn take() -> Vec<(String, f64, usize)> {
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<_> = std::mem::take(&mut *totals)
+        .into_iter()
+        .map(|(k, (s, n))| (k, s, n))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}

@@ -55,6 +55,10 @@ pub struct TransformerSection {
     /// Mask ratios at which validation reports masked-token loss and accuracy.
     #[serde(default = "default_val_mask_ratios")]
     pub val_mask_ratios: Vec<f64>,
+    /// Run each batch's forward and backward in chunks of this many sequences, adding up the
+    /// gradients: the same optimizer step with less activation memory (absent = whole batch).
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
 }
 
 fn default_label_smoothing() -> f64 {
@@ -101,6 +105,9 @@ impl TransformerSection {
         self.train
             .validate()
             .context("in the transformer section")?;
+        if self.micro_batch == Some(0) {
+            bail!("transformer.micro_batch must be positive, got 0");
+        }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!(
                 "transformer.label_smoothing must be in [0, 1), got {}",

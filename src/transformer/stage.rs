@@ -118,14 +118,52 @@ impl Stage for TransformerStage {
             }
         }
         let mb = masked_batch(&layout, &batch, &masks, &self.device)?;
-        let logits = self.model.forward(&mb.inputs, &mb.cond)?;
-        let (loss, acc) =
-            masked_cross_entropy(&logits, &mb.targets, &mb.weights, self.cfg.label_smoothing)?;
-        let grads = self.opt.grads(&loss.backward()?);
-        let grad_norm = self.opt.step(&grads, ctx.lr)?;
+        // Forward and backward per chunk of rows; each chunk's mean loss is weighted by its
+        // share of the batch's masked tokens, so the summed gradient is the whole batch's.
+        let rows = batch.tokens.len();
+        let chunk = self.cfg.micro_batch.unwrap_or(rows).clamp(1, rows.max(1));
+        let masked_in = |r: std::ops::Range<usize>| -> f64 {
+            masks[r].iter().flatten().filter(|&&m| m).count() as f64
+        };
+        let total = masked_in(0..rows).max(1.0);
+        let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
+        let mut grads: Option<crate::train::optim::Grads> = None;
+        for start in (0..rows).step_by(chunk) {
+            let n = chunk.min(rows - start);
+            let share = masked_in(start..start + n) / total;
+            if share == 0.0 {
+                continue;
+            }
+            let part = |t: &Tensor| t.narrow(0, start, n);
+            let logits = self.model.forward(&part(&mb.inputs)?, &part(&mb.cond)?)?;
+            let (loss, acc) = masked_cross_entropy(
+                &logits,
+                &part(&mb.targets)?,
+                &part(&mb.weights)?,
+                self.cfg.label_smoothing,
+            )?;
+            let loss = (loss * share)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            acc_sum += acc * share;
+            let g = self.opt.grads(&crate::profile::scope(
+                || "backward".into(),
+                &self.device,
+                || loss.backward(),
+            )?);
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.add_scaled(&g, 1.0)?,
+            });
+        }
+        let grads = grads.context("a training batch without a masked token")?;
+        let grad_norm = crate::profile::scope(
+            || "optimizer".into(),
+            &self.device,
+            || self.opt.step(&grads, ctx.lr),
+        )?;
         let mut m = Metrics::new();
-        m.push("loss", loss.to_scalar::<f32>()? as f64);
-        m.push("acc", acc);
+        m.push("loss", loss_sum);
+        m.push("acc", acc_sum);
         m.push("grad_norm", grad_norm);
         Ok(m)
     }

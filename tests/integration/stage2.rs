@@ -292,3 +292,35 @@ fn overfitting_a_few_token_grids_reaches_high_masked_accuracy() {
         "masked-token accuracy at 50 %: {before} → {after}"
     );
 }
+
+#[test]
+fn micro_batches_take_the_same_step_as_the_whole_batch() {
+    let l = layout(4, 2, 16, 3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let batch = TokenBatch {
+        tokens: (0..5)
+            .map(|_| (0..l.seq_len()).map(|_| rng.random_range(0..16)).collect())
+            .collect(),
+        labels: vec![0, 1, 2, 0, 1],
+    };
+    let mut cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    cfg.class_dropout = 0.0;
+    let mut weights = Vec::new();
+    for micro in [None, Some(2)] {
+        cfg.micro_batch = micro;
+        let mut stage = TransformerStage::new(&cfg, l, 0, &Device::Cpu, batch.clone()).unwrap();
+        for step in 0..2 {
+            let ctx = StepContext {
+                step,
+                lr: 1e-3,
+                rng: rng_for(0, Stream::Step, &[step as u64]),
+            };
+            stage.train_step(batch.clone(), ctx).unwrap();
+        }
+        weights.push(stage.store().tensors());
+    }
+    for ((name, a), (_, b)) in weights[0].iter().zip(&weights[1]) {
+        let d = max_abs_diff(a, b);
+        assert!(d < 1e-5, "{name}: {d}");
+    }
+}

@@ -9,6 +9,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
+use crate::nn::conv::conv2d_gemm;
 use crate::profile;
 
 /// PyTorch's default initialisation for a layer with `fan_in` inputs: uniform ±1/√fan_in.
@@ -20,7 +21,15 @@ fn default_init(fan_in: usize) -> Init {
     }
 }
 
-/// A 2-D convolution computed in its input's dtype.
+/// `MOVQ_CONV=candle` routes every convolution through candle's own `conv2d` (for comparison)
+/// instead of [`conv2d_gemm`].
+fn candle_conv() -> bool {
+    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CANDLE.get_or_init(|| std::env::var("MOVQ_CONV").is_ok_and(|v| v == "candle"))
+}
+
+/// A 2-D convolution computed in its input's dtype: stride-1 convolutions as matrix products
+/// ([`conv2d_gemm`]), strided ones through candle.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -53,13 +62,14 @@ impl Conv2d {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let c = self.cfg;
-        let y = x.conv2d(
-            &self.weight.to_dtype(dt)?,
-            c.padding,
-            c.stride,
-            c.dilation,
-            c.groups,
-        )?;
+        let w = self.weight.to_dtype(dt)?;
+        let k = w.dim(2)?;
+        let plain = c.stride == 1 && c.dilation == 1 && c.groups == 1 && c.padding < k;
+        let y = if plain && !candle_conv() {
+            conv2d_gemm(x, &w, c.padding)?
+        } else {
+            x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
+        };
         match &self.bias {
             None => Ok(y),
             Some(b) => {

@@ -1,6 +1,7 @@
 //! Building blocks shared by the networks.
 
 pub mod attention;
+pub mod conv;
 pub mod layers;
 pub mod params;
 pub mod precision;

@@ -13,32 +13,50 @@ for step in "$@"; do
     tests)
       # every device_test's CUDA variant and the CUDA-vs-CPU / bf16-vs-f32 tests
       xz -dc gpu/integration.xz > /tmp/integration && chmod +x /tmp/integration
-      /tmp/integration --test-threads 1 ::cuda cuda_against_cpu --nocapture 2>&1 | tee "$OUT/cuda-tests.log"
+      # shellcheck disable=SC2086
+      /tmp/integration --test-threads 1 ${TEST_FILTER:-::cuda cuda_against_cpu} --nocapture 2>&1 | tee "$OUT/cuda-tests.log"
       ;;
     bench)
-      /tmp/movq bench --device cuda --out "$OUT/movq.jsonl" 2>&1 | tee "$OUT/movq-bench.log"
+      # shellcheck disable=SC2086
+      /tmp/movq bench --device cuda --out "$OUT/movq.jsonl" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/movq-bench.log"
       ;;
     profile)
       MOVQ_PROFILE=1 /tmp/movq bench --device cuda --precisions bf16 --min-iters 1 --target-seconds 0 \
         2>&1 | tee "$OUT/movq-profile.log"
       ;;
     e2e)
-      # stage 1 (paper preset, reduced steps) → stage 2 → samples, in bf16
+      # stage 1 (paper preset, reduced steps) → stage 2 (micro-batches of 8) → samples, in bf16,
+      # on the built-in dataset at 256 px; GPU memory sampled by nvidia-smi meanwhile
       R=/tmp/e2e
-      /tmp/movq train-vq --config ffhq-256 --data builtin:shapes:512 --out $R/vq --steps 60 \
-        --precision bf16 --device cuda 2>&1 | tr '\r' '\n' | tail -n 8 | tee "$OUT/e2e.log"
-      /tmp/movq train-transformer --vq $R/vq --data builtin:shapes:512 --out $R/tr --steps 100 \
-        --batch-size 64 --precision bf16 --device cuda 2>&1 | tr '\r' '\n' | tail -n 8 | tee -a "$OUT/e2e.log"
+      python3 -c "import json; c = json.load(open('configs/ffhq-256.json')); c['transformer']['micro_batch'] = 8; c['train']['log_every'] = 5; c['train']['val_images'] = 16; c['transformer']['train']['log_every'] = 5; c['transformer']['train']['val_images'] = 16; json.dump(c, open('/tmp/ffhq-e2e.json', 'w'), indent=2)"
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/e2e-mem.csv" &
+      SMI=$!
+      t0=$(date +%s)
+      /tmp/movq train-vq --config /tmp/ffhq-e2e.json --data builtin:shapes:512 --out $R/vq \
+        --steps ${E2E_VQ_STEPS:-60} --precision bf16 --device cuda 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 6 | tee "$OUT/e2e.log"
+      t1=$(date +%s)
+      /tmp/movq train-transformer --config /tmp/ffhq-e2e.json --vq $R/vq --data builtin:shapes:512 --out $R/tr \
+        --steps ${E2E_TR_STEPS:-60} --batch-size 32 --precision bf16 --device cuda 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 6 | tee -a "$OUT/e2e.log"
+      t2=$(date +%s)
       /tmp/movq sample --model $R/tr --out $R/samples --num 16 --steps 12 --precision bf16 \
-        --device cuda 2>&1 | tail -n 4 | tee -a "$OUT/e2e.log"
+        --device cuda 2>&1 | tail -n 3 | tee -a "$OUT/e2e.log"
+      t3=$(date +%s)
+      kill $SMI
+      echo "wall seconds: train-vq $((t1-t0)), train-transformer $((t2-t1)), sample $((t3-t2))" | tee -a "$OUT/e2e.log"
+      echo "peak GPU memory used (MiB): $(sort -n "$OUT/e2e-mem.csv" | tail -n 1)" | tee -a "$OUT/e2e.log"
       cp $R/samples/grid.png "$OUT/e2e-grid.png" 2>/dev/null
-      tail -n 3 $R/vq/metrics.jsonl $R/tr/metrics.jsonl >> "$OUT/e2e.log"
+      tail -n 2 $R/vq/metrics.jsonl $R/tr/metrics.jsonl >> "$OUT/e2e.log"
       ;;
     torch)
       python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu/wheels/*.whl
       export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-      python3 gpu/torch_reference.py --sections ceil,a1,a2,b --max-prio 0 --out "$OUT/torch" \
-        --deadline "${TORCH_DEADLINE:-480}" 2>&1 | tail -n 40
+      # the reference's core jobs on exactly movq bench's workloads: bf16 first, then fp32
+      JOBS='^(a1|a2) (infer \S+ 64|train)|^b grid16x16x4 (train|sample \S+ 64$|decode \S+ 64$)|^b grid16x16 (train|sample \S+ 256$)'
+      python3 gpu/torch_reference.py --sections ceil,a1,a2,b --max-prio 0 --vq-infer-batches 64 \
+        --job-filter "(?=.*bf16)($JOBS)" --out "$OUT/torch" --deadline "${TORCH_BF16_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP|matmul"
+      python3 gpu/torch_reference.py --sections a1,a2,b --max-prio 0 --vq-infer-batches 64 \
+        --job-filter "(?=.*fp32)($JOBS)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
+      python3 gpu/torch_reference.py --sections table --out "$OUT/torch" | tail -n 30
       ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"

@@ -344,12 +344,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             let mut probe = PeakMemory::start(&device);
             let mut micro = None;
             let mut result = run_workload(w, p, micro, &device, &a);
-            // A transformer batch that does not fit runs again in micro-batches of a quarter
-            // (the same optimizer step, gradients added up).
+            // A transformer batch that does not fit runs again in micro-batches (a quarter,
+            // then halved until they fit): the same optimizer step, gradients added up.
             let oom =
                 |r: &Result<_>| matches!(r, Err(e) if format!("{e:#}").contains("OUT_OF_MEMORY"));
-            if w.kind == "tr-train" && oom(&result) && w.batch >= 4 {
-                micro = Some(w.batch / 4);
+            while w.kind == "tr-train" && oom(&result) && micro.unwrap_or(w.batch) > 1 {
+                micro = Some(match micro {
+                    None => (w.batch / 4).max(1),
+                    Some(m) => m / 2,
+                });
                 if let Some(pm) = probe.take() {
                     pm.finish();
                 }
@@ -379,7 +382,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                         "error"
                     };
                     json!({"workload": w.kind, "config": w.config, "batch": w.batch,
-                        "prec": p.to_string(), "status": status, "error": first})
+                        "prec": p.to_string(), "status": status, "error": first,
+                        "micro_batch": micro})
                 }
             };
             if crate::profile::enabled() {

@@ -97,10 +97,11 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainVqArgs {
-    /// Config file, or a preset name (tiny, ffhq-256, imagenet-256, kandinsky-movq).
+    /// Config file, or a preset name (tiny, ffhq-256, imagenet-256, kandinsky-movq, fashion-32).
     #[arg(long)]
     pub config: Option<String>,
-    /// Image folder (recursive; class subfolders are used as labels) or builtin:shapes[:N].
+    /// Image folder (recursive; class subfolders are used as labels), idx:PATH[:test] (MNIST-style
+    /// IDX files, e.g. Fashion-MNIST) or builtin:shapes[:N].
     #[arg(long)]
     pub data: String,
     /// Run directory to create (or to continue with --resume).
@@ -117,7 +118,8 @@ pub struct TrainTransformerArgs {
     /// Trained stage-1 run directory (read only).
     #[arg(long)]
     pub vq: PathBuf,
-    /// Image folder (class subfolders make the model class-conditional) or builtin:shapes[:N].
+    /// Image folder (class subfolders make the model class-conditional), idx:PATH[:test] or
+    /// builtin:shapes[:N].
     #[arg(long)]
     pub data: String,
     /// Stage-2 run directory to create (or to continue with --resume).
@@ -216,7 +218,7 @@ pub struct EvalArgs {
     /// Trained run directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Image folder or builtin:shapes[:N].
+    /// Image folder, idx:PATH[:test] or builtin:shapes[:N].
     #[arg(long)]
     pub data: String,
     /// Print JSON instead of a table.

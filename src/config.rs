@@ -21,6 +21,7 @@ pub const PRESETS: &[(&str, &str)] = &[
         "kandinsky-movq",
         include_str!("../configs/kandinsky-movq.json"),
     ),
+    ("fashion-32", include_str!("../configs/fashion-32.json")),
 ];
 
 /// The full configuration of a stage-1 run, written as `config.json` into the run directory.

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use image::RgbImage;
 
 use crate::data::folder::ImageFolder;
+use crate::data::idx::IdxSet;
 use crate::data::shapes::{self, Shapes};
 use crate::data::transform::resize_shorter;
 use crate::rng::mix;
@@ -16,6 +17,7 @@ use crate::rng::mix;
 enum Source {
     Folder(ImageFolder),
     Shapes(Shapes),
+    Idx(IdxSet),
 }
 
 pub struct Dataset {
@@ -28,9 +30,12 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Opens `spec`: `builtin:shapes` (optionally `builtin:shapes:N` images) or a folder.
+    /// Opens `spec`: `builtin:shapes` (optionally `builtin:shapes:N` images), `idx:PATH` (see
+    /// [`IdxSet::open`]) or a folder.
     pub fn open(spec: &str, seed: u64) -> Result<Self> {
-        let source = if let Some(rest) = spec.strip_prefix("builtin:") {
+        let source = if let Some(rest) = spec.strip_prefix("idx:") {
+            Source::Idx(IdxSet::open(rest)?)
+        } else if let Some(rest) = spec.strip_prefix("builtin:") {
             let mut parts = rest.split(':');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("shapes"), None, None) => Source::Shapes(Shapes { count: shapes::DEFAULT_COUNT, seed }),
@@ -46,6 +51,7 @@ impl Dataset {
         let classes = match &source {
             Source::Folder(f) => f.classes.clone(),
             Source::Shapes(_) => Shapes::class_names(),
+            Source::Idx(s) => s.classes.clone(),
         };
         Ok(Self {
             source,
@@ -69,6 +75,7 @@ impl Dataset {
         match &self.source {
             Source::Folder(f) => f.items.len(),
             Source::Shapes(s) => s.count,
+            Source::Idx(s) => s.len(),
         }
     }
 
@@ -85,6 +92,7 @@ impl Dataset {
         match &self.source {
             Source::Folder(f) => f.items[i].label,
             Source::Shapes(s) => Some(s.label(i)),
+            Source::Idx(s) => s.label(i),
         }
     }
 
@@ -93,6 +101,7 @@ impl Dataset {
         match &self.source {
             Source::Folder(f) => f.items[i].path.display().to_string(),
             Source::Shapes(_) => format!("shapes/{i:06}"),
+            Source::Idx(s) => format!("{}#{i:05}", s.path.display()),
         }
     }
 
@@ -119,6 +128,17 @@ impl Dataset {
                 }
             }
             Source::Shapes(s) => words.extend([s.count as u64, s.seed]),
+            Source::Idx(s) => {
+                words.push(mix(&s
+                    .path
+                    .to_string_lossy()
+                    .bytes()
+                    .map(u64::from)
+                    .collect::<Vec<_>>()));
+                let meta = std::fs::metadata(&s.path).ok();
+                words.push(meta.as_ref().map_or(0, |m| m.len()));
+                words.push(s.len() as u64);
+            }
         }
         mix(&words)
     }
@@ -127,7 +147,7 @@ impl Dataset {
     pub fn skipped(&self) -> usize {
         match &self.source {
             Source::Folder(f) => f.skipped.len(),
-            Source::Shapes(_) => 0,
+            Source::Shapes(_) | Source::Idx(_) => 0,
         }
     }
 
@@ -139,6 +159,7 @@ impl Dataset {
                     resize_shorter(&crate::data::image::open_rgb(&f.items[i].path)?, side)
                 }
                 Source::Shapes(s) => s.render(i, side),
+                Source::Idx(s) => s.render(i, side),
             }))
         };
         match &self.cache {

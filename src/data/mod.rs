@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod folder;
+pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod order;

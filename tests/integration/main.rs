@@ -5,6 +5,8 @@ mod harness;
 
 mod cli;
 mod devices;
+mod idx;
+mod lpips;
 mod metrics;
 mod model;
 mod stage2;

@@ -1,6 +1,7 @@
 //! Image and codebook metrics with the fixed definitions of the specification.
 
 pub mod codebook;
+pub mod lpips;
 pub mod psnr;
 pub mod ssim;
 

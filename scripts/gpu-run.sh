@@ -28,7 +28,7 @@ for step in "$@"; do
       # stage 1 (paper preset, reduced steps) → stage 2 (micro-batches of 8) → samples, in bf16,
       # on the built-in dataset at 256 px; GPU memory sampled by nvidia-smi meanwhile
       R=/tmp/e2e
-      python3 -c "import json; c = json.load(open('configs/ffhq-256.json')); c['transformer']['micro_batch'] = 8; c['train']['log_every'] = 5; c['train']['val_images'] = 16; c['transformer']['train']['log_every'] = 5; c['transformer']['train']['val_images'] = 16; json.dump(c, open('/tmp/ffhq-e2e.json', 'w'), indent=2)"
+      python3 -c "import json; c = json.load(open('configs/ffhq-256.json')); c['transformer']['micro_batch'] = 8; c['loss']['perceptual_weight'] = 0.0; c['train']['log_every'] = 5; c['train']['val_images'] = 16; c['transformer']['train']['log_every'] = 5; c['transformer']['train']['val_images'] = 16; json.dump(c, open('/tmp/ffhq-e2e.json', 'w'), indent=2)"
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/e2e-mem.csv" &
       SMI=$!
       t0=$(date +%s)

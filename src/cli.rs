@@ -36,6 +36,24 @@ pub struct Common {
     pub tf32: bool,
 }
 
+/// Which LPIPS network, and where its weights are.
+#[derive(Debug, Clone, Args)]
+pub struct LpipsFlags {
+    /// LPIPS backbone for the perceptual metric (alex, the metric's usual choice, or vgg).
+    #[arg(long, value_enum, default_value = "alex")]
+    pub lpips: LpipsNet,
+    /// LPIPS weights file (default: lpips-<net>.safetensors in MOVQ_CACHE or ~/.cache/movq,
+    /// written by scripts/get-weights). Without weights LPIPS is left out with a note.
+    #[arg(long)]
+    pub lpips_weights: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LpipsNet {
+    Alex,
+    Vgg,
+}
+
 /// Flags of both training commands.
 #[derive(Debug, Clone, Args)]
 pub struct TrainFlags {
@@ -210,6 +228,8 @@ pub struct ReconstructArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     #[command(flatten)]
+    pub lpips: LpipsFlags,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -231,6 +251,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[command(flatten)]
+    pub lpips: LpipsFlags,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -240,4 +262,6 @@ pub struct CompareArgs {
     pub a: PathBuf,
     /// Image to score against the reference.
     pub b: PathBuf,
+    #[command(flatten)]
+    pub lpips: LpipsFlags,
 }

@@ -298,3 +298,38 @@ pub fn starting_step<S: Stage>(
     }
     Ok(start)
 }
+
+/// The LPIPS network the flags ask for, on `device`; `None` (with a note on stderr) when its
+/// weights are not installed and no file was named.
+pub fn load_lpips(
+    flags: &crate::cli::LpipsFlags,
+    device: &Device,
+) -> Result<Option<crate::metrics::lpips::Lpips>> {
+    use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
+    let backbone = match flags.lpips {
+        crate::cli::LpipsNet::Alex => Backbone::Alex,
+        crate::cli::LpipsNet::Vgg => Backbone::Vgg,
+    };
+    match locate(flags.lpips_weights.as_deref(), backbone)? {
+        Some(path) => Ok(Some(Lpips::load(&path, device)?)),
+        None => {
+            eprintln!("note: LPIPS left out: {}", missing_note(backbone));
+            Ok(None)
+        }
+    }
+}
+
+/// LPIPS between two same-sized images (uint8, as the other metrics see them).
+pub fn lpips_pair(
+    net: &crate::metrics::lpips::Lpips,
+    a: &RgbImage,
+    b: &RgbImage,
+    device: &Device,
+) -> Result<f64> {
+    use crate::data::image::images_to_tensor;
+    let d = net.distance(
+        &images_to_tensor(std::slice::from_ref(a), device)?,
+        &images_to_tensor(std::slice::from_ref(b), device)?,
+    )?;
+    Ok(d.to_vec1::<f32>()?[0] as f64)
+}

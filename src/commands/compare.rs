@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::cli::CompareArgs;
+use crate::commands::common::{load_lpips, lpips_pair};
 use crate::data::image::open_rgb;
 use crate::metrics::{pair_scores, ssim};
 
@@ -30,11 +31,17 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         );
     }
     let s = pair_scores(&img_a, &img_b);
+    let device = candle_core::Device::Cpu;
+    let lpips = match load_lpips(&a.lpips, &device)? {
+        Some(net) => json!(lpips_pair(&net, &img_a, &img_b, &device)?),
+        None => json!(null),
+    };
     let out = json!({
         "a": a.a.display().to_string(),
         "b": a.b.display().to_string(),
         "psnr": if s.psnr.is_finite() { json!(s.psnr) } else { json!(null) },
         "ssim": s.ssim,
+        "lpips": lpips,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::commands::common::{compute_dtype, load_vq};
+use crate::commands::common::{compute_dtype, load_lpips, load_vq};
 use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
@@ -27,6 +27,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let q = &cfg.model.quantizer;
     let mut stats = CodebookStats::new(q.channels, q.codebook_size);
     let mut scores = Vec::with_capacity(n);
+    let lpips_net = load_lpips(&a.lpips, &device)?;
+    let mut lpips_sum = 0.0;
     let workers = cfg.data.worker_threads();
     let bar = ProgressBar::new(n as u64);
     let items: Vec<usize> = (0..n).collect();
@@ -35,8 +37,17 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         if !images.is_empty() {
             let (xrec, qo) = model.reconstruct(&images_to_tensor(&images, &device)?)?;
             stats.add(&qo.indices)?;
-            for (orig, rec) in images.iter().zip(tensor_to_images(&xrec)?) {
-                scores.push(pair_scores(orig, &rec));
+            let recs = tensor_to_images(&xrec)?;
+            if let Some(net) = &lpips_net {
+                // on the uint8 images, like PSNR and SSIM
+                let d = net.distance(
+                    &images_to_tensor(&images, &device)?,
+                    &images_to_tensor(&recs, &device)?,
+                )?;
+                lpips_sum += d.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+            for (orig, rec) in images.iter().zip(&recs) {
+                scores.push(pair_scores(orig, rec));
             }
         }
         bar.inc(chunk.len() as u64);
@@ -46,6 +57,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         bail!("--data {}: none of the images could be decoded", a.data);
     }
     let mean = mean_scores(&scores);
+    let lpips = lpips_net.as_ref().map(|_| lpips_sum / scores.len() as f64);
     let cb = stats.report();
     if a.json {
         let out = json!({
@@ -55,6 +67,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "images": scores.len(),
             "psnr": mean.psnr,
             "ssim": mean.ssim,
+            "lpips": lpips,
             "codebook": cb,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -62,6 +75,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         println!("images              {}", scores.len());
         println!("psnr                {:.3} dB", mean.psnr);
         println!("ssim                {:.4}", mean.ssim);
+        if let Some(l) = lpips {
+            println!("lpips               {l:.4}");
+        }
         println!("codebook usage      {:.4}", cb.usage);
         println!("perplexity          {:.2}", cb.perplexity);
         for (c, (u, p)) in cb

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::cli::ReconstructArgs;
 use crate::commands::common::{
-    load_transformer, output_names, resolve_class, Inputs, TransformerRun,
+    load_lpips, load_transformer, lpips_pair, output_names, resolve_class, Inputs, TransformerRun,
 };
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
 use crate::device;
@@ -78,6 +78,8 @@ struct Completion {
     random: Vec<RgbImage>,
     hidden: usize,
     top1_vs_original: PairScores,
+    /// LPIPS of each random completion against the top-1 one (empty without LPIPS weights).
+    random_vs_top1_lpips: Vec<f64>,
     random_vs_top1: Vec<PairScores>,
     random_vs_original: Vec<PairScores>,
 }
@@ -101,6 +103,9 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
     let grey = RgbImage::from_pixel(side, side, Rgb([128, 128, 128]));
     let mut records = Vec::new();
     let mut per_ratio: Vec<Vec<PairScores>> = vec![Vec::new(); ratios.len()];
+    // LPIPS between each random completion and the top-1 one, as in the paper's table
+    let lpips_net = load_lpips(&a.lpips, &device)?;
+    let mut per_ratio_lpips: Vec<Vec<f64>> = vec![Vec::new(); ratios.len()];
     let mut all_rows: Vec<Vec<RgbImage>> = Vec::new();
     for i in 0..inputs.len() {
         let original = inputs.load(i, side)?;
@@ -146,11 +151,20 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
             let random_vs_top1: Vec<PairScores> =
                 random.iter().map(|r| pair_scores(&top1, r)).collect();
             per_ratio[j].extend(random_vs_top1.iter().copied());
+            let random_vs_top1_lpips = match &lpips_net {
+                Some(net) => random
+                    .iter()
+                    .map(|r| lpips_pair(net, &top1, r, &device))
+                    .collect::<Result<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            per_ratio_lpips[j].extend(random_vs_top1_lpips.iter().copied());
             done.push(Completion {
                 masked: masked_view(&original, &mask, &layout),
                 top1_vs_original: pair_scores(&original, &top1),
                 random_vs_original: random.iter().map(|r| pair_scores(&original, r)).collect(),
                 random_vs_top1,
+                random_vs_top1_lpips,
                 top1,
                 random,
                 hidden,
@@ -166,6 +180,7 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
                 "visible_per_channel": layout.positions() - c.hidden,
                 "top1_vs_original": scores_json(&c.top1_vs_original),
                 "random_vs_top1": c.random_vs_top1.iter().map(scores_json).collect::<Vec<_>>(),
+                "random_vs_top1_lpips": c.random_vs_top1_lpips,
                 "random_vs_original": c.random_vs_original.iter().map(scores_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }));
@@ -194,14 +209,16 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
         all_rows.extend(rows);
     }
     save_png(&grid(&all_rows, 2), &a.out.join("grid.png"))?;
+    let mean_lpips = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let table: Vec<Value> = ratios
         .iter()
         .zip(&per_ratio)
-        .map(|(&r, s)| {
+        .zip(&per_ratio_lpips)
+        .map(|((&r, s), l)| {
             let m = mean_scores(s);
             let hidden = hidden_per_channel(&layout, r);
             json!({"mask_ratio": r, "masked_per_channel": hidden, "visible_per_channel": layout.positions() - hidden,
-                   "random_vs_top1": scores_json(&m)})
+                   "random_vs_top1": scores_json(&m), "random_vs_top1_lpips": mean_lpips(l)})
         })
         .collect();
     let mut report = json!({
@@ -223,14 +240,17 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
         &a.out.join("metrics.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    println!("mask_ratio  visible/channel  SSIM(random, top-1)  PSNR(random, top-1)");
-    for (&r, s) in ratios.iter().zip(&per_ratio) {
+    println!(
+        "mask_ratio  visible/channel  SSIM(random, top-1)  PSNR(random, top-1)  LPIPS(random, top-1)"
+    );
+    for ((&r, s), l) in ratios.iter().zip(&per_ratio).zip(&per_ratio_lpips) {
         let m = mean_scores(s);
         println!(
-            "{r:>10.3}  {:>15}  {:>19.4}  {:>19.3}",
+            "{r:>10.3}  {:>15}  {:>19.4}  {:>19.3}  {:>20}",
             layout.positions() - hidden_per_channel(&layout, r),
             m.ssim,
-            m.psnr
+            m.psnr,
+            mean_lpips(l).map_or("-".to_string(), |v| format!("{v:.4}"))
         );
     }
     eprintln!(

@@ -14,7 +14,9 @@ use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::device;
 use crate::fsutil;
+use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
 use crate::train::{self, LoopOptions, RunDir};
+use crate::vq::losses::PerceptualLoss;
 use crate::vq::stage::VqStage;
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
@@ -87,18 +89,26 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         );
     }
 
+    // The perceptual term: LPIPS with the VGG16 network, frozen (checked before anything is
+    // written).
+    let perceptual: Option<Box<dyn PerceptualLoss>> = if cfg.loss.perceptual_weight > 0.0 {
+        let path = locate(None, Backbone::Vgg)?.with_context(|| {
+            format!(
+                "loss.perceptual_weight is {} but {}; or set loss.perceptual_weight to 0",
+                cfg.loss.perceptual_weight,
+                missing_note(Backbone::Vgg)
+            )
+        })?;
+        Some(Box::new(Lpips::load(&path, &device)?))
+    } else {
+        None
+    };
     let run = match existing {
         Some(run) => run,
         None => RunDir::create(&a.out, &cfg.to_json())?,
     };
-    if cfg.loss.perceptual_weight > 0.0 {
-        eprintln!(
-            "notice: loss.perceptual_weight is {} but no perceptual (LPIPS) network is available in this build; the perceptual term is skipped",
-            cfg.loss.perceptual_weight
-        );
-    }
     compute_dtype(&a.common, &cfg.train, &device);
-    let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, None)?;
+    let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, perceptual)?;
     let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
     eprintln!(
         "train-vq: {} parameters, {} training / {} validation images{}, {} classes, device {}, steps {}..{}",

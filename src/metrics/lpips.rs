@@ -135,7 +135,7 @@ impl Lpips {
     }
 
     /// The five tapped ReLU outputs for `x` `[B, 3, H, W]` (already scaled).
-    fn features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn features(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let mut taps = Vec::with_capacity(5);
         let mut h = x.clone();
         for (i, (w, b, stride, pad)) in self.convs.iter().enumerate() {
@@ -166,19 +166,19 @@ impl Lpips {
 
     /// LPIPS between `x` and `y` (`[B, 3, H, W]` in [-1, 1]) → `[B]`; differentiable in the
     /// images (for the perceptual loss).
-    pub fn distance(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let prep = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.to_dtype(DType::F32)?
+    pub fn distance(&self, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+        let prep = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.to_dtype(DType::F32)?
                 .broadcast_sub(&self.shift)?
-                .broadcast_div(&self.scale)?)
+                .broadcast_div(&self.scale)
         };
         let fx = self.features(&prep(x)?)?;
         let fy = self.features(&prep(y)?)?;
-        let unit = |f: &Tensor| -> Result<Tensor> {
+        let unit = |f: &Tensor| -> candle_core::Result<Tensor> {
             // ‖f‖ + 1e-10 as in the reference; the 1e-20 under the root keeps the gradient finite
             // where every channel is zero (it changes no value above 1e-10)
             let norm = ((f.sqr()?.sum_keepdim(1)? + 1e-20)?.sqrt()? + 1e-10)?;
-            Ok(f.broadcast_div(&norm)?)
+            f.broadcast_div(&norm)
         };
         let mut total: Option<Tensor> = None;
         for ((a, b), lin) in fx.iter().zip(&fy).zip(&self.lins) {
@@ -193,6 +193,6 @@ impl Lpips {
                 Some(t) => (t + layer)?,
             });
         }
-        total.context("LPIPS has no layers")
+        total.ok_or_else(|| candle_core::Error::Msg("LPIPS has no layers".into()))
     }
 }

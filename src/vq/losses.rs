@@ -35,3 +35,9 @@ pub trait PerceptualLoss {
     /// Mean perceptual distance between two image batches in [-1, 1], differentiable in `xrec`.
     fn loss(&self, x: &Tensor, xrec: &Tensor) -> Result<Tensor>;
 }
+
+impl PerceptualLoss for crate::metrics::lpips::Lpips {
+    fn loss(&self, x: &Tensor, xrec: &Tensor) -> Result<Tensor> {
+        self.distance(x, xrec)?.mean_all()
+    }
+}

@@ -3,9 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The `movq` binary, with an empty weight cache (tests that need weights name their own).
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_movq"));
     c.env("NO_COLOR", "1");
+    c.env(
+        "MOVQ_CACHE",
+        std::env::temp_dir().join("movq-tests-no-weights"),
+    );
     c
 }
 
@@ -49,7 +54,16 @@ impl Run {
 }
 
 pub fn movq(args: &[&str]) -> Run {
-    let out: Output = bin().args(args).output().expect("run movq");
+    movq_with_cache(args, &std::env::temp_dir().join("movq-tests-no-weights"))
+}
+
+/// [`movq`] with `MOVQ_CACHE` (where pretrained weights are looked for) set to `cache`.
+pub fn movq_with_cache(args: &[&str], cache: &Path) -> Run {
+    let out: Output = bin()
+        .env("MOVQ_CACHE", cache)
+        .args(args)
+        .output()
+        .expect("run movq");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

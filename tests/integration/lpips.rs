@@ -126,3 +126,64 @@ fn a_file_of_another_layout_is_a_clear_error() {
     );
     assert!(err.contains("scripts/get-weights"), "{err}");
 }
+
+#[test]
+fn compare_reports_lpips_when_weights_are_there() {
+    let a = data_dir().join("photos/astronaut.png");
+    let b = data_dir().join("photos/camera.png");
+    let w = data_dir().join("lpips-tiny-alex.safetensors");
+    let r = crate::harness::movq(&[
+        "compare",
+        crate::harness::s(&a),
+        crate::harness::s(&b),
+        "--lpips-weights",
+        crate::harness::s(&w),
+    ]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let got = v["lpips"].as_f64().unwrap();
+    assert!((got - 0.21222725).abs() < 1e-4, "{got}");
+    // no weights installed: the other metrics still come, LPIPS is null with a note
+    let r = crate::harness::movq(&["compare", crate::harness::s(&a), crate::harness::s(&b)]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["lpips"].is_null() && v["ssim"].is_number());
+    assert!(r.stderr.contains("scripts/get-weights"), "{}", r.stderr);
+}
+
+#[test]
+fn the_perceptual_loss_trains_with_vgg_weights_and_their_absence_is_an_error() {
+    use crate::harness::{movq_with_cache, s, tiny_config, tmp};
+    let dir = tmp();
+    let cfg = tiny_config(dir.path(), |c| {
+        c["loss"]["perceptual_weight"] = serde_json::json!(0.5);
+        c["train"]["steps"] = serde_json::json!(2);
+        c["train"]["log_every"] = serde_json::json!(1);
+    });
+    let empty = dir.path().join("no-weights");
+    let out = dir.path().join("run");
+    let args = [
+        "train-vq",
+        "--config",
+        s(&cfg),
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&out),
+    ];
+    movq_with_cache(&args, &empty).fails_with(&["perceptual_weight", "scripts/get-weights"]);
+    assert!(
+        !out.exists(),
+        "nothing is written when the weights are missing"
+    );
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::copy(
+        data_dir().join("lpips-tiny-vgg.safetensors"),
+        cache.join("lpips-vgg.safetensors"),
+    )
+    .unwrap();
+    movq_with_cache(&args, &cache).ok();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("\"perceptual\""), "{log}");
+}

@@ -87,6 +87,31 @@ pub enum Command {
     Compare(CompareArgs),
     /// Throughput and peak GPU memory on the PyTorch reference benchmark's workloads.
     Bench(BenchArgs),
+    /// Fréchet Inception Distance between two image sets or saved statistics.
+    Fid(FidArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FidArgs {
+    /// An image folder, idx:PATH[:test], builtin:shapes[:N], or a statistics file (.safetensors).
+    pub a: String,
+    /// The set to compare with (same forms).
+    pub b: Option<String>,
+    /// Save the first set's statistics (mean and covariance of its Inception features) here.
+    #[arg(long)]
+    pub save_stats: Option<PathBuf>,
+    /// Use at most this many images of each set.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per Inception forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Inception weights (default: fid-inception.safetensors in MOVQ_CACHE or ~/.cache/movq,
+    /// written by scripts/get-weights).
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +275,13 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Also report rFID: the reconstructions' Inception statistics against these (a dataset
+    /// spec, or a statistics file from `movq fid --save-stats`).
+    #[arg(long)]
+    pub fid_ref: Option<String>,
+    /// Inception weights for --fid-ref (default: the movq cache).
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
     #[command(flatten)]
     pub lpips: LpipsFlags,
     #[command(flatten)]

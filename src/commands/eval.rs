@@ -8,10 +8,12 @@ use serde_json::json;
 
 use crate::cli::EvalArgs;
 use crate::commands::common::{compute_dtype, load_lpips, load_vq};
+use crate::commands::fid::{load_inception, stats_of_source};
 use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
 use crate::device;
+use crate::metrics::fid::{frechet_distance, FeatureStats};
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
@@ -26,6 +28,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));
     let q = &cfg.model.quantizer;
     let mut stats = CodebookStats::new(q.channels, q.codebook_size);
+    // the Inception network and reference statistics first: a missing file fails fast
+    let fid_ref = match &a.fid_ref {
+        Some(src) => {
+            let net = load_inception(a.inception_weights.as_deref(), &device)?;
+            let stats = stats_of_source(src, &net, None, a.batch_size)?;
+            Some((net, stats))
+        }
+        None => None,
+    };
+    let mut rec_features = Vec::new();
     let mut scores = Vec::with_capacity(n);
     let lpips_net = load_lpips(&a.lpips, &device)?;
     let mut lpips_sum = 0.0;
@@ -38,6 +50,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             let (xrec, qo) = model.reconstruct(&images_to_tensor(&images, &device)?)?;
             stats.add(&qo.indices)?;
             let recs = tensor_to_images(&xrec)?;
+            if let Some((net, _)) = &fid_ref {
+                rec_features.push(net.features(&recs)?.to_device(&candle_core::Device::Cpu)?);
+            }
             if let Some(net) = &lpips_net {
                 // on the uint8 images, like PSNR and SSIM
                 let d = net.distance(
@@ -58,6 +73,13 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     }
     let mean = mean_scores(&scores);
     let lpips = lpips_net.as_ref().map(|_| lpips_sum / scores.len() as f64);
+    let rfid = match &fid_ref {
+        Some((_, reference)) => {
+            let stats = FeatureStats::from_features(&candle_core::Tensor::cat(&rec_features, 0)?)?;
+            Some(frechet_distance(&stats, reference)?)
+        }
+        None => None,
+    };
     let cb = stats.report();
     if a.json {
         let out = json!({
@@ -68,6 +90,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "psnr": mean.psnr,
             "ssim": mean.ssim,
             "lpips": lpips,
+            "rfid": rfid,
+            "fid_ref": a.fid_ref,
             "codebook": cb,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -77,6 +101,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         println!("ssim                {:.4}", mean.ssim);
         if let Some(l) = lpips {
             println!("lpips               {l:.4}");
+        }
+        if let Some(f) = rfid {
+            println!("rfid                {f:.3}");
         }
         println!("codebook usage      {:.4}", cb.usage);
         println!("perplexity          {:.2}", cb.perplexity);

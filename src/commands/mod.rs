@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod compare;
 mod eval;
+mod fid;
 mod masked;
 mod reconstruct;
 mod sample;
@@ -31,5 +32,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Fid(a) => fid::run(a),
     }
 }

@@ -174,6 +174,15 @@ impl Dataset {
         }
     }
 
+    /// Image `i` at its own size (folders), 32×32 (IDX sets) or 256×256 (built-in shapes).
+    pub fn load_native(&self, i: usize) -> Result<RgbImage> {
+        Ok(match &self.source {
+            Source::Folder(f) => crate::data::image::open_rgb(&f.items[i].path)?,
+            Source::Shapes(s) => s.render(i, 256),
+            Source::Idx(s) => s.render(i, 32),
+        })
+    }
+
     /// Records a load failure; returns true the first time for that item (to report it once).
     pub fn note_failure(&self, i: usize) -> bool {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,8 @@
 //! Image and codebook metrics with the fixed definitions of the specification.
 
 pub mod codebook;
+pub mod fid;
+pub mod inception;
 pub mod lpips;
 pub mod psnr;
 pub mod ssim;

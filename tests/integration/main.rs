@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod devices;
+mod fid;
 mod idx;
 mod lpips;
 mod metrics;

@@ -1,0 +1,123 @@
+//! Fréchet Inception Distance between two feature sets:
+//! `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂)`, in f64. The trace of the matrix square root is
+//! `Σᵢ √λᵢ` over the eigenvalues of the symmetric `√Σ₁ Σ₂ √Σ₁` (similar to `Σ₁Σ₂`), with `√Σ₁`
+//! from a symmetric eigendecomposition; tiny negative eigenvalues from rounding count as 0.
+//! Covariances use `N − 1` (as `numpy.cov` in the reference tools).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+/// Mean and covariance of a feature set.
+#[derive(Debug, Clone)]
+pub struct FeatureStats {
+    pub count: usize,
+    pub mean: DVector<f64>,
+    pub cov: DMatrix<f64>,
+}
+
+impl FeatureStats {
+    /// Statistics of `features` `[N, D]` (N ≥ 2).
+    pub fn from_features(features: &Tensor) -> Result<Self> {
+        let (n, d) = features.dims2()?;
+        if n < 2 {
+            bail!("FID needs at least 2 images per set, got {n}");
+        }
+        let rows: Vec<f64> = features
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let x = DMatrix::from_row_slice(n, d, &rows);
+        let mean = DVector::from_iterator(d, x.column_iter().map(|c| c.sum() / n as f64));
+        let mut centred = x;
+        for mut row in centred.row_iter_mut() {
+            row -= mean.transpose();
+        }
+        let cov = (centred.transpose() * &centred) / (n as f64 - 1.0);
+        Ok(Self {
+            count: n,
+            mean,
+            cov,
+        })
+    }
+
+    /// Writes `mu` `[D]` and `sigma` `[D, D]` (f64) and `count` to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let d = self.mean.len();
+        let cpu = Device::Cpu;
+        let tensors = [
+            (
+                "mu".to_string(),
+                Tensor::from_slice(self.mean.as_slice(), d, &cpu)?,
+            ),
+            (
+                "sigma".to_string(),
+                Tensor::from_slice(self.cov.transpose().as_slice(), (d, d), &cpu)?,
+            ),
+            (
+                "count".to_string(),
+                Tensor::new(&[self.count as f64], &cpu)?,
+            ),
+        ];
+        candle_core::safetensors::save(&tensors.into_iter().collect(), path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let t = candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("cannot read FID statistics {}", path.display()))?;
+        let get = |k: &str| {
+            t.get(k)
+                .with_context(|| format!("{}: no tensor {k} (not FID statistics)", path.display()))
+        };
+        let mean: Vec<f64> = get("mu")?.to_dtype(DType::F64)?.to_vec1()?;
+        let sigma = get("sigma")?.to_dtype(DType::F64)?;
+        let d = mean.len();
+        if sigma.dims() != [d, d] {
+            bail!(
+                "{}: sigma is {:?}, expected [{d}, {d}]",
+                path.display(),
+                sigma.dims()
+            );
+        }
+        let rows: Vec<f64> = sigma.flatten_all()?.to_vec1()?;
+        let count = get("count")?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] as usize;
+        Ok(Self {
+            count,
+            mean: DVector::from_vec(mean),
+            cov: DMatrix::from_row_slice(d, d, &rows),
+        })
+    }
+}
+
+/// `√M` of a symmetric positive semi-definite matrix (negative rounding eigenvalues as 0).
+fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let eig = SymmetricEigen::new(m.clone());
+    let roots = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
+    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+}
+
+/// The Fréchet distance between two feature distributions.
+pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
+    if a.mean.len() != b.mean.len() {
+        bail!(
+            "FID of {}-d against {}-d features",
+            a.mean.len(),
+            b.mean.len()
+        );
+    }
+    let diff = (&a.mean - &b.mean).norm_squared();
+    let root_a = sqrt_psd(&a.cov);
+    let mut inner = &root_a * &b.cov * &root_a;
+    // symmetrise against rounding before the symmetric eigensolver
+    inner = (&inner + inner.transpose()) * 0.5;
+    let trace_sqrt: f64 = SymmetricEigen::new(inner)
+        .eigenvalues
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
+    Ok(diff + a.cov.trace() + b.cov.trace() - 2.0 * trace_sqrt)
+}

@@ -9,8 +9,11 @@
 //! padded input stacked channels first, `[k²·C, B·H·W]` (cuBLAS; f32 accumulation in bf16).
 //! Only the inputs are kept for the backward pass; the stacked windows are rebuilt there.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use crate::nn::custom_grad::attach;
 
 /// `x` `[B, C, H, W]` → the `k²` shifted windows of `x` padded by `p`, channels first:
 /// `[k²·C, B·Ho·Wo]`, rows ordered (ky, kx, c).
@@ -31,76 +34,39 @@ fn stacked_windows(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     Tensor::cat(&windows, 0)?.reshape((k * k * c, b * ho * wo))
 }
 
-/// `(x, w, y)` → `y`, with the convolution's gradients for `x` and `w`.
-struct ConvGrad {
-    padding: usize,
-}
-
-impl CustomOp3 for ConvGrad {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        y: &CpuStorage,
-        l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        y: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (o, c, k, _) = w.dims4()?;
-        let p = self.padding;
-        let need_dx = x.track_op();
-        let (x, w) = (x.detach(), w.detach());
-        let grad = grad.detach().contiguous()?;
-        // dW = G · Xᵀ with G = grad as [O, B·Ho·Wo] and X the stacked windows
-        let g = grad.permute((1, 0, 2, 3))?.contiguous()?.reshape((o, ()))?;
-        let dw = g
-            .matmul(&stacked_windows(&x, k, p)?.t()?)? // [O, k²·C], columns (ky, kx, c)
-            .reshape((o, k, k, c))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
-        // dX = grad ⋆ flip(W)ᵀ with padding k − 1 − p (skipped when x needs no gradient)
-        let dx = if need_dx {
-            let rev: Vec<u32> = (0..k as u32).rev().collect();
-            let rev = Tensor::new(rev.as_slice(), w.device())?;
-            let flipped = w
-                .index_select(&rev, 2)?
-                .index_select(&rev, 3)?
-                .transpose(0, 1)?
-                .contiguous()?; // [C, O, k, k]
-            Some(grad.conv2d(&flipped, k - 1 - p, 1, 1, 1)?)
-        } else {
-            None
-        };
-        Ok((dx, Some(dw), None))
-    }
+/// The gradients of a stride-1 convolution with padding `p` for its input (when it needs one)
+/// and its weights, given the output gradient.
+fn conv_backward(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    p: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (o, c, k, _) = w.dims4()?;
+    let need_dx = x.track_op();
+    let (x, w) = (x.detach(), w.detach());
+    let grad = grad.detach().contiguous()?;
+    // dW = G · Xᵀ with G = grad as [O, B·Ho·Wo] and X the stacked windows
+    let g = grad.permute((1, 0, 2, 3))?.contiguous()?.reshape((o, ()))?;
+    let dw = g
+        .matmul(&stacked_windows(&x, k, p)?.t()?)? // [O, k²·C], columns (ky, kx, c)
+        .reshape((o, k, k, c))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
+    // dX = grad ⋆ flip(W)ᵀ with padding k − 1 − p (skipped when x needs no gradient)
+    let dx = if need_dx {
+        let rev: Vec<u32> = (0..k as u32).rev().collect();
+        let rev = Tensor::new(rev.as_slice(), w.device())?;
+        let flipped = w
+            .index_select(&rev, 2)?
+            .index_select(&rev, 3)?
+            .transpose(0, 1)?
+            .contiguous()?; // [C, O, k, k]
+        Some(grad.conv2d(&flipped, k - 1 - p, 1, 1, 1)?)
+    } else {
+        None
+    };
+    Ok((dx, Some(dw)))
 }
 
 /// Stride-1, undilated, ungrouped convolution of `x` `[B, C, H, W]` with `w` `[O, C, k, k]`
@@ -115,5 +81,7 @@ pub fn conv2d_gemm(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     if !x.track_op() && !w.track_op() {
         return Ok(y);
     }
-    x.apply_op3(w, &y, ConvGrad { padding: p })
+    let backward =
+        Arc::new(move |x: &Tensor, w: &Tensor, grad: &Tensor| conv_backward(x, w, grad, p));
+    attach("conv2d", x, w, &y, backward)
 }

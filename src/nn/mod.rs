@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod custom_grad;
 pub mod layers;
 pub mod params;
 pub mod precision;

@@ -127,6 +127,16 @@ impl Linear {
     }
 }
 
+/// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance).
+fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let n = x.dim(D::Minus1)? as f64;
+    let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
 /// GroupNorm over `[B, C, ...]`: statistics in f32, affine in f32, result in the input's dtype.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -154,11 +164,7 @@ impl GroupNorm {
             );
         }
         let n = x.elem_count() / (b * self.groups);
-        let xg = x.reshape((b, self.groups, n))?.to_dtype(DType::F32)?;
-        let mean = (xg.sum_keepdim(2)? / n as f64)?;
-        let xc = xg.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim(2)? / n as f64)?;
-        let normed = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = standardize(&x.reshape((b, self.groups, n))?, self.eps)?;
         let mut wdims = vec![1; shape.len()];
         wdims[1] = c;
         normed
@@ -194,12 +200,7 @@ impl Module for LayerNorm {
 impl LayerNorm {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
-        let n = x.dim(D::Minus1)? as f64;
-        let x = x.to_dtype(DType::F32)?;
-        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-        xc.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?
+        standardize(x, self.eps as f64)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?
             .to_dtype(dt)

@@ -13,7 +13,6 @@ use movq::config::{RunConfig, TransformerConfig};
 use movq::rng::{rng_for, Stream};
 use movq::train::{Stage, StepContext};
 use movq::transformer::maskgit::{complete, SamplerOptions};
-use movq::transformer::schedule::MaskSchedule;
 use movq::transformer::stage::{TokenBatch, TransformerStage};
 use movq::transformer::TokenLayout;
 use rand::Rng;
@@ -57,14 +56,7 @@ fn bench(
         json!({"bench": "stage2_train_step", "config": name, "batch": batch, "tokens": l + 1,
         "tokens_per_s": (batch * (l + 1)) as f64 / secs, "median_ms": secs * 1e3, "device": "cpu"})
     );
-    let opts = SamplerOptions {
-        steps: 12,
-        temperature: 1.0,
-        choice_temperature: 4.5,
-        schedule: MaskSchedule::Cosine,
-        top1: false,
-        cfg_scale: 0.0,
-    };
+    let opts = SamplerOptions::maskgit(12);
     let secs = median_time(iters, |i| {
         let mut rows = vec![vec![layout.mask_id(); l]; batch];
         complete(

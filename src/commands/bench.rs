@@ -23,7 +23,6 @@ use crate::nn::precision::{set_tf32, Precision};
 use crate::rng::{rng_for, Stream};
 use crate::train::{Stage, StepContext};
 use crate::transformer::maskgit::{step_counts, steps_on_device, SamplerOptions};
-use crate::transformer::schedule::MaskSchedule;
 use crate::transformer::stage::{TokenBatch, TransformerStage};
 use crate::transformer::{MaskTransformer, TokenLayout};
 use crate::vq::stage::VqStage;
@@ -273,14 +272,7 @@ fn run_workload(
             let model =
                 MaskTransformer::new(&transformer_config(a.smoke), layout, store.var_builder())?
                     .with_dtype(dtype);
-            let opts = SamplerOptions {
-                steps: 12,
-                temperature: 1.0,
-                choice_temperature: 4.5,
-                schedule: MaskSchedule::Cosine,
-                top1: false,
-                cfg_scale: 0.0,
-            };
+            let opts = SamplerOptions::maskgit(12);
             let rows = vec![vec![layout.mask_id(); layout.seq_len()]; w.batch];
             let counts = step_counts(&rows, layout.mask_id(), layout.seq_len(), &opts);
             let start = Tensor::full(layout.mask_id(), (w.batch, layout.seq_len()), device)?;

@@ -27,6 +27,21 @@ pub struct SamplerOptions {
     pub cfg_scale: f64,
 }
 
+impl SamplerOptions {
+    /// MaskGIT's defaults: temperature 1, choice temperature 4.5, cosine schedule, sampling
+    /// (not top-1), no guidance.
+    pub fn maskgit(steps: usize) -> Self {
+        Self {
+            steps,
+            temperature: 1.0,
+            choice_temperature: 4.5,
+            schedule: MaskSchedule::Cosine,
+            top1: false,
+            cfg_scale: 0.0,
+        }
+    }
+}
+
 /// A standard Gumbel draw.
 fn gumbel(rng: &mut impl Rng) -> f64 {
     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);

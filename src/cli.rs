@@ -89,6 +89,31 @@ pub enum Command {
     Bench(BenchArgs),
     /// Fréchet Inception Distance between two image sets or saved statistics.
     Fid(FidArgs),
+    /// Import weights trained elsewhere as a movq run directory.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub source: ImportSource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A diffusers VQModel with norm_type "spatial" (the Kandinsky 2.x MoVQ, the `movq` folder of
+    /// kandinsky-community/kandinsky-2-2-decoder).
+    Diffusers {
+        /// diffusion_pytorch_model.safetensors
+        #[arg(long)]
+        weights: PathBuf,
+        /// The config.json beside it.
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

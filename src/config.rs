@@ -151,6 +151,10 @@ pub struct VqConfig {
     /// GroupNorm groups in every normalization (32 in the paper).
     #[serde(default = "default_norm_groups")]
     pub norm_groups: usize,
+    /// GroupNorm groups inside the decoder's SpatialNorms, when they differ from `norm_groups`
+    /// (diffusers' SpatialNorm always uses 32; set by `movq import diffusers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spatial_norm_groups: Option<usize>,
     pub quantizer: QuantizerConfig,
 }
 
@@ -206,6 +210,11 @@ pub struct DeadCodeRestart {
 }
 
 impl VqConfig {
+    /// GroupNorm groups of the decoder's SpatialNorms.
+    pub fn decoder_norm_groups(&self) -> usize {
+        self.spatial_norm_groups.unwrap_or(self.norm_groups)
+    }
+
     /// Downsampling factor f = 2^(levels-1).
     pub fn downsample_factor(&self) -> usize {
         1 << (self.ch_mult.len() - 1)
@@ -262,6 +271,13 @@ impl VqConfig {
                     self.norm_groups,
                     self.ch
                 );
+            }
+            if let Some(g) = self.spatial_norm_groups {
+                if g == 0 || !width.is_multiple_of(g) {
+                    bail!(
+                        "model.spatial_norm_groups ({g}) must divide every block width, but not {width}"
+                    );
+                }
             }
         }
         let q = &self.quantizer;

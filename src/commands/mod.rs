@@ -5,6 +5,7 @@ mod common;
 mod compare;
 mod eval;
 mod fid;
+mod import;
 mod masked;
 mod reconstruct;
 mod sample;
@@ -33,5 +34,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fid(a) => fid::run(a),
+        Command::Import(a) => import::run(a),
     }
 }

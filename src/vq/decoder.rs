@@ -33,7 +33,7 @@ pub const LAST_LAYER: &str = "decoder.conv_out.weight";
 impl Decoder {
     pub fn new(cfg: &VqConfig, vb: VarBuilder) -> Result<Self> {
         let norm = NormKind::Spatial {
-            groups: cfg.norm_groups,
+            groups: cfg.decoder_norm_groups(),
             zq_channels: cfg.embed_dim(),
         };
         let levels = cfg.ch_mult.len();

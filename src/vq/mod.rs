@@ -1,6 +1,7 @@
 //! Stage 1: the MoVQ autoencoder and its training.
 
 pub mod decoder;
+pub mod diffusers;
 pub mod discriminator;
 pub mod encoder;
 pub mod level;

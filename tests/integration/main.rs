@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod devices;
+mod diffusers;
 mod fid;
 mod idx;
 mod lpips;

@@ -91,6 +91,49 @@ pub enum Command {
     Fid(FidArgs),
     /// Import weights trained elsewhere as a movq run directory.
     Import(ImportArgs),
+    /// Images → continuous latents and code indices (one safetensors file).
+    Encode(EncodeArgs),
+    /// Latents (.safetensors or .npy) or code indices → images.
+    Decode(DecodeLatentsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EncodeArgs {
+    /// Stage-1 run directory (or a stage-2 run: its tokenizer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An image file, a folder of images (recursive), or builtin:shapes:N.
+    #[arg(long)]
+    pub input: String,
+    /// Output .safetensors: latents [N, embed_dim, h, w] (f32) and indices [N, c, h, w] (u32),
+    /// the input names in the metadata.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct DecodeLatentsArgs {
+    /// Stage-1 run directory (or a stage-2 run: its tokenizer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Latents [N, embed_dim, h, w] as .npy, or a .safetensors file with a `latents` (or
+    /// `indices` [N, c, h, w]) tensor, as `movq encode` writes.
+    #[arg(long)]
+    pub latents: PathBuf,
+    /// Output folder: NNNNN.png per image and grid.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Snap the latents to their nearest codes first (by default they are decoded as they are,
+    /// like diffusers' force_not_quantize).
+    #[arg(long)]
+    pub quantize: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +156,10 @@ pub enum ImportSource {
         /// Run directory to create.
         #[arg(long)]
         out: PathBuf,
+        /// Image side movq runs the model at (default: the config's sample_size, which diffusers
+        /// treats as a hint only; Kandinsky 2.2 decodes 512 or 768 px).
+        #[arg(long)]
+        resolution: Option<usize>,
     },
 }
 

@@ -20,11 +20,15 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
         weights,
         config,
         out,
+        resolution,
     } = a.source;
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("cannot read {}", config.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
+    let mut json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", config.display()))?;
+    if let (Some(r), Some(obj)) = (resolution, json.as_object_mut()) {
+        obj.insert("sample_size".into(), r.into());
+    }
     let model_cfg = vq_config(&json).with_context(|| format!("in {}", config.display()))?;
     // training sections from the Kandinsky preset, the shape from the checkpoint's config
     let mut run_cfg = RunConfig::resolve("kandinsky-movq")?;

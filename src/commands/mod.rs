@@ -1,6 +1,7 @@
 //! One module per subcommand: flags → config → work.
 
 mod bench;
+mod codec;
 mod common;
 mod compare;
 mod eval;
@@ -35,5 +36,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => bench::run(a),
         Command::Fid(a) => fid::run(a),
         Command::Import(a) => import::run(a),
+        Command::Encode(a) => codec::encode(a),
+        Command::Decode(a) => codec::decode(a),
     }
 }

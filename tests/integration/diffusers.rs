@@ -138,3 +138,152 @@ fn configs_movq_cannot_express_are_errors_naming_the_field() {
     .fails_with(&["missing", "encoder.down_blocks.0.resnets.1.conv1.weight"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn encode_and_decode_latents_of_an_imported_model() {
+    use movq::data::image::{open_rgb, tensor_to_images};
+    let dir = tmp();
+    let run = dir.path().join("run");
+    import(&run).ok();
+    let (_, model, _) = load_vq(&run, &Device::Cpu).unwrap();
+    // encode: latents and indices of three images in one file
+    let codes = dir.path().join("codes.safetensors");
+    movq(&[
+        "encode",
+        "--model",
+        s(&run),
+        "--input",
+        "builtin:shapes:3",
+        "--out",
+        s(&codes),
+    ])
+    .ok();
+    let t = candle_core::safetensors::load(&codes, &Device::Cpu).unwrap();
+    assert_eq!(t["latents"].dims(), &[3, 4, 16, 16]);
+    assert_eq!(t["indices"].dims(), &[3, 1, 16, 16]);
+    // decode continuous latents given as .npy (diffusers' force_not_quantize): the diffusers
+    // fixture's latents decode to diffusers' output
+    let p = candle_core::safetensors::load(
+        data_dir().join("diffusers-mini/parity.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let npy = dir.path().join("latent.npy");
+    p["latent"].write_npy(&npy).unwrap();
+    let out = dir.path().join("decoded");
+    movq(&[
+        "decode",
+        "--model",
+        s(&run),
+        "--latents",
+        s(&npy),
+        "--out",
+        s(&out),
+    ])
+    .ok();
+    let want = tensor_to_images(&p["decoded_continuous"]).unwrap();
+    for (i, w) in want.iter().enumerate() {
+        let got = open_rgb(&out.join(format!("{i:05}.png"))).unwrap();
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(w.as_raw())
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "image {i}: a pixel differs by {worst} levels");
+    }
+    // --quantize, and a file of indices only, decode the codes
+    let q = model.quantizer().forward(&p["latent"]).unwrap();
+    let want = tensor_to_images(&model.decode_indices(&q.indices).unwrap()).unwrap();
+    let only_indices = dir.path().join("indices.safetensors");
+    candle_core::safetensors::save(
+        &[("indices".to_string(), q.indices.clone())]
+            .into_iter()
+            .collect(),
+        &only_indices,
+    )
+    .unwrap();
+    for (src, extra) in [(&npy, Some("--quantize")), (&only_indices, None)] {
+        let out = dir.path().join("q");
+        let mut args = vec![
+            "decode",
+            "--model",
+            s(&run),
+            "--latents",
+            s(src),
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        movq(&args).ok();
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(&open_rgb(&out.join(format!("{i:05}.png"))).unwrap(), w);
+        }
+    }
+    // a latent of the wrong shape is a clear error
+    let bad = dir.path().join("bad.npy");
+    candle_core::Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu)
+        .unwrap()
+        .write_npy(&bad)
+        .unwrap();
+    movq(&[
+        "decode",
+        "--model",
+        s(&run),
+        "--latents",
+        s(&bad),
+        "--out",
+        s(&out),
+    ])
+    .fails_with(&["[N, 4, 16, 16]"]);
+}
+
+#[test]
+fn an_imported_tokenizer_runs_at_another_resolution_and_trains_a_transformer() {
+    let dir = tmp();
+    let src = data_dir().join("diffusers-mini");
+    let run = dir.path().join("run");
+    movq(&[
+        "import",
+        "diffusers",
+        "--weights",
+        s(&src.join("diffusion_pytorch_model.safetensors")),
+        "--config",
+        s(&src.join("config.json")),
+        "--out",
+        s(&run),
+        "--resolution",
+        "64",
+    ])
+    .ok();
+    let (cfg, _, _) = load_vq(&run, &Device::Cpu).unwrap();
+    assert_eq!(cfg.model.resolution, 64);
+    assert_eq!(cfg.model.attn_resolutions, vec![32]);
+    // the run's own config with the tiny preset's transformer
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let tiny: serde_json::Value =
+        serde_json::from_str(include_str!("../../configs/tiny.json")).unwrap();
+    c["transformer"] = tiny["transformer"].clone();
+    let cfg_path = dir.path().join("tr.json");
+    std::fs::write(&cfg_path, c.to_string()).unwrap();
+    let tr = dir.path().join("tr");
+    movq(&[
+        "train-transformer",
+        "--vq",
+        s(&run),
+        "--config",
+        s(&cfg_path),
+        "--data",
+        "builtin:shapes:8",
+        "--out",
+        s(&tr),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    assert!(tr.join("latest").is_file());
+}

@@ -58,6 +58,16 @@ for step in "$@"; do
         --job-filter "(?=.*fp32)($JOBS)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
       python3 gpu/torch_reference.py --sections table --out "$OUT/torch" | tail -n 30
       ;;
+    diffusers)
+      # diffusers parity on the GPU: the committed reduced fixture, and the full Kandinsky 2.2
+      # shape generated here with torch and diffusers
+      python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu/wheels/*.whl
+      export PYTHONPATH=/tmp/site
+      python3 scripts/diffusers_fixture.py /tmp/kandinsky-fixture kandinsky 2>&1 | tail -n 1
+      xz -dc gpu/integration.xz > /tmp/integration && chmod +x /tmp/integration
+      MOVQ_DIFFUSERS_FIXTURE=/tmp/kandinsky-fixture /tmp/integration --test-threads 1 \
+        diffusers_parity_on_cuda full_kandinsky_shape --nocapture 2>&1 | tee "$OUT/diffusers.log"
+      ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"
       ;;

@@ -26,7 +26,7 @@ fn import_from(dir: &std::path::Path, out: &std::path::Path) -> crate::harness::
 
 #[test]
 fn imported_model_reproduces_diffusers() {
-    check_parity(&data_dir().join("diffusers-mini"), false);
+    check_parity(&data_dir().join("diffusers-mini"), false, &Device::Cpu);
 }
 
 /// The full Kandinsky 2.2 shape (f = 8, widths 128/256/256/512, 16,384 codes), when
@@ -35,19 +35,29 @@ fn imported_model_reproduces_diffusers() {
 #[test]
 fn full_kandinsky_shape_reproduces_diffusers_when_given() {
     match std::env::var_os("MOVQ_DIFFUSERS_FIXTURE") {
-        Some(dir) => check_parity(std::path::Path::new(&dir), true),
+        Some(dir) => check_parity(std::path::Path::new(&dir), true, &Device::Cpu),
         None => println!("full-shape diffusers parity skipped (set MOVQ_DIFFUSERS_FIXTURE)"),
     }
 }
 
+/// Both fixtures on the GPU (the full shape when `MOVQ_DIFFUSERS_FIXTURE` is set).
+#[cfg(feature = "cuda")]
+#[test]
+fn diffusers_parity_on_cuda() {
+    let gpu = crate::harness::cuda_device();
+    check_parity(&data_dir().join("diffusers-mini"), false, &gpu);
+    if let Some(dir) = std::env::var_os("MOVQ_DIFFUSERS_FIXTURE") {
+        check_parity(std::path::Path::new(&dir), true, &gpu);
+    }
+}
+
 /// Parity within 1e-4 max |Δ| at every stage (`relative`: of the output's range, when above 1).
-fn check_parity(fixture: &std::path::Path, relative: bool) {
+fn check_parity(fixture: &std::path::Path, relative: bool, dev: &Device) {
     let dir = tmp();
     let run = dir.path().join("run");
     import_from(fixture, &run).ok();
-    let (_, model, _) = load_vq(&run, &Device::Cpu).unwrap();
-    let p =
-        candle_core::safetensors::load(fixture.join("parity.safetensors"), &Device::Cpu).unwrap();
+    let (_, model, _) = load_vq(&run, dev).unwrap();
+    let p = candle_core::safetensors::load(fixture.join("parity.safetensors"), dev).unwrap();
     // encode: the quant_conv output
     let latent = model.encode(&p["x"]).unwrap();
     let d = max_abs_diff(&latent, &p["latent"]);

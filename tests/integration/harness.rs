@@ -80,8 +80,15 @@ pub fn s(p: &Path) -> &str {
 }
 
 /// The committed test data folder.
+/// The committed test data: under the crate that built the tests, or (for a test binary carried
+/// to another machine, e.g. the GPU one) `tests/data` under the current directory.
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/data")
+    }
 }
 
 /// Writes the tiny preset with `edit` applied to its JSON, returns the path.

@@ -12,16 +12,29 @@ fn import(out: &std::path::Path) -> crate::harness::Run {
 }
 
 fn import_from(dir: &std::path::Path, out: &std::path::Path) -> crate::harness::Run {
-    movq(&[
+    import_with(dir, &dir.join("config.json"), out, &[])
+}
+
+/// `movq import diffusers` of the weights in `dir` with the config `config` (and `extra` flags).
+fn import_with(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> crate::harness::Run {
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let mut args = vec![
         "import",
         "diffusers",
         "--weights",
-        s(&dir.join("diffusion_pytorch_model.safetensors")),
+        s(&weights),
         "--config",
-        s(&dir.join("config.json")),
+        s(config),
         "--out",
         s(out),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    movq(&args)
 }
 
 #[test]
@@ -119,33 +132,14 @@ fn configs_movq_cannot_express_are_errors_naming_the_field() {
     let bad = dir.path().join("config.json");
     std::fs::write(&bad, cfg.to_string()).unwrap();
     let out = dir.path().join("run");
-    movq(&[
-        "import",
-        "diffusers",
-        "--weights",
-        s(&src.join("diffusion_pytorch_model.safetensors")),
-        "--config",
-        s(&bad),
-        "--out",
-        s(&out),
-    ])
-    .fails_with(&["norm_type"]);
+    import_with(&src, &bad, &out, &[]).fails_with(&["norm_type"]);
     assert!(!out.exists());
     // weights of another shape: the names are listed
     cfg["norm_type"] = serde_json::json!("spatial");
     cfg["layers_per_block"] = serde_json::json!(2);
     std::fs::write(&bad, cfg.to_string()).unwrap();
-    movq(&[
-        "import",
-        "diffusers",
-        "--weights",
-        s(&src.join("diffusion_pytorch_model.safetensors")),
-        "--config",
-        s(&bad),
-        "--out",
-        s(&out),
-    ])
-    .fails_with(&["missing", "encoder.down_blocks.0.resnets.1.conv1.weight"]);
+    import_with(&src, &bad, &out, &[])
+        .fails_with(&["missing", "encoder.down_blocks.0.resnets.1.conv1.weight"]);
     assert!(!out.exists());
 }
 
@@ -254,18 +248,12 @@ fn an_imported_tokenizer_runs_at_another_resolution_and_trains_a_transformer() {
     let dir = tmp();
     let src = data_dir().join("diffusers-mini");
     let run = dir.path().join("run");
-    movq(&[
-        "import",
-        "diffusers",
-        "--weights",
-        s(&src.join("diffusion_pytorch_model.safetensors")),
-        "--config",
-        s(&src.join("config.json")),
-        "--out",
-        s(&run),
-        "--resolution",
-        "64",
-    ])
+    import_with(
+        &src,
+        &src.join("config.json"),
+        &run,
+        &["--resolution", "64"],
+    )
     .ok();
     let (cfg, _, _) = load_vq(&run, &Device::Cpu).unwrap();
     assert_eq!(cfg.model.resolution, 64);

@@ -95,3 +95,13 @@ impl PeakMemory {
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
     }
 }
+
+impl Drop for PeakMemory {
+    /// A probe dropped without [`PeakMemory::finish`] still stops its thread.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -47,7 +47,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     for chunk in items.chunks(a.batch_size) {
         let (_, images) = load_eval(&ds, chunk, side, workers)?;
         if !images.is_empty() {
-            let (xrec, qo) = model.reconstruct(&images_to_tensor(&images, &device)?)?;
+            let x = images_to_tensor(&images, &device)?;
+            let (xrec, qo) = model.reconstruct(&x)?;
             stats.add(&qo.indices)?;
             let recs = tensor_to_images(&xrec)?;
             if let Some((net, _)) = &fid_ref {
@@ -55,10 +56,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             }
             if let Some(net) = &lpips_net {
                 // on the uint8 images, like PSNR and SSIM
-                let d = net.distance(
-                    &images_to_tensor(&images, &device)?,
-                    &images_to_tensor(&recs, &device)?,
-                )?;
+                let d = net.distance(&x, &images_to_tensor(&recs, &device)?)?;
                 lpips_sum += d.sum_all()?.to_scalar::<f32>()? as f64;
             }
             for (orig, rec) in images.iter().zip(&recs) {

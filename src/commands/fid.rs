@@ -12,9 +12,9 @@ use serde_json::json;
 use crate::cli::FidArgs;
 use crate::data::Dataset;
 use crate::device;
+use crate::metrics::cache_dir;
 use crate::metrics::fid::{frechet_distance, FeatureStats};
 use crate::metrics::inception::FidInception;
-use crate::metrics::lpips::cache_dir;
 
 /// The Inception network: `explicit`, or `fid-inception.safetensors` in the movq cache.
 pub fn load_inception(explicit: Option<&Path>, device: &Device) -> Result<FidInception> {

@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::metrics::cache_dir;
 use candle_core::{DType, Device, Tensor, D};
 
 /// Which pretrained backbone.
@@ -25,17 +27,6 @@ impl Backbone {
             Backbone::Alex => "lpips-alex.safetensors",
             Backbone::Vgg => "lpips-vgg.safetensors",
         }
-    }
-}
-
-/// The movq cache folder: `MOVQ_CACHE`, else `~/.cache/movq`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("MOVQ_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".cache/movq"),
     }
 }
 

@@ -11,6 +11,8 @@ pub use codebook::{CodebookReport, CodebookStats};
 pub use psnr::psnr;
 pub use ssim::ssim;
 
+use std::path::PathBuf;
+
 use image::RgbImage;
 use serde::Serialize;
 
@@ -40,5 +42,17 @@ pub fn mean_scores(scores: &[PairScores]) -> PairScores {
     PairScores {
         psnr: scores.iter().map(|s| s.psnr).sum::<f64>() / n,
         ssim: scores.iter().map(|s| s.ssim).sum::<f64>() / n,
+    }
+}
+
+/// Where pretrained metric networks live (`scripts/get-weights` writes there): `MOVQ_CACHE`,
+/// else `~/.cache/movq`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("MOVQ_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/movq"),
     }
 }

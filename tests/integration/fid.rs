@@ -137,7 +137,7 @@ fn reduced_inception_matches_the_torchscript_graph() {
 
 #[test]
 fn inception_features_match_torchscript_when_installed() {
-    let path = movq::metrics::lpips::cache_dir().join("fid-inception.safetensors");
+    let path = movq::metrics::cache_dir().join("fid-inception.safetensors");
     if !path.is_file() {
         println!("FID Inception: real weights not installed at {}, full-weight test skipped (bash scripts/get-weights)", path.display());
         return;

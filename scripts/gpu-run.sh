@@ -70,15 +70,16 @@ for step in "$@"; do
       ;;
     stash)
       # Pretrained weights larger than one call's carry limit arrive in pieces over calls made
-      # back to back (the warm machine keeps /tmp): gpu/stash/NAME.partNN are appended to
-      # /tmp/movq-cache/NAME, and a piece list NAME.sha256 checks the whole once complete.
+      # back to back (the warm machine keeps /tmp): $STASH/NAME.partNN (default gpu/stash) are
+      # appended to /tmp/movq-cache/NAME; NAME.sha256 there checks the whole once complete.
       mkdir -p /tmp/movq-cache
-      for part in gpu/stash/*.part*; do
+      STASH=${STASH:-gpu/stash}
+      for part in "$STASH"/*.part*; do
         [ -e "$part" ] || continue
         name=$(basename "${part%.part*}")
         cat "$part" >> "/tmp/movq-cache/$name"
       done
-      (cd /tmp/movq-cache && for sum in "$OLDPWD"/gpu/stash/*.sha256; do [ -e "$sum" ] && sha256sum -c "$sum"; done; ls -l)
+      (cd /tmp/movq-cache && for sum in "$OLDPWD/$STASH"/*.sha256; do [ -e "$sum" ] && sha256sum -c "$sum"; done; ls -l)
       ;;
     fashion)
       # Issue 5's real run: stage 1 and a class-conditional stage 2 on Fashion-MNIST, then the

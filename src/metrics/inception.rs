@@ -16,8 +16,6 @@ use candle_core::{DType, Device, Tensor};
 
 /// Side of the network's input.
 pub const INPUT_SIDE: usize = 299;
-/// Length of a feature vector.
-pub const FEATURES: usize = 2048;
 
 /// conv → batch norm (folded into a scale and shift) → ReLU.
 #[derive(Debug, Clone)]

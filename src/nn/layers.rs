@@ -41,10 +41,6 @@ impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Self {
         Self { weight, bias, cfg }
     }
-
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
 }
 
 impl Module for Conv2d {
@@ -265,18 +261,6 @@ pub fn conv3x3(in_ch: usize, out_ch: usize, vb: VarBuilder) -> Result<Conv2d> {
 /// 1×1 convolution.
 pub fn conv1x1(in_ch: usize, out_ch: usize, vb: VarBuilder) -> Result<Conv2d> {
     conv2d(in_ch, out_ch, 1, Default::default(), vb)
-}
-
-/// A linear layer with bias.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let bound = 1.0 / (in_dim as f64).sqrt();
-    let init = Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
-    let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-    let b = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(Linear::new(w, Some(b)))
 }
 
 /// GroupNorm with eps 1e-6 and its own affine weights (ones / zeros).

@@ -45,10 +45,6 @@ impl MoVq {
         self
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     pub fn config(&self) -> &VqConfig {
         &self.cfg
     }

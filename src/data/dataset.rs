@@ -13,6 +13,22 @@ use crate::data::shapes::{self, Shapes};
 use crate::data::transform::resize_shorter;
 use crate::rng::mix;
 
+/// A file's identity for fingerprints: a hash of its path, its size and its modification time.
+fn file_words(path: &Path) -> [u64; 3] {
+    let name = mix(&path
+        .to_string_lossy()
+        .bytes()
+        .map(u64::from)
+        .collect::<Vec<_>>());
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    [name, size, mtime]
+}
+
 #[derive(Debug, Clone)]
 enum Source {
     Folder(ImageFolder),
@@ -112,31 +128,12 @@ impl Dataset {
         match &self.source {
             Source::Folder(f) => {
                 for item in &f.items {
-                    words.push(mix(&item
-                        .path
-                        .to_string_lossy()
-                        .bytes()
-                        .map(u64::from)
-                        .collect::<Vec<_>>()));
-                    let meta = std::fs::metadata(&item.path).ok();
-                    words.push(meta.as_ref().map_or(0, |m| m.len()));
-                    let mtime = meta
-                        .and_then(|m| m.modified().ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos() as u64);
-                    words.push(mtime);
+                    words.extend(file_words(&item.path));
                 }
             }
             Source::Shapes(s) => words.extend([s.count as u64, s.seed]),
             Source::Idx(s) => {
-                words.push(mix(&s
-                    .path
-                    .to_string_lossy()
-                    .bytes()
-                    .map(u64::from)
-                    .collect::<Vec<_>>()));
-                let meta = std::fs::metadata(&s.path).ok();
-                words.push(meta.as_ref().map_or(0, |m| m.len()));
+                words.extend(file_words(&s.path));
                 words.push(s.len() as u64);
             }
         }

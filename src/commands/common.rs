@@ -39,16 +39,27 @@ pub fn load_vq(run_path: &Path, device: &Device) -> Result<(RunConfig, MoVq, Che
     Ok((cfg, model, ckpt))
 }
 
-/// A flag set by Ctrl-C (a second Ctrl-C exits at once).
+/// A flag set by Ctrl-C (a second Ctrl-C exits at once). A repeat within a second counts as the
+/// same interrupt: `timeout -s INT` and `kill -INT -PGID` deliver SIGINT twice, to the process
+/// and to its group, and that must not cost the checkpoint.
 pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    let first = std::sync::Mutex::new(None::<std::time::Instant>);
     ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted twice: exiting without a checkpoint");
-            std::process::exit(super::EXIT_INTERRUPTED as i32);
+        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+        match *first {
+            Some(t) if t.elapsed() < std::time::Duration::from_secs(1) => {}
+            Some(_) => {
+                eprintln!("\ninterrupted twice: exiting without a checkpoint");
+                std::process::exit(super::EXIT_INTERRUPTED as i32);
+            }
+            None => {
+                *first = Some(std::time::Instant::now());
+                f.store(true, Ordering::SeqCst);
+                eprintln!("\ninterrupt: saving a checkpoint (Ctrl-C again to exit at once)");
+            }
         }
-        eprintln!("\ninterrupt: saving a checkpoint (Ctrl-C again to exit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(flag)

@@ -1,5 +1,6 @@
 //! The training loop and stage-1 training: overfitting, exact resume, NaN guard, interrupts.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
@@ -220,22 +221,18 @@ fn resume_continues_exactly() {
     assert_eq!(logged_train_steps(&run_b), vec![2, 4, 6, 8, 10, 12]);
 }
 
-#[test]
-fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
-    let dir = tmp();
-    let cfg = quick_config(dir.path(), 16);
-    let a = dir.path().join("a");
-    let b = dir.path().join("b");
-    train_vq(&cfg, "builtin:shapes:64", &a).ok();
+/// Starts `train-vq` on `out`, waits for its first logged step, sends it SIGINT `signals` times
+/// back to back, and returns its exit code and stderr.
+fn train_vq_then_interrupt(cfg: &Path, out: &Path, signals: usize) -> (Option<i32>, String) {
     let child = crate::harness::bin()
         .args([
             "train-vq",
             "--config",
-            s(&cfg),
+            s(cfg),
             "--data",
             "builtin:shapes:64",
             "--out",
-            s(&b),
+            s(out),
             "--device",
             "cpu",
         ])
@@ -243,18 +240,33 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = b.join("metrics.jsonl");
+    let log = out.join("metrics.jsonl");
     let t0 = std::time::Instant::now();
     while !log.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    for _ in 0..signals {
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
+    let dir = tmp();
+    let cfg = quick_config(dir.path(), 16);
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    train_vq(&cfg, "builtin:shapes:64", &a).ok();
+    let (code, stderr) = train_vq_then_interrupt(&cfg, &b, 1);
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("--resume"), "{stderr}");
     let run_b = RunDir::open(&b).unwrap();
     let stopped = run_b
@@ -279,4 +291,18 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
         read(&run_a.checkpoint(16).model) == read(&run_b.checkpoint(16).model),
         "interrupted at {stopped}: weights differ"
     );
+}
+
+#[test]
+fn sigint_to_process_and_group_at_once_still_saves_a_checkpoint() {
+    // `timeout -s INT` signals the process and then its process group: two SIGINTs at once are
+    // one interrupt, not "Ctrl-C twice: exit without a checkpoint"
+    let dir = tmp();
+    let cfg = quick_config(dir.path(), 10_000);
+    let out = dir.path().join("run");
+    let (code, stderr) = train_vq_then_interrupt(&cfg, &out, 2);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(!stderr.contains("without a checkpoint"), "{stderr}");
+    let run = RunDir::open(&out).unwrap();
+    assert!(run.latest().unwrap().is_some(), "no checkpoint: {stderr}");
 }

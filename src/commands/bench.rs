@@ -1,8 +1,9 @@
 //! `movq bench`: throughput and peak GPU memory on the workloads of the PyTorch reference
 //! benchmark (same shapes and batch sizes), one JSON line per figure and a table at the end.
 //!
-//! Each figure: a warm-up call (two when the first is fast), then timed calls (each ending with
-//! a device synchronisation) until `--min-iters` calls and `--target-seconds` have passed, or
+//! Each figure: a warm-up call (two when the first is fast; sampling warms up with one decoding
+//! step of the same shapes, as the reference does), then timed calls (each ending with a device
+//! synchronisation) until `--min-iters` calls and `--target-seconds` have passed, or
 //! 20 calls, or 20 s; the median call is reported.
 
 use std::io::Write;
@@ -105,24 +106,25 @@ fn token_layout(spec: &str) -> Result<TokenLayout> {
     })
 }
 
-/// Median seconds per call of `f`, after warm-up; every call ends with a device sync.
+/// Median seconds per call of `f(i, warm_up)`, after warm-up; every call ends with a device
+/// sync. `warm_up` is true for the untimed calls (a workload may make those cheaper).
 fn time_calls(
     device: &Device,
     a: &BenchArgs,
-    mut f: impl FnMut(usize) -> Result<()>,
+    mut f: impl FnMut(usize, bool) -> Result<()>,
 ) -> Result<(f64, usize)> {
     let t = Instant::now();
-    f(0)?;
+    f(0, true)?;
     device.synchronize()?;
     if t.elapsed().as_secs_f64() < 3.0 {
-        f(1)?;
+        f(1, true)?;
         device.synchronize()?;
     }
     let mut times = Vec::new();
     let mut total = 0.0;
     for i in 2.. {
         let t = Instant::now();
-        f(i)?;
+        f(i, false)?;
         device.synchronize()?;
         let dt = t.elapsed().as_secs_f64();
         times.push(dt);
@@ -199,7 +201,7 @@ fn run_workload(
                 random_images(w.batch, side, 1),
                 random_images(w.batch, side, 2),
             ];
-            let (s, n) = time_calls(device, a, |i| {
+            let (s, n) = time_calls(device, a, |i, _| {
                 stage.train_step(batches[i % 2].clone(), step_ctx(i))?;
                 Ok(())
             })?;
@@ -227,7 +229,7 @@ fn run_workload(
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let decode_only = w.kind == "vq-decode";
-            let (s, n) = time_calls(device, a, |i| {
+            let (s, n) = time_calls(device, a, |i, _| {
                 if decode_only {
                     model.decode_indices(&indices[i % 2])?;
                 } else {
@@ -260,7 +262,7 @@ fn run_workload(
                 random_tokens(&layout, w.batch, 2),
             ];
             let mut stage = TransformerStage::new(&section, layout, 0, device, batches[0].clone())?;
-            let (s, n) = time_calls(device, a, |i| {
+            let (s, n) = time_calls(device, a, |i, _| {
                 stage.train_step(batches[i % 2].clone(), step_ctx(i))?;
                 Ok(())
             })?;
@@ -283,8 +285,9 @@ fn run_workload(
                 })
                 .into_iter()
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let (s, n) = time_calls(device, a, |i| {
-                steps_on_device(&model, start.clone(), &conds[i % 2], &opts, &counts)?;
+            let (s, n) = time_calls(device, a, |i, warm_up| {
+                let steps = if warm_up { &counts[..1] } else { &counts[..] };
+                steps_on_device(&model, start.clone(), &conds[i % 2], &opts, steps)?;
                 Ok(())
             })?;
             Ok((s, n, w.batch, "grids/s"))

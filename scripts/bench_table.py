@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side table of `movq bench` and the PyTorch reference (`torch_reference.py`) from one
 run on the same GPU: movq's JSON lines and the reference's results.jsonl, matched by workload,
-precision and batch, with the ratio movq / PyTorch (throughput) and both peak memories.
+precision and batch, with the ratio movq / PyTorch (throughput), movq's MFU (the reference's FLOP count per item over
+the bf16 matmul peak measured in the same run) and both peak memories.
 
 usage: python3 scripts/bench_table.py MOVQ.jsonl TORCH_RESULTS.jsonl  (markdown on stdout)
 
@@ -48,8 +49,10 @@ def load(path):
 def main():
     movq = load(sys.argv[1])
     torch = load(sys.argv[2]) if len(sys.argv) > 2 else []
-    print("| workload | B | prec | movq | PyTorch | movq / PyTorch | movq peak GiB | PyTorch peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    peak = next((r["tflops"] for r in torch if r.get("section") == "ceil" and r.get("prec") == "bf16"
+                 and r.get("status") == "ok"), None)
+    print("| workload | B | prec | movq | PyTorch | movq / PyTorch | movq MFU | movq peak GiB | PyTorch peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (kind, cfg, batch), section, mode, tag, label in MATCH:
         for prec in ("f32", "bf16"):
             m = next((r for r in movq if (r.get("workload"), r.get("config"), r.get("batch"), r.get("prec"))
@@ -58,6 +61,9 @@ def main():
             t = next((r for r in torch if r.get("section") == section and r.get("mode") == mode
                       and r.get("prec") == tprec and r.get("batch") == batch
                       and (tag is None or tag in r.get("config", ""))), None)
+            flops = next((r["flops_per_item"] for r in torch if r.get("section") == section
+                          and r.get("mode") == mode and r.get("batch") == batch and r.get("flops_per_item")
+                          and (tag is None or tag in r.get("config", ""))), None)
             mark = ""
             if (t is None or t.get("status") != "ok") and prec == "f32" and (kind, cfg, batch) in ANCHOR_FP32:
                 t = {"status": "ok", "throughput": ANCHOR_FP32[(kind, cfg, batch)]}
@@ -71,7 +77,8 @@ def main():
                     return "not run"
                 if r.get("status") != "ok":
                     return r.get("status", "?")
-                return f"{r['throughput']:,.1f} {unit}"
+                micro = f" (micro-batch {r['micro_batch']})" if r.get("micro_batch") else ""
+                return f"{r['throughput']:,.1f} {unit}{micro}"
 
             def fmt_t(r):
                 return fmt(r) + mark
@@ -79,9 +86,12 @@ def main():
             ratio = "—"
             if m and t and m.get("status") == "ok" and t.get("status") == "ok":
                 ratio = f"{m['throughput'] / t['throughput']:.3f}×{mark}"
+            mfu = "—"
+            if m and m.get("status") == "ok" and flops and peak:
+                mfu = f"{m['throughput'] * flops / (peak * 1e12):.4f}"
             mp = f"{m['peak_mem_gib']:.1f}" if m and m.get("peak_mem_gib") is not None else "—"
             tp = f"{t['peak_mem_steady_gib']:.1f}" if t and t.get("peak_mem_steady_gib") is not None else "—"
-            print(f"| {label} | {batch} | {prec} | {fmt(m)} | {fmt_t(t)} | {ratio} | {mp} | {tp} |")
+            print(f"| {label} | {batch} | {prec} | {fmt(m)} | {fmt_t(t)} | {ratio} | {mfu} | {mp} | {tp} |")
 
 
 if __name__ == "__main__":

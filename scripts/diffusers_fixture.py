@@ -2,7 +2,10 @@
 """A diffusers VQModel (norm_type="spatial", the Kandinsky 2.x MoVQ layout) with random weights,
 and its outputs on fixed inputs, for movq's import parity tests.
 
-  python3 scripts/diffusers_fixture.py OUT_DIR [reduced|kandinsky]
+  python3 scripts/diffusers_fixture.py OUT_DIR [reduced|movqgan|kandinsky]
+
+(movqgan: the reduced shape with 32 groups in every GroupNorm, as MoVQGAN has, for
+scripts/movqgan_fixture.py)
 
 Writes OUT_DIR/config.json and OUT_DIR/diffusion_pytorch_model.safetensors (save_pretrained),
 and OUT_DIR/parity.safetensors: x [2, 3, R, R] in [-1, 1]; latent = encode(x) (quant_conv
@@ -21,12 +24,12 @@ from safetensors.torch import save_file
 out = sys.argv[1]
 shape = sys.argv[2] if len(sys.argv) > 2 else "reduced"
 torch.manual_seed(0)
-if shape == "reduced":
+if shape in ("reduced", "movqgan"):
     cfg = dict(block_out_channels=(32, 64), layers_per_block=1,
                down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
                up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
-               latent_channels=4, num_vq_embeddings=64, vq_embed_dim=4, norm_num_groups=8,
-               sample_size=32)
+               latent_channels=4, num_vq_embeddings=64, vq_embed_dim=4,
+               norm_num_groups=8 if shape == "reduced" else 32, sample_size=32)
 else:  # the Kandinsky 2.2 MoVQ shape
     cfg = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=2,
                down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),

@@ -161,6 +161,23 @@ pub enum ImportSource {
         #[arg(long)]
         resolution: Option<usize>,
     },
+    /// An original MoVQGAN checkpoint (PyTorch Lightning .ckpt with taming-transformers names,
+    /// e.g. ai-forever's movqgan_67M.ckpt), or a bare state dict with those names. The shape is
+    /// read off the tensors; the discriminator and perceptual tensors (loss.*) are left out.
+    Movqgan {
+        /// The .ckpt (or .pt / .pth) file.
+        #[arg(long)]
+        ckpt: PathBuf,
+        /// Run directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Image side movq runs the model at (attention levels are named by their resolution).
+        #[arg(long, default_value_t = 256)]
+        resolution: usize,
+        /// GroupNorm groups (not stored in the checkpoint; MoVQGAN and Kandinsky use 32).
+        #[arg(long, default_value_t = 32)]
+        norm_groups: usize,
+    },
 }
 
 #[derive(Debug, Args)]

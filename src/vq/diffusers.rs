@@ -9,10 +9,7 @@
 //! convolutions (`q`, `k`, `v`, `proj_out`), with the same weights viewed `[O, I, 1, 1]`; the
 //! decoder attentions' `spatial_norm` is movq's `norm`.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::config::{CodebookUpdate, QuantizerConfig, VqConfig};
@@ -227,50 +224,4 @@ pub fn diffusers_name(name: &str, levels: usize) -> String {
         i += 1;
     }
     out.join(".")
-}
-
-/// movq's parameters (name → shape) filled from diffusers tensors: every movq parameter must be
-/// found with its shape (a Linear weight `[O, I]` becomes `[O, I, 1, 1]`), and every diffusers
-/// tensor must be used; otherwise the error lists the names.
-pub fn map_tensors(
-    wanted: &[(String, Vec<usize>)],
-    levels: usize,
-    mut source: BTreeMap<String, Tensor>,
-) -> Result<Vec<(String, Tensor)>> {
-    let mut out = Vec::with_capacity(wanted.len());
-    let mut missing = Vec::new();
-    let mut mismatched = Vec::new();
-    for (name, shape) in wanted {
-        let theirs = diffusers_name(name, levels);
-        match source.remove(&theirs) {
-            None => missing.push(theirs),
-            Some(t) => {
-                let t = if t.dims().len() == 2 && shape.len() == 4 {
-                    t.reshape(shape.as_slice())?
-                } else {
-                    t
-                };
-                if t.dims() != shape.as_slice() {
-                    mismatched.push(format!("{theirs} {:?} (movq {name} {shape:?})", t.dims()));
-                } else {
-                    out.push((name.clone(), t));
-                }
-            }
-        }
-    }
-    if !missing.is_empty() || !mismatched.is_empty() || !source.is_empty() {
-        let mut msg = String::from("the checkpoint does not match the config");
-        if !missing.is_empty() {
-            msg += &format!("; missing: {}", missing.join(", "));
-        }
-        if !mismatched.is_empty() {
-            msg += &format!("; wrong shape: {}", mismatched.join(", "));
-        }
-        if !source.is_empty() {
-            let unknown: Vec<&str> = source.keys().map(String::as_str).collect();
-            msg += &format!("; unknown: {}", unknown.join(", "));
-        }
-        bail!(msg);
-    }
-    Ok(out)
 }

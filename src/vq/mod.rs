@@ -4,9 +4,11 @@ pub mod decoder;
 pub mod diffusers;
 pub mod discriminator;
 pub mod encoder;
+pub mod foreign;
 pub mod level;
 pub mod losses;
 pub mod model;
+pub mod movqgan;
 pub mod quantizer;
 pub mod stage;
 

@@ -69,7 +69,17 @@ fn check_parity(fixture: &std::path::Path, relative: bool, dev: &Device) {
     let dir = tmp();
     let run = dir.path().join("run");
     import_from(fixture, &run).ok();
-    let (_, model, _) = load_vq(&run, dev).unwrap();
+    check_run_against(&run, fixture, relative, dev);
+}
+
+/// The stage-1 run `run` against the diffusers outputs in `fixture/parity.safetensors`.
+pub fn check_run_against(
+    run: &std::path::Path,
+    fixture: &std::path::Path,
+    relative: bool,
+    dev: &Device,
+) {
+    let (_, model, _) = load_vq(run, dev).unwrap();
     let p = candle_core::safetensors::load(fixture.join("parity.safetensors"), dev).unwrap();
     // encode: the quant_conv output
     let latent = model.encode(&p["x"]).unwrap();

@@ -11,5 +11,6 @@ mod idx;
 mod lpips;
 mod metrics;
 mod model;
+mod movqgan;
 mod stage2;
 mod training;

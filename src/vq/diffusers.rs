@@ -12,7 +12,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::config::{CodebookUpdate, QuantizerConfig, VqConfig};
+use crate::config::VqConfig;
+use crate::vq::foreign::single_codebook;
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
@@ -153,15 +154,7 @@ pub fn vq_config(cfg: &Value) -> Result<VqConfig> {
         norm_groups: usize_of("norm_num_groups")?,
         // diffusers' SpatialNorm hard-codes 32 groups whatever norm_num_groups says
         spatial_norm_groups: Some(32),
-        quantizer: QuantizerConfig {
-            channels: 1,
-            codebook_size: usize_of("num_vq_embeddings")?,
-            code_dim,
-            beta: 0.25,
-            update: CodebookUpdate::Gradient,
-            l2_normalize: false,
-            restart_dead_codes: None,
-        },
+        quantizer: single_codebook(usize_of("num_vq_embeddings")?, code_dim),
     };
     cfg.validate()
         .context("config.json describes a model movq cannot build")?;

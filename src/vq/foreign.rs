@@ -1,11 +1,27 @@
-//! Weights trained elsewhere matched to movq's parameters: every movq parameter must be found
-//! under its foreign name with its shape, and every foreign tensor must be used; otherwise one
-//! error lists the missing, mis-shaped and unknown names.
+//! Weights trained elsewhere: their quantizer, and their tensors matched to movq's parameters
+//! (every movq parameter must be found under its foreign name with its shape, and every foreign
+//! tensor must be used; otherwise one error lists the missing, mis-shaped and unknown names).
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
+
+use crate::config::{CodebookUpdate, QuantizerConfig};
+
+/// The quantizer of VQGAN-style models trained elsewhere: one codebook searched by L2 distance,
+/// learned by gradient (β 0.25, as in VQGAN), no dead-code restarts.
+pub fn single_codebook(codebook_size: usize, code_dim: usize) -> QuantizerConfig {
+    QuantizerConfig {
+        channels: 1,
+        codebook_size,
+        code_dim,
+        beta: 0.25,
+        update: CodebookUpdate::Gradient,
+        l2_normalize: false,
+        restart_dead_codes: None,
+    }
+}
 
 /// movq's parameters (name → shape) filled from `source`, where `theirs` gives the foreign name
 /// of a movq parameter. A 2-D Linear weight `[O, I]` fills a 1×1 convolution `[O, I, 1, 1]`.

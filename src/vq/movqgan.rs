@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{CodebookUpdate, QuantizerConfig, VqConfig};
+use crate::config::VqConfig;
+use crate::vq::foreign::single_codebook;
 
 /// Tensors a Lightning checkpoint holds for training only (discriminator, perceptual network).
 pub fn is_training_only(name: &str) -> bool {
@@ -79,15 +80,7 @@ pub fn vq_config(
         z_channels,
         norm_groups,
         spatial_norm_groups: None,
-        quantizer: QuantizerConfig {
-            channels: 1,
-            codebook_size,
-            code_dim,
-            beta: 0.25,
-            update: CodebookUpdate::Gradient,
-            l2_normalize: false,
-            restart_dead_codes: None,
-        },
+        quantizer: single_codebook(codebook_size, code_dim),
     };
     cfg.validate()
         .context("the checkpoint describes a model movq cannot build")?;

@@ -146,6 +146,33 @@ for step in "$@"; do
       done
       cp -r /tmp/fashion-out/. "$OUT/"; cat /tmp/fashion-out/fashion.log
       ;;
+    commands)
+      # every subcommand once with --device cuda (f32, then bf16 where a model runs), on the tiny
+      # preset and built-in images: train-vq, train-transformer, sample, reconstruct (plain and
+      # masked), eval, encode, decode, compare, import diffusers → reconstruct, bench --smoke
+      R=/tmp/cmds
+      rm -rf $R
+      set -e
+      for p in f32 bf16; do
+        D="--device cuda --precision $p"
+        /tmp/movq train-vq --config tiny --data builtin:shapes:64 --out $R/$p/vq --steps 20 $D 2>&1 | tail -n 1
+        /tmp/movq train-transformer --vq $R/$p/vq --data builtin:shapes:64 --out $R/$p/tr --steps 20 $D 2>&1 | tail -n 1
+        /tmp/movq sample --model $R/$p/tr --num 4 --steps 4 --out $R/$p/samples $D 2>&1 | tail -n 1
+        /tmp/movq reconstruct --model $R/$p/vq --input builtin:shapes:4 --out $R/$p/rec $D 2>&1 | tail -n 1
+        /tmp/movq reconstruct --model $R/$p/tr --input builtin:shapes:2 --mask-ratio 0.5 --samples 2 \
+          --out $R/$p/masked $D 2>&1 | tail -n 1
+        /tmp/movq eval --model $R/$p/vq --data builtin:shapes:16 --json $D | tr -d '\n '; echo
+        /tmp/movq encode --model $R/$p/vq --input builtin:shapes:4 --out $R/$p/codes.safetensors $D 2>&1 | tail -n 1
+        /tmp/movq decode --model $R/$p/vq --latents $R/$p/codes.safetensors --out $R/$p/decoded $D 2>&1 | tail -n 1
+      done
+      /tmp/movq compare $R/f32/samples/sample-0000.png $R/bf16/samples/sample-0000.png --device cuda
+      /tmp/movq import diffusers --weights tests/data/diffusers-mini/diffusion_pytorch_model.safetensors \
+        --config tests/data/diffusers-mini/config.json --out $R/imported
+      /tmp/movq reconstruct --model $R/imported --input builtin:shapes:2 --out $R/imported-rec --device cuda 2>&1 | tail -n 1
+      /tmp/movq bench --smoke --device cuda --min-iters 1 --target-seconds 0 2>&1 | tail -n 12
+      set +e
+      echo "every command ran on CUDA"
+      ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"
       ;;

@@ -385,4 +385,7 @@ pub struct CompareArgs {
     pub b: PathBuf,
     #[command(flatten)]
     pub lpips: LpipsFlags,
+    /// Where LPIPS runs: auto (CUDA when built with it and a GPU is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }

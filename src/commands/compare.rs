@@ -1,4 +1,4 @@
-//! `movq compare A B`: PSNR and SSIM of two same-sized images, as JSON on stdout.
+//! `movq compare A B`: PSNR, SSIM and LPIPS of two same-sized images, as JSON on stdout.
 
 use std::process::ExitCode;
 
@@ -31,7 +31,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         );
     }
     let s = pair_scores(&img_a, &img_b);
-    let device = candle_core::Device::Cpu;
+    let device = crate::device::select(&a.device)?;
     let lpips = match load_lpips(&a.lpips, &device)? {
         Some(net) => json!(lpips_pair(&net, &img_a, &img_b, &device)?),
         None => json!(null),

@@ -46,6 +46,13 @@ fn compare_prints_json() {
     // Different sizes: a clear error naming both files.
     let c = data_dir().join("photos/chelsea.png");
     movq(&["compare", s(&a), s(&c)]).fails_with(&["differ in size", "metric_a.png", "chelsea.png"]);
+    // --device picks where LPIPS runs; a CPU-only build asked for CUDA says how to get one
+    let cpu = movq(&["compare", s(&a), s(&b), "--device", "cpu"]);
+    cpu.ok();
+    assert_eq!(cpu.stdout, run.stdout);
+    #[cfg(not(feature = "cuda"))]
+    movq(&["compare", s(&a), s(&b), "--device", "cuda"])
+        .fails_with(&["built without CUDA", "--features cuda"]);
 }
 
 #[test]

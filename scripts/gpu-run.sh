@@ -77,10 +77,10 @@ for step in "$@"; do
       ;;
     stash)
       # Pretrained weights larger than one call's carry limit arrive in pieces over calls made
-      # back to back (the warm machine keeps /tmp): $STASH/NAME.partNN (default gpu/stash) are
+      # back to back (the warm machine keeps /tmp): $STASH/NAME.partNN (scripts/stash_split.py) are
       # appended to /tmp/movq-cache/NAME; NAME.sha256 there checks the whole once complete.
       mkdir -p /tmp/movq-cache
-      STASH=${STASH:-gpu/stash}
+      STASH=${STASH:-gpu/stash1}
       for part in "$STASH"/*.part*; do
         [ -e "$part" ] || continue
         name=$(basename "${part%.part*}")

@@ -12,6 +12,7 @@ needs: torch, safetensors
 """
 import collections
 import json
+import os
 import re
 import sys
 
@@ -56,6 +57,12 @@ def main():
     torch.save({"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.6.5",
                 "state_dict": state}, out)
     print(out, len(state), "tensors")
+    # a bare state dict (no Lightning wrapper) holding only the first convolution: readable, but
+    # not a whole model
+    partial = os.path.join(os.path.dirname(out), "partial-state-dict.pt")
+    torch.save(collections.OrderedDict(
+        [("encoder.conv_in.weight", state["encoder.conv_in.weight"].clone())]), partial)
+    print(partial)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,23 @@ fn a_file_that_is_not_a_checkpoint_is_a_clear_error() {
     assert!(!dir.path().join("run").exists(), "nothing is written");
 }
 
+#[test]
+fn a_bare_state_dict_is_read_and_an_incomplete_one_named() {
+    // a plain torch.save(state_dict) file (no Lightning wrapper) with only encoder.conv_in
+    let dir = tmp();
+    let partial = fixture().join("partial-state-dict.pt");
+    movq(&[
+        "import",
+        "movqgan",
+        "--ckpt",
+        s(&partial),
+        "--out",
+        s(&dir.path().join("run")),
+    ])
+    .fails_with(&["partial-state-dict.pt", "no encoder.down.* tensors"]);
+    assert!(!dir.path().join("run").exists(), "nothing is written");
+}
+
 fn shapes(names: &[(&str, &[usize])]) -> BTreeMap<String, Vec<usize>> {
     names
         .iter()

@@ -2,7 +2,7 @@
 """Split files too large for one device call's carry (64 MiB with the working tree) into pieces
 for `scripts/gpu-run.sh stash`, one folder per back-to-back call.
 
-  python3 scripts/stash_split.py --out gpu --sizes 24M,61.5M,12M \\
+  python3 scripts/stash_split.py --out gpu --sizes 20M,58M,20M \\
       ~/.cache/movq/fid-inception.safetensors ~/.cache/movq/lpips-alex.safetensors
 
 The files are laid end to end and cut at the given sizes: folder k (gpu/stash1, gpu/stash2, …)

@@ -37,12 +37,8 @@ pub fn encode(a: EncodeArgs) -> Result<ExitCode> {
     let side = cfg.model.resolution as u32;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
     let (mut latents, mut indices) = (Vec::new(), Vec::new());
-    let order: Vec<usize> = (0..inputs.len()).collect();
-    for chunk in order.chunks(a.batch_size) {
-        let images = chunk
-            .iter()
-            .map(|&i| inputs.load(i, side))
-            .collect::<Result<Vec<_>>>()?;
+    for batch in inputs.batches(a.batch_size, side) {
+        let (_, images) = batch?;
         let z = model.encode(&images_to_tensor(&images, &device)?)?;
         let q = model.quantizer().forward(&z)?;
         latents.push(z.to_device(&Device::Cpu)?);

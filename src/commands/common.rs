@@ -105,6 +105,24 @@ impl Inputs {
             Inputs::Set(ds) => eval_view(ds.load_resized(i, side)?.as_ref(), side),
         })
     }
+
+    /// The images in order, `batch_size` at a time (the last batch may be smaller), each with
+    /// the indices it holds.
+    pub fn batches(
+        &self,
+        batch_size: usize,
+        side: u32,
+    ) -> impl Iterator<Item = Result<(std::ops::Range<usize>, Vec<RgbImage>)>> + '_ {
+        let n = batch_size.max(1);
+        (0..self.len()).step_by(n).map(move |start| {
+            let range = start..(start + n).min(self.len());
+            let images = range
+                .clone()
+                .map(|i| self.load(i, side))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((range, images))
+        })
+    }
 }
 
 /// Output file names from input names: the file stem, made unique.

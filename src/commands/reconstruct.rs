@@ -48,19 +48,15 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
     let mut records = Vec::new();
     let mut scores = Vec::new();
     let bar = ProgressBar::new(inputs.len() as u64);
-    let order: Vec<usize> = (0..inputs.len()).collect();
-    for chunk in order.chunks(a.batch_size) {
-        let originals = chunk
-            .iter()
-            .map(|&i| inputs.load(i, side))
-            .collect::<Result<Vec<_>>>()?;
+    for batch in inputs.batches(a.batch_size, side) {
+        let (range, originals) = batch?;
         let x = images_to_tensor(&originals, &device)?;
         let (xrec, qo) = model.reconstruct(&x)?;
         stats.add(&qo.indices)?;
         for ((orig, rec), (path, name)) in originals
             .iter()
             .zip(tensor_to_images(&xrec)?)
-            .zip(chunk.iter().map(|&i| (&sources[i], &names[i])))
+            .zip(range.clone().map(|i| (&sources[i], &names[i])))
         {
             save_png(&rec, &a.out.join(name))?;
             let s = pair_scores(orig, &rec);
@@ -73,7 +69,7 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
             scores.push(s);
             rows.push(vec![orig.clone(), rec]);
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(range.len() as u64);
     }
     bar.finish_and_clear();
     save_png(&grid(&rows, 2), &a.out.join("grid.png"))?;

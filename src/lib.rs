@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod fsutil;
+pub mod gpu;
 pub mod metrics;
 pub mod nn;
 pub mod profile;

@@ -22,14 +22,15 @@ fn default_init(fan_in: usize) -> Init {
 }
 
 /// `MOVQ_CONV=candle` routes every convolution through candle's own `conv2d` (for comparison)
-/// instead of [`conv2d_gemm`].
+/// instead of cuDNN ([`crate::gpu::cudnn_conv2d`], `cudnn` builds) or [`conv2d_gemm`].
 fn candle_conv() -> bool {
     static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CANDLE.get_or_init(|| std::env::var("MOVQ_CONV").is_ok_and(|v| v == "candle"))
 }
 
-/// A 2-D convolution computed in its input's dtype: stride-1 convolutions as matrix products
-/// ([`conv2d_gemm`]), strided ones through candle.
+/// A 2-D convolution computed in its input's dtype: through cuDNN on the GPU in a `cudnn` build,
+/// else stride-1 convolutions as matrix products ([`conv2d_gemm`]) and strided ones through
+/// candle.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -61,7 +62,14 @@ impl Conv2d {
         let w = self.weight.to_dtype(dt)?;
         let k = w.dim(2)?;
         let plain = c.stride == 1 && c.dilation == 1 && c.groups == 1 && c.padding < k;
-        let y = if plain && !candle_conv() {
+        let cudnn = if c.dilation == 1 && c.groups == 1 && !candle_conv() {
+            crate::gpu::cudnn_conv2d(x, &w, c.padding, c.stride)?
+        } else {
+            None
+        };
+        let y = if let Some(y) = cudnn {
+            y
+        } else if plain && !candle_conv() {
             conv2d_gemm(x, &w, c.padding)?
         } else {
             x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
@@ -144,11 +152,45 @@ pub struct GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        profile::scope(|| "group_norm".into(), x.device(), || self.forward_inner(x))
+        self.forward_modulated(x, None, false)
     }
 }
 
 impl GroupNorm {
+    /// `silu?(GroupNorm(x) · scale↑ + shift↑)`: with `modulation` (scale, shift) `[B, C, h, w]`,
+    /// `h | H`, `w | W`, broadcast over each `H/h × W/w` block (SpatialNorm), and SiLU when
+    /// `silu`. One fused kernel on the GPU ([`crate::gpu::fused_group_norm`]), composed ops
+    /// elsewhere.
+    pub fn forward_modulated(
+        &self,
+        x: &Tensor,
+        modulation: Option<(&Tensor, &Tensor)>,
+        silu: bool,
+    ) -> Result<Tensor> {
+        profile::scope(
+            || "group_norm".into(),
+            x.device(),
+            || {
+                let (w, b) = (&self.weight, &self.bias);
+                let fused =
+                    crate::gpu::fused_group_norm(x, w, b, self.groups, self.eps, modulation, silu)?;
+                let y = match fused {
+                    Some(y) => return Ok(y),
+                    None => self.forward_inner(x)?,
+                };
+                let y = match modulation {
+                    None => y,
+                    Some((scale, shift)) => modulate(&y, scale, shift)?,
+                };
+                if silu {
+                    y.silu()
+                } else {
+                    Ok(y)
+                }
+            },
+        )
+    }
+
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let shape = x.dims().to_vec();
@@ -169,6 +211,18 @@ impl GroupNorm {
             .broadcast_add(&self.bias.reshape(wdims)?)?
             .to_dtype(dt)
     }
+}
+
+/// `y · scale↑ + shift↑` with `scale`, `shift` `[B, C, h, w]` broadcast over each `H/h × W/w`
+/// block of `y` `[B, C, H, W]` (nearest-neighbour upsampling without materialising it).
+fn modulate(y: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = y.dims4()?;
+    let (_, _, zh, zw) = scale.dims4()?;
+    let blocks = |t: &Tensor| t.reshape((b, c, zh, 1, zw, 1));
+    y.reshape((b, c, zh, h / zh, zw, w / zw))?
+        .broadcast_mul(&blocks(scale)?)?
+        .broadcast_add(&blocks(shift)?)?
+        .reshape((b, c, h, w))
 }
 
 /// LayerNorm over the last dimension: computed in f32, result in the input's dtype.

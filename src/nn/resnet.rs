@@ -33,9 +33,9 @@ impl ResnetBlock {
 
     /// `x`: `[B, in, H, W]` → `[B, out, H, W]`; `zq` for SpatialNorm blocks.
     pub fn forward(&self, x: &Tensor, zq: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.norm1.forward(x, zq)?.silu()?;
+        let h = self.norm1.forward_silu(x, zq)?;
         let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward(&h, zq)?.silu()?;
+        let h = self.norm2.forward_silu(&h, zq)?;
         let h = self.conv2.forward(&h)?;
         match &self.nin_shortcut {
             Some(s) => s.forward(x)?.add(&h),

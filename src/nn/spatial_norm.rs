@@ -33,22 +33,22 @@ impl SpatialNorm {
     /// broadcast over each `H/h × W/w` block: the same values, without materialising the
     /// upsampled latent or running the convolutions at full resolution.
     pub fn forward(&self, f: &Tensor, zq: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = f.dims4()?;
+        self.forward_act(f, zq, false)
+    }
+
+    /// [`Self::forward`] followed by SiLU when `silu` (one fused kernel on the GPU).
+    pub fn forward_act(&self, f: &Tensor, zq: &Tensor, silu: bool) -> Result<Tensor> {
+        let (_, _, h, w) = f.dims4()?;
         let (_, _, zh, zw) = zq.dims4()?;
-        let norm = self.norm_layer.forward(f)?;
-        if h.is_multiple_of(zh) && w.is_multiple_of(zw) {
-            let blocks = |t: Tensor| t.reshape((b, c, zh, 1, zw, 1));
-            let scale = blocks(self.conv_y.forward(zq)?)?;
-            let shift = blocks(self.conv_b.forward(zq)?)?;
-            return norm
-                .reshape((b, c, zh, h / zh, zw, w / zw))?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&shift)?
-                .reshape((b, c, h, w));
-        }
-        let zq = resize_nearest(zq, h, w)?;
-        norm.mul(&self.conv_y.forward(&zq)?)?
-            .add(&self.conv_b.forward(&zq)?)
+        let zq = if h.is_multiple_of(zh) && w.is_multiple_of(zw) {
+            zq.clone()
+        } else {
+            resize_nearest(zq, h, w)?
+        };
+        let scale = self.conv_y.forward(&zq)?;
+        let shift = self.conv_b.forward(&zq)?;
+        self.norm_layer
+            .forward_modulated(f, Some((&scale, &shift)), silu)
     }
 }
 
@@ -93,9 +93,18 @@ impl NormKind {
 impl Norm {
     /// `zq` is required by SpatialNorm and ignored by GroupNorm.
     pub fn forward(&self, x: &Tensor, zq: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_act(x, zq, false)
+    }
+
+    /// The normalization followed by SiLU (one fused kernel on the GPU).
+    pub fn forward_silu(&self, x: &Tensor, zq: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_act(x, zq, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, zq: Option<&Tensor>, silu: bool) -> Result<Tensor> {
         match (self, zq) {
-            (Norm::Group(n), _) => n.forward(x),
-            (Norm::Spatial(n), Some(zq)) => n.forward(x, zq),
+            (Norm::Group(n), _) => n.forward_modulated(x, None, silu),
+            (Norm::Spatial(n), Some(zq)) => n.forward_act(x, zq, silu),
             (Norm::Spatial(_), None) => {
                 candle_core::bail!("SpatialNorm needs the quantized latent zq")
             }

@@ -84,7 +84,7 @@ impl Decoder {
                 h = us.forward(&h)?;
             }
         }
-        let h = self.norm_out.forward(&h, zq)?.silu()?;
+        let h = self.norm_out.forward_silu(&h, zq)?;
         self.conv_out.forward(&h)
     }
 }

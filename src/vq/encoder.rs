@@ -102,7 +102,7 @@ impl Module for Encoder {
             }
         }
         let h = self.mid.forward(&h, None)?;
-        let h = self.norm_out.forward(&h, None)?.silu()?;
+        let h = self.norm_out.forward_silu(&h, None)?;
         self.conv_out.forward(&h)
     }
 }

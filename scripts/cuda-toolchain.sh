@@ -4,7 +4,7 @@
 # link stub. Idempotent. Usage (from the project root, it runs `cargo fetch` itself):
 #   bash scripts/cuda-toolchain.sh           # installs into ${MOVQ_CUDA_HOME:-$HOME/.cache/movq-cuda}
 #   source ${MOVQ_CUDA_HOME:-$HOME/.cache/movq-cuda}/env.sh
-#   cargo build --release --features cuda
+#   cargo build --release --features cudnn     (or cuda, without cuDNN)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fetch --quiet   # the libcuda stub is generated from cudarc's sources

@@ -12,14 +12,14 @@ use movq::vq::MoVq;
 use rand::{Rng, SeedableRng};
 
 /// Uniform values in [-1, 1) from `seed`, on `dev`.
-fn randn(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+pub(crate) fn randn(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     Tensor::from_vec(v, shape, dev).unwrap()
 }
 
-fn to_vec(t: &Tensor) -> Vec<f32> {
+pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)
         .unwrap()
         .flatten_all()
@@ -29,7 +29,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 }
 
 /// `‖a − b‖ / ‖b‖`.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (to_vec(a), to_vec(b));
     assert_eq!(a.len(), b.len());
     let num: f64 = a

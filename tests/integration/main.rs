@@ -7,6 +7,7 @@ mod cli;
 mod devices;
 mod diffusers;
 mod fid;
+mod gpu_kernels;
 mod idx;
 mod lpips;
 mod metrics;

@@ -55,10 +55,14 @@ for step in "$@"; do
       # each) only with TORCH_FP32_VQ=1, else bench_table.py quotes the reference's anchor run
       VQ='^(a1|a2) (infer \S+ 64|train)|^b grid16x16x4 decode \S+ 64$'
       TR='^b grid16x16x4 (train|sample \S+ 64$)|^b grid16x16 (train|sample \S+ 256$)'
+      # TORCH_SCOPE=vq: the stage-1 jobs alone (bf16)
+      if [ "${TORCH_SCOPE:-all}" = vq ]; then TR='^$never'; fi
       python3 gpu/torch_reference.py --sections ceil,a1,a2,b --max-prio 0 --vq-infer-batches 64 \
         --job-filter "(?=.*bf16)($VQ|$TR)" --out "$OUT/torch" --deadline "${TORCH_BF16_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP|matmul"
-      python3 gpu/torch_reference.py --sections b --max-prio 0 \
-        --job-filter "(?=.*fp32)($TR)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-200}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
+      if [ "${TORCH_SCOPE:-all}" != vq ]; then
+        python3 gpu/torch_reference.py --sections b --max-prio 0 \
+          --job-filter "(?=.*fp32)($TR)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-200}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
+      fi
       if [ "${TORCH_FP32_VQ:-0}" = 1 ]; then
         python3 gpu/torch_reference.py --sections a1,a2,b --max-prio 0 --vq-infer-batches 64 \
           --job-filter "(?=.*fp32)($VQ)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-200}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
@@ -172,6 +176,22 @@ for step in "$@"; do
       /tmp/movq bench --smoke --device cuda --min-iters 1 --target-seconds 0 2>&1 | tail -n 12
       set +e
       echo "every command ran on CUDA"
+      ;;
+    kernels)
+      # the GPU kernels (src/gpu/): their tests against candle's composed ops and every block
+      # against the CPU, then the stage-1 workloads in bf16 with the kernels off (BEFORE_ENV,
+      # default MOVQ_KERNELS=off: the state before them) and on, in the same call; PyTorch's
+      # figures come from the torch step with TORCH_SCOPE=vq
+      xz -dc gpu/integration.xz > /tmp/integration && chmod +x /tmp/integration
+      /tmp/integration --test-threads 1 ${TEST_FILTER:-gpu_kernels cuda_against_cpu} --nocapture \
+        > "$OUT/kernel-tests.log" 2>&1
+      grep -E "^test |panicked|test result|matches" "$OUT/kernel-tests.log"
+      # shellcheck disable=SC2086
+      env ${BEFORE_ENV:-MOVQ_KERNELS=off} /tmp/movq bench --device cuda --only vq- --precisions bf16 \
+        --out "$OUT/movq-before.jsonl" ${BENCH_ARGS:-} 2>&1 | tail -n 7
+      # shellcheck disable=SC2086
+      /tmp/movq bench --device cuda --only vq- --precisions bf16 --out "$OUT/movq.jsonl" \
+        ${BENCH_ARGS:-} 2>&1 | tail -n 7
       ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"

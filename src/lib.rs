@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod fsutil;
 pub mod gpu;
 pub mod metrics;

@@ -184,6 +184,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         &LoopOptions::new(&tcfg.train, cfg.seed),
         start,
         &interrupt,
+        &crate::dist::Shard::single(),
     )?;
     let hint = format!(
         "movq train-transformer --vq {} --data {} --out {} --resume",

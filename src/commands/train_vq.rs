@@ -128,11 +128,21 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         workers,
         prefetch: cfg.data.prefetch,
         seed: cfg.seed,
+        rows: None,
     };
     let mut loader = spawn_train_loader(ds.clone(), train_items, opts, start)?;
     let interrupt = interrupt_flag()?;
     let loop_opts = LoopOptions::new(&cfg.train, cfg.seed);
-    let outcome = train::run(&mut stage, &mut loader, &run, &loop_opts, start, &interrupt)?;
+    let single = crate::dist::Shard::single();
+    let outcome = train::run(
+        &mut stage,
+        &mut loader,
+        &run,
+        &loop_opts,
+        start,
+        &interrupt,
+        &single,
+    )?;
     if ds.failures() > 0 {
         eprintln!(
             "warning: {} images failed to decode during training and were replaced",

@@ -54,6 +54,8 @@ pub struct LoaderOptions {
     pub workers: usize,
     pub prefetch: usize,
     pub seed: u64,
+    /// The rows of each batch this loader produces (one rank's shard); all of them if `None`.
+    pub rows: Option<std::ops::Range<usize>>,
 }
 
 /// Iterator over training batches from `start_step` on, produced by a background thread.
@@ -141,7 +143,8 @@ pub fn spawn_train_loader(
         .spawn(move || {
             let mut order = SampleOrder::new(items.clone(), o.seed);
             for step in start_step.. {
-                let plan = order.batch(step, o.batch_size);
+                let rows = o.rows.clone().unwrap_or(0..o.batch_size);
+                let plan = order.rows(step, o.batch_size, rows);
                 let samples = parallel_map(plan.len(), o.workers, |k| {
                     train_sample(&ds, &items, plan[k], &o)
                 });

@@ -54,9 +54,15 @@ impl SampleOrder {
 
     /// The visits of training step `step` with batches of `batch` samples.
     pub fn batch(&mut self, step: usize, batch: usize) -> Vec<Visit> {
-        (0..batch as u64)
-            .map(|k| self.at(step as u64 * batch as u64 + k))
-            .collect()
+        self.rows(step, batch, 0..batch)
+    }
+
+    /// Rows `rows` of training step `step`'s batch of `batch` samples: one rank's shard. The
+    /// order does not depend on how the batch is split, so a run resumed on another number of
+    /// ranks visits what it would have visited.
+    pub fn rows(&mut self, step: usize, batch: usize, rows: std::ops::Range<usize>) -> Vec<Visit> {
+        let base = step as u64 * batch as u64;
+        rows.map(|k| self.at(base + k as u64)).collect()
     }
 }
 
@@ -76,5 +82,20 @@ mod tests {
         let mut fresh = SampleOrder::new((10..17).collect(), 3);
         assert_eq!(fresh.at(15), o.at(15));
         assert_ne!(o.batch(0, 7), o.batch(1, 7));
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_make_up_the_batch() {
+        let mut o = SampleOrder::new((0..23).collect(), 5);
+        for step in 0..6 {
+            let whole = o.batch(step, 8);
+            for world in [1, 2, 4, 8] {
+                let per = 8 / world;
+                let joined: Vec<Visit> = (0..world)
+                    .flat_map(|r| o.rows(step, 8, r * per..(r + 1) * per))
+                    .collect();
+                assert_eq!(joined, whole, "step {step}, {world} ranks");
+            }
+        }
     }
 }

@@ -88,6 +88,15 @@ impl Adam {
         )
     }
 
+    /// Zero gradients for every parameter (a rank whose shard contributed nothing).
+    pub fn zero_grads(&self) -> Result<Grads> {
+        let zeros = self
+            .params
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like().map(Some));
+        Ok(Grads(zeros.collect::<Result<_>>()?))
+    }
+
     /// Position of a parameter by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|(n, _)| n == name)

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use serde_json::{json, Map, Value};
 
+use crate::dist::Shard;
 use crate::rng::{rng_for, Stream};
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Checkpoint, RunDir};
@@ -93,7 +94,10 @@ pub enum Outcome {
     },
 }
 
-/// Runs steps `start..opts.steps` of `stage`, taking batches from `batches`.
+/// Runs steps `start..opts.steps` of `stage`, taking batches from `batches`. As one rank of a
+/// data-parallel group (`shard`), every rank runs this loop in step; rank 0 alone validates
+/// and writes checkpoints, metrics and progress, and an interrupt seen by any rank stops all of
+/// them at the same step.
 pub fn run<S: Stage>(
     stage: &mut S,
     batches: &mut dyn Iterator<Item = Result<S::Batch>>,
@@ -101,8 +105,14 @@ pub fn run<S: Stage>(
     opts: &LoopOptions,
     start: usize,
     interrupt: &AtomicBool,
+    shard: &Shard,
 ) -> Result<Outcome> {
-    let bar = ProgressBar::new(opts.steps as u64).with_position(start as u64);
+    let main = shard.is_main();
+    let bar = if main {
+        ProgressBar::new(opts.steps as u64).with_position(start as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
@@ -121,9 +131,9 @@ pub fn run<S: Stage>(
     let mut window = Instant::now();
     let mut window_steps = 0usize;
     for step in start..opts.steps {
-        if interrupt.load(Ordering::SeqCst) {
+        if shard.any(interrupt.load(Ordering::SeqCst))? {
             bar.abandon();
-            if step > last_saved || run_dir.latest()?.is_none() {
+            if main && (step > last_saved || run_dir.latest()?.is_none()) {
                 save(stage, step)?;
             }
             return Ok(Outcome::Interrupted { step });
@@ -156,7 +166,7 @@ pub fn run<S: Stage>(
         window_steps += 1;
         bar.set_position(done as u64);
         bar.set_message(metrics.short(stage.progress_keys()));
-        if done % opts.log_every == 0 || done == opts.steps {
+        if main && (done % opts.log_every == 0 || done == opts.steps) {
             let secs = window.elapsed().as_secs_f64();
             let mut rec = Map::new();
             rec.insert("step".into(), json!(done));
@@ -171,7 +181,7 @@ pub fn run<S: Stage>(
             window = Instant::now();
             window_steps = 0;
         }
-        if (opts.val_every > 0 && done % opts.val_every == 0) || done == opts.steps {
+        if main && ((opts.val_every > 0 && done % opts.val_every == 0) || done == opts.steps) {
             let val = stage.validate()?;
             let mut rec = Map::new();
             rec.insert("step".into(), json!(done));
@@ -184,7 +194,9 @@ pub fn run<S: Stage>(
             ));
         }
         if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {
-            save(stage, done)?;
+            if main {
+                save(stage, done)?;
+            }
             last_saved = done;
         }
     }

@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use rand::Rng;
 
 use crate::config::TransformerSection;
+use crate::dist::{all_reduce_grads, Shard};
 use crate::nn::params::ParamStore;
 use crate::rng::{rng_for, Stream};
 use crate::train::optim::Adam;
@@ -63,6 +64,7 @@ pub struct TransformerStage {
     val: TokenBatch,
     seed: u64,
     device: Device,
+    shard: Shard,
 }
 
 impl TransformerStage {
@@ -85,7 +87,14 @@ impl TransformerStage {
             val,
             seed,
             device: device.clone(),
+            shard: Shard::single(),
         })
+    }
+
+    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     pub fn store(&self) -> &ParamStore {
@@ -102,30 +111,36 @@ impl Stage for TransformerStage {
 
     fn train_step(&mut self, mut batch: TokenBatch, mut ctx: StepContext) -> Result<Metrics> {
         let layout = *self.model.layout();
-        let masks: Vec<Vec<bool>> = batch
-            .tokens
-            .iter()
+        // Masks and class dropout are drawn for the whole batch (every rank's rows) in one
+        // order, so that a rank's rows get what they would get in a single-process step.
+        let rows = batch.tokens.len();
+        let whole = rows * self.shard.world();
+        let mine = self.shard.rows(whole);
+        let all_masks: Vec<Vec<bool>> = (0..whole)
             .map(|_| {
                 let count = training_count(&layout, &mut ctx.rng);
                 per_channel_mask(&layout, count, &mut ctx.rng)
             })
             .collect();
         if layout.n_classes > 0 {
-            for label in batch.labels.iter_mut() {
-                if ctx.rng.random_bool(self.cfg.class_dropout) {
+            let dropped: Vec<bool> = (0..whole)
+                .map(|_| ctx.rng.random_bool(self.cfg.class_dropout))
+                .collect();
+            for (label, &d) in batch.labels.iter_mut().zip(&dropped[mine.clone()]) {
+                if d {
                     *label = layout.no_class();
                 }
             }
         }
-        let mb = masked_batch(&layout, &batch, &masks, &self.device)?;
+        let count = |m: &[Vec<bool>]| m.iter().flatten().filter(|&&m| m).count() as f64;
+        let total = count(&all_masks).max(1.0);
+        let masks = &all_masks[mine];
+        let mb = masked_batch(&layout, &batch, masks, &self.device)?;
         // Forward and backward per chunk of rows; each chunk's mean loss is weighted by its
-        // share of the batch's masked tokens, so the summed gradient is the whole batch's.
-        let rows = batch.tokens.len();
+        // share of the whole batch's masked tokens, so the gradients summed over chunks and
+        // ranks are the whole batch's.
         let chunk = self.cfg.micro_batch.unwrap_or(rows).clamp(1, rows.max(1));
-        let masked_in = |r: std::ops::Range<usize>| -> f64 {
-            masks[r].iter().flatten().filter(|&&m| m).count() as f64
-        };
-        let total = masked_in(0..rows).max(1.0);
+        let masked_in = |r: std::ops::Range<usize>| -> f64 { count(&masks[r]) };
         let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
         let mut grads: Option<crate::train::optim::Grads> = None;
         for start in (0..rows).step_by(chunk) {
@@ -155,7 +170,15 @@ impl Stage for TransformerStage {
                 Some(acc) => acc.add_scaled(&g, 1.0)?,
             });
         }
-        let grads = grads.context("a training batch without a masked token")?;
+        let grads = match grads {
+            Some(g) => g,
+            // this rank's rows had no masked token; the others' did
+            None if self.shard.world() > 1 => self.opt.zero_grads()?,
+            None => anyhow::bail!("a training batch without a masked token"),
+        };
+        let grads = all_reduce_grads(&self.shard, grads)?;
+        let sums = self.shard.sum(&[loss_sum, acc_sum])?;
+        let (loss_sum, acc_sum) = (sums[0], sums[1]);
         let grad_norm = crate::profile::scope(
             || "optimizer".into(),
             &self.device,
@@ -229,6 +252,7 @@ pub struct TokenLoader {
     tokens: std::sync::Arc<Vec<Vec<u32>>>,
     labels: std::sync::Arc<Vec<u32>>,
     batch_size: usize,
+    rows: std::ops::Range<usize>,
     step: usize,
 }
 
@@ -246,15 +270,24 @@ impl TokenLoader {
             tokens,
             labels,
             batch_size,
+            rows: 0..batch_size,
             step: start_step,
         }
+    }
+
+    /// Produces only rows `rows` of each batch (one rank's shard).
+    pub fn with_rows(mut self, rows: std::ops::Range<usize>) -> Self {
+        self.rows = rows;
+        self
     }
 }
 
 impl Iterator for TokenLoader {
     type Item = Result<TokenBatch>;
     fn next(&mut self) -> Option<Self::Item> {
-        let visits = self.order.batch(self.step, self.batch_size);
+        let visits = self
+            .order
+            .rows(self.step, self.batch_size, self.rows.clone());
         self.step += 1;
         Some(Ok(TokenBatch {
             tokens: visits.iter().map(|v| self.tokens[v.item].clone()).collect(),

@@ -9,6 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
 use crate::config::{CodebookUpdate, QuantizerConfig};
+use crate::dist::Shard;
 use crate::nn::params::ParamStore;
 
 /// Decay of the running per-code usage that decides which codes are dead.
@@ -162,8 +163,16 @@ impl Quantizer {
 
     /// Training-time codebook maintenance after a forward pass: running usage, EMA codebook
     /// update, and (every `restart.every` steps) restart of dead codes from `out.vectors`.
-    /// Returns how many codes were restarted.
-    pub fn update(&self, out: &QuantOutput, step: usize, rng: &mut impl Rng) -> Result<usize> {
+    /// Returns how many codes were restarted. As one rank of several (`shard`), the code counts
+    /// and sums are the whole batch's (summed over the ranks) and rank 0 restarts dead codes
+    /// from its rows and sends the codebook to the others.
+    pub fn update(
+        &self,
+        out: &QuantOutput,
+        step: usize,
+        rng: &mut impl Rng,
+        shard: &Shard,
+    ) -> Result<usize> {
         let k = self.cfg.codebook_size;
         let dev = out.vectors.device();
         let idx = out.indices.flatten_all()?;
@@ -173,6 +182,7 @@ impl Quantizer {
             &Tensor::ones(n, DType::F32, dev)?,
             0,
         )?;
+        let counts = shard.sum_tensor(&counts)?;
         let usage = ((self.usage.as_tensor() * USAGE_DECAY)? + (&counts * (1.0 - USAGE_DECAY))?)?;
         self.usage.set(&usage)?;
         if let (Some((size, sum)), CodebookUpdate::Ema { decay, epsilon }) =
@@ -180,6 +190,7 @@ impl Quantizer {
         {
             let sums =
                 Tensor::zeros(sum.shape(), DType::F32, dev)?.index_add(&idx, &out.vectors, 0)?;
+            let sums = shard.sum_tensor(&sums)?;
             let new_size = ((size.as_tensor() * *decay)? + (&counts * (1.0 - decay))?)?;
             let new_sum = ((sum.as_tensor() * *decay)? + (sums * (1.0 - decay))?)?;
             let total = new_size.sum_all()?.to_scalar::<f32>()? as f64;
@@ -191,7 +202,25 @@ impl Quantizer {
         }
         match &self.cfg.restart_dead_codes {
             Some(r) if step > 0 && step.is_multiple_of(r.every) => {
-                self.restart_dead(&out.vectors, r.threshold, rng)
+                if shard.world() == 1 {
+                    return self.restart_dead(&out.vectors, r.threshold, rng);
+                }
+                let restarted = if shard.is_main() {
+                    self.restart_dead(&out.vectors, r.threshold, rng)?
+                } else {
+                    0
+                };
+                // rank 0's codebook, usage and count, everywhere
+                self.embedding
+                    .set(&shard.broadcast_tensor(self.embedding.as_tensor(), 0)?)?;
+                self.usage
+                    .set(&shard.broadcast_tensor(self.usage.as_tensor(), 0)?)?;
+                if let Some((size, sum)) = &self.ema {
+                    size.set(&shard.broadcast_tensor(size.as_tensor(), 0)?)?;
+                    sum.set(&shard.broadcast_tensor(sum.as_tensor(), 0)?)?;
+                }
+                let n = Tensor::new(&[restarted as f32], dev)?;
+                Ok(shard.broadcast_tensor(&n, 0)?.to_vec1::<f32>()?[0] as usize)
             }
             _ => Ok(0),
         }

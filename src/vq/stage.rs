@@ -8,6 +8,7 @@ use image::RgbImage;
 use crate::config::RunConfig;
 use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::ImageBatch;
+use crate::dist::{all_reduce_grads, Shard};
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};
 use crate::nn::params::ParamStore;
 use crate::rng::{mix, Stream};
@@ -35,6 +36,7 @@ pub struct VqStage {
     perceptual: Option<Box<dyn PerceptualLoss>>,
     val_images: Vec<RgbImage>,
     device: Device,
+    shard: Shard,
 }
 
 /// The seed of a model's initial weights.
@@ -77,7 +79,24 @@ impl VqStage {
             perceptual,
             val_images,
             device: device.clone(),
+            shard: Shard::single(),
         })
+    }
+
+    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only. Not
+    /// yet with a discriminator that starts within the run (its adaptive weight needs the whole
+    /// batch's gradient norms).
+    pub fn with_shard(mut self, shard: Shard) -> Result<Self> {
+        let disc = self.cfg.loss.discriminator.as_ref();
+        if shard.world() > 1 && disc.is_some_and(|d| d.start < self.cfg.train.steps) {
+            anyhow::bail!(
+                "stage 1 on {} ranks does not support loss.discriminator yet (start it after \
+                 train.steps, or remove it)",
+                shard.world()
+            );
+        }
+        self.shard = shard;
+        Ok(self)
     }
 
     pub fn model(&self) -> &MoVq {
@@ -122,6 +141,14 @@ impl Stage for VqStage {
         }
         let q_loss = (&q.loss * loss_cfg.codebook_weight)?;
         let base = (&nll + &q_loss)?;
+        // the losses are means over this rank's rows: 1/W of each is its share of the whole
+        // batch's mean, and the ranks' gradients are summed
+        let world = self.shard.world();
+        let base_share = if world > 1 {
+            (&base / world as f64)?
+        } else {
+            base.clone()
+        };
         let disc_cfg = loss_cfg.discriminator.as_ref();
         let adversarial = disc_cfg.is_some_and(|d| ctx.step >= d.start);
         let mut total = base.to_scalar::<f32>()? as f64;
@@ -154,15 +181,19 @@ impl Stage for VqStage {
             _ => self.opt.grads(&crate::profile::scope(
                 || "backward".into(),
                 &self.device,
-                || base.backward(),
+                || base_share.backward(),
             )?),
         };
+        let grads = all_reduce_grads(&self.shard, grads)?;
         let grad_norm = crate::profile::scope(
             || "optimizer".into(),
             &self.device,
             || self.opt.step(&grads, ctx.lr),
         )?;
-        let restarted = self.model.quantizer().update(&q, ctx.step, &mut ctx.rng)?;
+        let restarted = self
+            .model
+            .quantizer()
+            .update(&q, ctx.step, &mut ctx.rng, &self.shard)?;
         if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
             let real = critic.net.forward(&x.detach())?;
             let fake = critic.net.forward(&xrec.detach())?;
@@ -179,6 +210,16 @@ impl Stage for VqStage {
             out.push(n, v);
         }
         out.push("psnr", batch_psnr(&x, &xrec)?);
+        if world > 1 {
+            // the whole batch's means: the ranks' means averaged
+            let names: Vec<String> = out.iter().map(|(n, _)| n.to_string()).collect();
+            let values: Vec<f64> = out.iter().map(|(_, v)| v).collect();
+            let sums = self.shard.sum(&values)?;
+            out = Metrics::new();
+            for (n, v) in names.into_iter().zip(sums) {
+                out.push(n, v / world as f64);
+            }
+        }
         out.push("grad_norm", grad_norm);
         if restarted > 0 {
             out.push("restarted_codes", restarted as f64);

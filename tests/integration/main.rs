@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod devices;
 mod diffusers;
+mod dist;
 mod fid;
 mod gpu_kernels;
 mod idx;

@@ -8,6 +8,7 @@ use movq::config::RunConfig;
 use movq::data::image::push_chw;
 use movq::data::loader::ImageBatch;
 use movq::data::Dataset;
+use movq::dist::Shard;
 use movq::train::run_dir::Checkpoint;
 use movq::train::{self, LoopOptions, Metrics, Outcome, RunDir, Stage, StepContext};
 use movq::vq::stage::VqStage;
@@ -119,6 +120,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         &loop_opts(6),
         0,
         &AtomicBool::new(false),
+        &Shard::single(),
     )
     .unwrap_err();
     let msg = format!("{err:#}");
@@ -138,7 +140,17 @@ fn an_interrupt_saves_a_checkpoint() {
     };
     let mut batches = std::iter::repeat_with(|| Ok(()));
     let flag = AtomicBool::new(true);
-    let out = train::run(&mut stage, &mut batches, &run, &loop_opts(10), 3, &flag).unwrap();
+    let single = Shard::single();
+    let out = train::run(
+        &mut stage,
+        &mut batches,
+        &run,
+        &loop_opts(10),
+        3,
+        &flag,
+        &single,
+    )
+    .unwrap();
     assert_eq!(out, Outcome::Interrupted { step: 3 });
     assert_eq!(run.latest().unwrap().unwrap().step, 3);
     // the log: one JSON object per logged step
@@ -153,6 +165,7 @@ fn an_interrupt_saves_a_checkpoint() {
         &loop_opts(10),
         3,
         &AtomicBool::new(false),
+        &single,
     )
     .unwrap();
     assert_eq!(out, Outcome::Finished { step: 10 });

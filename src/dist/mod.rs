@@ -1,0 +1,160 @@
+//! Data-parallel training: ranks that each take a shard of every batch and add up their
+//! gradients before one identical optimizer step.
+//!
+//! A [`Communicator`] is one rank's handle on its group. [`LocalGroup`] connects ranks that are
+//! threads of this process (any device: each reduction goes through host memory, summed in rank
+//! order, so results are bitwise the same on every rank and from run to run); it is what the CPU
+//! tests and `--ranks N` use.
+//!
+//! The convention that makes a sharded step equal the whole-batch step: each rank scales its
+//! loss to its share of the whole batch's loss (a stage's mean over `B/W` samples is multiplied
+//! by `1/W`; the transformer weights each row by its share of the batch's masked tokens), and
+//! [`all_reduce_grads`] *sums* the gradients.
+
+pub mod local;
+
+pub use local::LocalGroup;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::train::optim::Grads;
+
+/// One rank's handle on a group of `world()` ranks. Every rank must make the same calls in the
+/// same order (each call is a collective).
+pub trait Communicator: Send + Sync {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// The elementwise sum over the ranks of a 1-D f32 buffer of the same length everywhere.
+    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>>;
+    /// Rank `root`'s buffer, on every rank.
+    fn broadcast(&self, values: Vec<f32>, root: usize) -> Result<Vec<f32>>;
+}
+
+/// This rank's place in the group (rank 0 of 1 without one).
+#[derive(Clone)]
+pub struct Shard {
+    pub comm: Option<Arc<dyn Communicator>>,
+}
+
+impl Shard {
+    /// The single-process case.
+    pub fn single() -> Self {
+        Self { comm: None }
+    }
+
+    pub fn new(comm: Arc<dyn Communicator>) -> Self {
+        Self { comm: Some(comm) }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.rank())
+    }
+
+    pub fn world(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.world())
+    }
+
+    /// Whether this rank writes checkpoints, metrics and progress.
+    pub fn is_main(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// This rank's rows `[start, start + len)` of a batch of `batch` rows.
+    pub fn rows(&self, batch: usize) -> std::ops::Range<usize> {
+        let per = batch / self.world();
+        self.rank() * per..(self.rank() + 1) * per
+    }
+
+    /// The sums over the ranks of a few numbers (metrics, counts); the numbers themselves
+    /// without a group.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
+        match &self.comm {
+            None => Ok(values.to_vec()),
+            Some(c) => {
+                let v = c.all_reduce_sum(values.iter().map(|&x| x as f32).collect())?;
+                Ok(v.into_iter().map(f64::from).collect())
+            }
+        }
+    }
+
+    /// The elementwise sum over the ranks of `t` (f32 on the wire; `t`'s dtype and device
+    /// back); `t` itself without a group.
+    pub fn sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        match &self.comm {
+            None => Ok(t.clone()),
+            Some(c) => {
+                let v = c.all_reduce_sum(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)?;
+                Tensor::from_vec(v, t.dims(), t.device())?.to_dtype(t.dtype())
+            }
+        }
+    }
+
+    /// Rank `root`'s `t` on every rank; `t` itself without a group.
+    pub fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        match &self.comm {
+            None => Ok(t.clone()),
+            Some(c) => {
+                let v = c.broadcast(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, root)?;
+                Tensor::from_vec(v, t.dims(), t.device())?.to_dtype(t.dtype())
+            }
+        }
+    }
+
+    /// Whether any rank says yes (every rank gets the same answer).
+    pub fn any(&self, yes: bool) -> Result<bool> {
+        Ok(self.sum(&[yes as u8 as f64])?[0] > 0.0)
+    }
+}
+
+/// Checks that a batch of `batch` samples splits evenly over `world` ranks.
+pub fn check_batch(batch: usize, world: usize) -> anyhow::Result<()> {
+    if world == 0 || !batch.is_multiple_of(world) || batch < world {
+        anyhow::bail!(
+            "the batch size {batch} does not split evenly over {world} ranks; pick a multiple of {world}"
+        );
+    }
+    Ok(())
+}
+
+/// The gradients summed over the ranks, in one flat f32 all-reduce (after a small one that
+/// checks that every rank has gradients for the same parameters). Without a group: `grads` as
+/// they are.
+pub fn all_reduce_grads(shard: &Shard, grads: Grads) -> Result<Grads> {
+    let Some(comm) = &shard.comm else {
+        return Ok(grads);
+    };
+    let present: Vec<f32> = grads.0.iter().map(|g| g.is_some() as u8 as f32).collect();
+    let counts = comm.all_reduce_sum(present.clone())?;
+    if let Some(i) = counts
+        .iter()
+        .zip(&present)
+        .position(|(&c, &p)| c != p * comm.world() as f32)
+    {
+        candle_core::bail!(
+            "parameter {i} has a gradient on some ranks only: every rank must run the same model"
+        );
+    }
+    let mut flat = Vec::new();
+    for g in grads.0.iter().flatten() {
+        flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let summed = comm.all_reduce_sum(flat)?;
+    let mut at = 0;
+    let out = grads
+        .0
+        .iter()
+        .map(|g| {
+            g.as_ref()
+                .map(|g| {
+                    let n = g.elem_count();
+                    let t = Tensor::from_slice(&summed[at..at + n], g.dims(), g.device())?;
+                    at += n;
+                    t.to_dtype(g.dtype())
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Grads(out))
+}

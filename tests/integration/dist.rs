@@ -1,0 +1,384 @@
+//! Data-parallel training on the CPU: ranks as threads of one process (`LocalGroup`), each with
+//! its shard of every batch, take the same steps as one process on the whole batch.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use movq::config::{CodebookUpdate, RunConfig};
+use movq::data::loader::ImageBatch;
+use movq::dist::{LocalGroup, Shard};
+use movq::rng::{rng_for, Stream};
+use movq::train::{self, LoopOptions, Outcome, RunDir, Stage, StepContext};
+use movq::transformer::stage::{TokenBatch, TokenLoader, TransformerStage};
+use movq::transformer::TokenLayout;
+use movq::vq::stage::VqStage;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{max_abs_diff, tmp};
+
+/// Runs `f(shard)` on `world` threads (one rank each), or once without a group for `world` 1;
+/// returns each rank's result.
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(Shard) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    if world == 1 {
+        return vec![f(Shard::single())];
+    }
+    let f = Arc::new(f);
+    let threads: Vec<_> = LocalGroup::new(world)
+        .into_iter()
+        .map(|g| {
+            let f = f.clone();
+            std::thread::spawn(move || f(Shard::new(Arc::new(g))))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn ctx(step: usize) -> StepContext {
+    StepContext {
+        step,
+        lr: 1e-3,
+        rng: rng_for(0, Stream::Step, &[step as u64]),
+    }
+}
+
+/// The largest difference between two sets of named weights.
+fn assert_same_weights(a: &[(String, Tensor)], b: &[(String, Tensor)], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        let d = max_abs_diff(x, y);
+        assert!(d <= tol, "{what}: {name} differs by {d}");
+    }
+}
+
+fn token_batch(rows: usize, layout: &TokenLayout) -> TokenBatch {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    TokenBatch {
+        tokens: (0..rows)
+            .map(|_| {
+                (0..layout.seq_len())
+                    .map(|_| rng.random_range(0..layout.codebook_size as u32))
+                    .collect()
+            })
+            .collect(),
+        labels: (0..rows as u32)
+            .map(|i| match layout.n_classes {
+                0 => layout.no_class(),
+                n => i % n as u32,
+            })
+            .collect(),
+    }
+}
+
+/// Rows `r` of a token batch.
+fn token_rows(b: &TokenBatch, r: std::ops::Range<usize>) -> TokenBatch {
+    TokenBatch {
+        tokens: b.tokens[r.clone()].to_vec(),
+        labels: b.labels[r].to_vec(),
+    }
+}
+
+#[test]
+fn sharded_transformer_steps_equal_the_whole_batch_steps() {
+    let layout = TokenLayout {
+        h: 4,
+        w: 4,
+        channels: 2,
+        codebook_size: 16,
+        n_classes: 3,
+    };
+    let batch = token_batch(8, &layout);
+    let mut cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    cfg.class_dropout = 0.3; // drawn for the whole batch, applied to each rank's rows
+    cfg.micro_batch = Some(3); // chunks that do not line up with the shards
+    let mut results = Vec::new();
+    for world in [1, 2, 4] {
+        let (cfg, batch) = (cfg.clone(), batch.clone());
+        let per_rank = on_ranks(world, move |shard| {
+            let rows = shard.rows(8);
+            let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
+                .unwrap()
+                .with_shard(shard);
+            let mut losses = Vec::new();
+            for step in 0..3 {
+                let m = stage
+                    .train_step(token_rows(&batch, rows.clone()), ctx(step))
+                    .unwrap();
+                losses.push(m.get("loss").unwrap());
+            }
+            (stage.store().tensors(), losses)
+        });
+        // every rank holds the same weights and reports the whole batch's loss
+        for (w, l) in &per_rank[1..] {
+            assert_same_weights(
+                &per_rank[0].0,
+                w,
+                0.0,
+                &format!("{world} ranks, rank 0 against another"),
+            );
+            assert_eq!(l, &per_rank[0].1);
+        }
+        results.push((world, per_rank.into_iter().next().unwrap()));
+    }
+    let (_, (single, single_losses)) = &results[0];
+    for (world, (weights, losses)) in &results[1..] {
+        assert_same_weights(
+            single,
+            weights,
+            // summation order differs (chunks, ranks) and Adam's first steps divide by tiny
+            // second moments: 3e-5 is 3 % of one step's size at lr 1e-3
+            3e-5,
+            &format!("{world} ranks against one process"),
+        );
+        for (a, b) in single_losses.iter().zip(losses) {
+            assert!((a - b).abs() < 1e-5, "{world} ranks: loss {b} against {a}");
+        }
+    }
+}
+
+/// The `tiny` stage-1 config without the discriminator (which several ranks cannot run yet)
+/// and without dead-code restarts (rank 0 draws them from its own rows), with EMA codebook
+/// updates if `ema`.
+fn tiny_vq(ema: bool) -> RunConfig {
+    let mut cfg = RunConfig::resolve("tiny").unwrap();
+    cfg.loss.discriminator = None;
+    cfg.model.quantizer.restart_dead_codes = None;
+    if ema {
+        cfg.model.quantizer.update = CodebookUpdate::Ema {
+            decay: 0.9,
+            epsilon: 1e-5,
+        };
+    }
+    cfg
+}
+
+fn image_batch(n: usize, side: usize) -> ImageBatch {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    ImageBatch {
+        pixels: (0..n * 3 * side * side)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect(),
+        labels: vec![None; n],
+        side,
+    }
+}
+
+fn image_rows(b: &ImageBatch, r: std::ops::Range<usize>) -> ImageBatch {
+    let per = 3 * b.side * b.side;
+    ImageBatch {
+        pixels: b.pixels[r.start * per..r.end * per].to_vec(),
+        labels: b.labels[r].to_vec(),
+        side: b.side,
+    }
+}
+
+#[test]
+fn sharded_stage_one_steps_equal_the_whole_batch_steps() {
+    sharded_stage_one(false);
+}
+
+#[test]
+fn sharded_stage_one_steps_equal_the_whole_batch_steps_with_ema_codebooks() {
+    sharded_stage_one(true);
+}
+
+/// Stage 1 on one process and on 2 ranks: the same weights, codebook buffers (usage, EMA counts
+/// and sums: summed over the ranks) and losses after 2 steps.
+fn sharded_stage_one(ema: bool) {
+    let cfg = tiny_vq(ema);
+    let side = cfg.model.resolution;
+    let batch = image_batch(4, side);
+    let mut results = Vec::new();
+    for world in [1, 2] {
+        let (cfg, batch) = (cfg.clone(), batch.clone());
+        let per_rank = on_ranks(world, move |shard| {
+            let rows = shard.rows(4);
+            let mut stage = VqStage::new(&cfg, 0, &Device::Cpu, vec![], None)
+                .unwrap()
+                .with_shard(shard)
+                .unwrap();
+            let mut losses = Vec::new();
+            for step in 0..2 {
+                let m = stage
+                    .train_step(image_rows(&batch, rows.clone()), ctx(step))
+                    .unwrap();
+                losses.push(m.get("loss").unwrap());
+            }
+            (stage.store().tensors(), losses)
+        });
+        assert_same_weights(
+            &per_rank[0].0,
+            &per_rank[world - 1].0,
+            0.0,
+            "rank 0 against the last",
+        );
+        results.push(per_rank.into_iter().next().unwrap());
+    }
+    assert_same_weights(
+        &results[0].0,
+        &results[1].0,
+        1e-5,
+        "2 ranks against one process",
+    );
+    for (a, b) in results[0].1.iter().zip(&results[1].1) {
+        assert!((a - b).abs() < 1e-5, "loss {b} against {a}");
+    }
+}
+
+#[test]
+fn dead_code_restarts_on_rank_zero_reach_every_rank() {
+    let mut cfg = RunConfig::resolve("tiny").unwrap();
+    cfg.loss.discriminator = None;
+    let r = cfg.model.quantizer.restart_dead_codes.as_mut().unwrap();
+    r.every = 1;
+    r.threshold = 1e9; // every code counts as dead: restarts at every step after the first
+    let side = cfg.model.resolution;
+    let batch = image_batch(4, side);
+    let out = on_ranks(2, move |shard| {
+        let rows = shard.rows(4);
+        let mut stage = VqStage::new(&cfg, 0, &Device::Cpu, vec![], None)
+            .unwrap()
+            .with_shard(shard)
+            .unwrap();
+        let mut restarted = 0.0;
+        for step in 0..3 {
+            let m = stage
+                .train_step(image_rows(&batch, rows.clone()), ctx(step))
+                .unwrap();
+            restarted += m.get("restarted_codes").unwrap_or(0.0);
+        }
+        (stage.store().tensors(), restarted)
+    });
+    assert_eq!(out[0].1, 64.0, "32 codes restarted at steps 1 and 2");
+    assert_eq!(out[1].1, out[0].1);
+    assert_same_weights(
+        &out[0].0,
+        &out[1].0,
+        0.0,
+        "rank 0 against rank 1 after restarts",
+    );
+}
+
+#[test]
+fn stage_one_on_several_ranks_refuses_what_it_cannot_sync_yet() {
+    let out = on_ranks(2, |shard| {
+        let cfg = RunConfig::resolve("tiny").unwrap(); // discriminator from step 250, restarts
+        VqStage::new(&cfg, 0, &Device::Cpu, vec![], None)
+            .unwrap()
+            .with_shard(shard)
+            .err()
+            .map(|e| e.to_string())
+    });
+    for e in out {
+        let e = e.expect("refused");
+        assert!(
+            e.contains("2 ranks") && e.contains("loss.discriminator"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_interrupt_on_one_rank_stops_every_rank_and_rank_zero_alone_writes() {
+    let dir = tmp();
+    let run_path = dir.path().join("run");
+    RunDir::create(&run_path, "{}").unwrap();
+    let layout = TokenLayout {
+        h: 2,
+        w: 2,
+        channels: 2,
+        codebook_size: 8,
+        n_classes: 0,
+    };
+    let batch = token_batch(4, &layout);
+    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    let out = on_ranks(2, move |shard| {
+        let run = RunDir::open(&run_path).unwrap();
+        let rows = shard.rows(4);
+        let rank = shard.rank();
+        let tokens = Arc::new(batch.tokens.clone());
+        let labels = Arc::new(batch.labels.clone());
+        let mut loader =
+            TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, 0).with_rows(rows);
+        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
+            .unwrap()
+            .with_shard(shard.clone());
+        let opts = LoopOptions {
+            steps: 6,
+            peak_lr: 1e-3,
+            warmup_steps: 0,
+            min_lr_ratio: 1.0,
+            log_every: 1,
+            val_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 0,
+            seed: 0,
+        };
+        // rank 1 alone sees the interrupt
+        let flag = AtomicBool::new(rank == 1);
+        let outcome = train::run(&mut stage, &mut loader, &run, &opts, 0, &flag, &shard).unwrap();
+        (outcome, stage.store().tensors())
+    });
+    assert_eq!(out[0].0, Outcome::Interrupted { step: 0 });
+    assert_eq!(out[1].0, Outcome::Interrupted { step: 0 });
+    let run = RunDir::open(&dir.path().join("run")).unwrap();
+    assert_eq!(
+        run.latest().unwrap().unwrap().step,
+        0,
+        "rank 0 saved the checkpoint"
+    );
+}
+
+#[test]
+fn a_rank_that_trains_alongside_the_others_finishes_with_them() {
+    // two ranks through the whole loop: the same steps logged once, one checkpoint per save
+    let dir = tmp();
+    let run_path = dir.path().join("run");
+    RunDir::create(&run_path, "{}").unwrap();
+    let layout = TokenLayout {
+        h: 2,
+        w: 2,
+        channels: 2,
+        codebook_size: 8,
+        n_classes: 0,
+    };
+    let batch = token_batch(4, &layout);
+    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    let out = on_ranks(2, move |shard| {
+        let run = RunDir::open(&run_path).unwrap();
+        let tokens = Arc::new(batch.tokens.clone());
+        let labels = Arc::new(batch.labels.clone());
+        let mut loader =
+            TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, 0).with_rows(shard.rows(4));
+        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
+            .unwrap()
+            .with_shard(shard.clone());
+        let opts = LoopOptions {
+            steps: 4,
+            peak_lr: 1e-3,
+            warmup_steps: 0,
+            min_lr_ratio: 1.0,
+            log_every: 1,
+            val_every: 2,
+            checkpoint_every: 2,
+            keep_checkpoints: 0,
+            seed: 0,
+        };
+        let flag = AtomicBool::new(false);
+        train::run(&mut stage, &mut loader, &run, &opts, 0, &flag, &shard).unwrap()
+    });
+    assert!(out.iter().all(|o| *o == Outcome::Finished { step: 4 }));
+    let run = RunDir::open(&dir.path().join("run")).unwrap();
+    let log = std::fs::read_to_string(run.metrics_path()).unwrap();
+    let train_steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(train_steps, vec![1, 2, 3, 4], "logged once per step");
+    assert_eq!(run.latest().unwrap().unwrap().step, 4);
+}

@@ -69,6 +69,12 @@ pub struct TrainFlags {
     /// Override the base learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Data-parallel ranks, each with 1/N of every batch (the batch size must split evenly):
+    /// with --device cuda, GPUs 0..N-1, one per rank; on the CPU, N threads (for testing).
+    /// Gradients are summed over the ranks before one identical step; rank 0 writes. A run
+    /// resumes on any number of ranks.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
 }
 
 #[derive(Debug, Subcommand)]

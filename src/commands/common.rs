@@ -362,3 +362,12 @@ pub fn lpips_pair(
     )?;
     Ok(d.to_vec1::<f32>()?[0] as f64)
 }
+
+/// The devices a run trains on, for its first message: `device cuda:0` or `2 ranks on cpu, cpu`.
+pub fn describe_ranks(devices: &[candle_core::Device]) -> String {
+    let names: Vec<String> = devices.iter().map(crate::device::describe).collect();
+    match names.as_slice() {
+        [one] => format!("device {one}"),
+        many => format!("{} ranks on {}", many.len(), many.join(", ")),
+    }
+}

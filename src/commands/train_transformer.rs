@@ -9,12 +9,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainTransformerArgs;
 use crate::commands::common::{
-    compute_dtype, interrupt_flag, layout_for, load_vq, override_train, report_outcome,
-    starting_step,
+    compute_dtype, describe_ranks, interrupt_flag, layout_for, load_vq, override_train,
+    report_outcome, starting_step,
 };
 use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
 use crate::data::Dataset;
 use crate::device;
+use crate::dist::{check_batch, rank_devices, run_ranks};
 use crate::fsutil;
 use crate::train::{self, LoopOptions, RunDir};
 use crate::transformer::cache::{load_or_build, CacheKey};
@@ -152,40 +153,59 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     };
     let tcfg = &cfg.transformer;
     compute_dtype(&a.common, &tcfg.train, &device);
-    let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, &device, val)?;
-    let start = starting_step(&mut stage, &run, a.train.resume, tcfg.train.steps)?;
-    eprintln!(
-        "train-transformer: {} parameters, {} tokens per image ({}×{}×{}), {} training / {} validation sequences, {}, device {}, steps {}..{}",
-        stage.store().num_parameters(),
-        layout.seq_len(),
-        layout.h,
-        layout.w,
-        layout.channels,
-        train_rows.len(),
-        cache.rows(true).len(),
-        if layout.n_classes > 0 { format!("{} classes", layout.n_classes) } else { "unconditional".to_string() },
-        device::describe(&device),
-        start,
-        tcfg.train.steps
-    );
-    let mut loader = TokenLoader::new(
-        train_rows,
-        Arc::new(cache.tokens),
-        Arc::new(cache.labels),
-        tcfg.train.batch_size,
-        cfg.seed,
-        start,
-    );
+    let devices = rank_devices(&device, a.train.ranks)?;
+    check_batch(tcfg.train.batch_size, devices.len())?;
+    let val_count = cache.rows(true).len();
+    let (tokens, labels) = (Arc::new(cache.tokens), Arc::new(cache.labels));
     let interrupt = interrupt_flag()?;
-    let outcome = train::run(
-        &mut stage,
-        &mut loader,
-        &run,
-        &LoopOptions::new(&tcfg.train, cfg.seed),
-        start,
-        &interrupt,
-        &crate::dist::Shard::single(),
-    )?;
+    let outcome = run_ranks(&devices, |shard, dev| {
+        let val = if shard.is_main() {
+            val.clone()
+        } else {
+            TokenBatch {
+                tokens: vec![],
+                labels: vec![],
+            }
+        };
+        let mut stage =
+            TransformerStage::new(tcfg, layout, cfg.seed, dev, val)?.with_shard(shard.clone());
+        let start = starting_step(&mut stage, &run, a.train.resume, tcfg.train.steps)?;
+        if shard.is_main() {
+            eprintln!(
+                "train-transformer: {} parameters, {} tokens per image ({}×{}×{}), {} training / {} validation sequences, {}, {}, steps {}..{}",
+                stage.store().num_parameters(),
+                layout.seq_len(),
+                layout.h,
+                layout.w,
+                layout.channels,
+                train_rows.len(),
+                val_count,
+                if layout.n_classes > 0 { format!("{} classes", layout.n_classes) } else { "unconditional".to_string() },
+                describe_ranks(&devices),
+                start,
+                tcfg.train.steps
+            );
+        }
+        let mut loader = TokenLoader::new(
+            train_rows.clone(),
+            tokens.clone(),
+            labels.clone(),
+            tcfg.train.batch_size,
+            cfg.seed,
+            start,
+        )
+        .with_rows(shard.rows(tcfg.train.batch_size));
+        let opts = LoopOptions::new(&tcfg.train, cfg.seed);
+        train::run(
+            &mut stage,
+            &mut loader,
+            &run,
+            &opts,
+            start,
+            &interrupt,
+            &shard,
+        )
+    })?;
     let hint = format!(
         "movq train-transformer --vq {} --data {} --out {} --resume",
         a.vq.display(),

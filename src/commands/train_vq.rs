@@ -7,17 +7,18 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainVqArgs;
 use crate::commands::common::{
-    compute_dtype, interrupt_flag, override_train, report_outcome, starting_step,
+    compute_dtype, describe_ranks, interrupt_flag, override_train, report_outcome, starting_step,
 };
 use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::device;
+use crate::dist::{check_batch, rank_devices, run_ranks};
 use crate::fsutil;
 use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
 use crate::train::{self, LoopOptions, RunDir};
 use crate::vq::losses::PerceptualLoss;
-use crate::vq::stage::VqStage;
+use crate::vq::stage::{check_ranks, VqStage};
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
 fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
@@ -89,60 +90,75 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         );
     }
 
-    // The perceptual term: LPIPS with the VGG16 network, frozen (checked before anything is
-    // written).
-    let perceptual: Option<Box<dyn PerceptualLoss>> = if cfg.loss.perceptual_weight > 0.0 {
-        let path = locate(None, Backbone::Vgg)?.with_context(|| {
+    // The perceptual term: LPIPS with the VGG16 network, frozen (found before anything is
+    // written; loaded by each rank on its device).
+    let perceptual_weights = if cfg.loss.perceptual_weight > 0.0 {
+        Some(locate(None, Backbone::Vgg)?.with_context(|| {
             format!(
                 "loss.perceptual_weight is {} but {}; or set loss.perceptual_weight to 0",
                 cfg.loss.perceptual_weight,
                 missing_note(Backbone::Vgg)
             )
-        })?;
-        Some(Box::new(Lpips::load(&path, &device)?))
+        })?)
     } else {
         None
     };
+    let devices = rank_devices(&device, a.train.ranks)?;
+    check_batch(cfg.train.batch_size, devices.len())?;
+    check_ranks(&cfg, devices.len())?;
     let run = match existing {
         Some(run) => run,
         None => RunDir::create(&a.out, &cfg.to_json())?,
     };
     compute_dtype(&a.common, &cfg.train, &device);
-    let mut stage = VqStage::new(&cfg, cfg.seed, &device, val_images, perceptual)?;
-    let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
-    eprintln!(
-        "train-vq: {} parameters, {} training / {} validation images{}, {} classes, device {}, steps {}..{}",
-        stage.store().num_parameters(),
-        train_items.len(),
-        val_items.len(),
-        if ds.skipped() > 0 { format!(" ({} unreadable skipped)", ds.skipped()) } else { String::new() },
-        ds.classes().len(),
-        device::describe(&device),
-        start,
-        cfg.train.steps
-    );
-    let opts = LoaderOptions {
-        batch_size: cfg.train.batch_size,
-        side,
-        flip: cfg.data.flip,
-        workers,
-        prefetch: cfg.data.prefetch,
-        seed: cfg.seed,
-        rows: None,
-    };
-    let mut loader = spawn_train_loader(ds.clone(), train_items, opts, start)?;
     let interrupt = interrupt_flag()?;
-    let loop_opts = LoopOptions::new(&cfg.train, cfg.seed);
-    let single = crate::dist::Shard::single();
-    let outcome = train::run(
-        &mut stage,
-        &mut loader,
-        &run,
-        &loop_opts,
-        start,
-        &interrupt,
-        &single,
-    )?;
+    let outcome = run_ranks(&devices, |shard, dev| {
+        let perceptual: Option<Box<dyn PerceptualLoss>> = match &perceptual_weights {
+            Some(path) => Some(Box::new(Lpips::load(path, dev)?)),
+            None => None,
+        };
+        let val = if shard.is_main() {
+            val_images.clone()
+        } else {
+            vec![]
+        };
+        let mut stage =
+            VqStage::new(&cfg, cfg.seed, dev, val, perceptual)?.with_shard(shard.clone())?;
+        let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
+        if shard.is_main() {
+            eprintln!(
+                "train-vq: {} parameters, {} training / {} validation images{}, {} classes, {}, steps {}..{}",
+                stage.store().num_parameters(),
+                train_items.len(),
+                val_items.len(),
+                if ds.skipped() > 0 { format!(" ({} unreadable skipped)", ds.skipped()) } else { String::new() },
+                ds.classes().len(),
+                describe_ranks(&devices),
+                start,
+                cfg.train.steps
+            );
+        }
+        let opts = LoaderOptions {
+            batch_size: cfg.train.batch_size,
+            side,
+            flip: cfg.data.flip,
+            workers,
+            prefetch: cfg.data.prefetch,
+            seed: cfg.seed,
+            rows: Some(shard.rows(cfg.train.batch_size)),
+        };
+        let mut loader = spawn_train_loader(ds.clone(), train_items.clone(), opts, start)?;
+        let loop_opts = LoopOptions::new(&cfg.train, cfg.seed);
+        train::run(
+            &mut stage,
+            &mut loader,
+            &run,
+            &loop_opts,
+            start,
+            &interrupt,
+            &shard,
+        )
+    })?;
     if ds.failures() > 0 {
         eprintln!(
             "warning: {} images failed to decode during training and were replaced",

@@ -1,5 +1,6 @@
 //! Ranks that are threads of one process, meeting in shared memory.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -33,7 +34,12 @@ struct Shared {
     world: usize,
     round: Mutex<Round>,
     done: Condvar,
+    /// Set when a rank gave up: the others stop waiting for it.
+    aborted: AtomicBool,
 }
+
+/// What a rank's collective reports once another rank has given up.
+pub const ABORTED: &str = "another rank stopped with an error";
 
 /// A group of `world` ranks in this process; [`LocalGroup::new`] gives one handle per rank, to
 /// be moved into that rank's thread.
@@ -56,6 +62,7 @@ impl LocalGroup {
                 ..Default::default()
             }),
             done: Condvar::new(),
+            aborted: AtomicBool::new(false),
         });
         (0..world)
             .map(|rank| LocalGroup {
@@ -65,12 +72,24 @@ impl LocalGroup {
             .collect()
     }
 
+    /// Gives up on the group (this rank failed): every rank's pending and later collectives
+    /// return an error instead of waiting for it.
+    pub fn abort(&self) {
+        let _guard = self.shared.round.lock();
+        self.shared.aborted.store(true, Ordering::SeqCst);
+        self.shared.done.notify_all();
+    }
+
     fn collective(&self, kind: Kind, values: Vec<f32>) -> Result<Vec<f32>> {
         let sh = &self.shared;
+        let aborted = || sh.aborted.load(Ordering::SeqCst);
         let mut round = sh
             .round
             .lock()
             .expect("a rank panicked inside a collective");
+        if aborted() {
+            candle_core::bail!("{ABORTED}");
+        }
         if round.kind.is_some_and(|k| k != kind) {
             round.pending_error = Some(format!(
                 "ranks disagree on the collective: {:?} and {kind:?}",
@@ -113,9 +132,14 @@ impl LocalGroup {
         } else {
             let (r, timeout) = sh
                 .done
-                .wait_timeout_while(round, PATIENCE, |r| r.generation == generation)
+                .wait_timeout_while(round, PATIENCE, |r| {
+                    r.generation == generation && !aborted()
+                })
                 .expect("a rank panicked inside a collective");
             round = r;
+            if round.generation == generation && aborted() {
+                candle_core::bail!("{ABORTED}");
+            }
             if timeout.timed_out() {
                 candle_core::bail!(
                     "rank {} waited {} s for the other ranks: one of them stopped",
@@ -191,6 +215,22 @@ mod tests {
             for (round, s) in ranks.iter().enumerate() {
                 assert_eq!(s, &vec![3.0, 30.0 + 3.0 * round as f32]);
             }
+        }
+    }
+
+    #[test]
+    fn an_aborted_group_stops_waiting() {
+        let out = on_ranks(3, |g| {
+            if g.rank() == 2 {
+                g.abort();
+                return Err("rank 2 failed".to_string());
+            }
+            g.all_reduce_sum(vec![1.0]).map_err(|e| e.to_string())
+        });
+        assert_eq!(out[2], Err("rank 2 failed".to_string()));
+        for r in &out[..2] {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.starts_with(ABORTED), "{e}");
         }
     }
 

@@ -11,8 +11,10 @@
 //! by `1/W`; the transformer weights each row by its share of the batch's masked tokens), and
 //! [`all_reduce_grads`] *sums* the gradients.
 
+pub mod launch;
 pub mod local;
 
+pub use launch::{rank_devices, run_ranks};
 pub use local::LocalGroup;
 
 use std::sync::Arc;

@@ -83,18 +83,10 @@ impl VqStage {
         })
     }
 
-    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only. Not
-    /// yet with a discriminator that starts within the run (its adaptive weight needs the whole
-    /// batch's gradient norms).
+    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only (see
+    /// [`check_ranks`] for what stage 1 cannot run on several ranks yet).
     pub fn with_shard(mut self, shard: Shard) -> Result<Self> {
-        let disc = self.cfg.loss.discriminator.as_ref();
-        if shard.world() > 1 && disc.is_some_and(|d| d.start < self.cfg.train.steps) {
-            anyhow::bail!(
-                "stage 1 on {} ranks does not support loss.discriminator yet (start it after \
-                 train.steps, or remove it)",
-                shard.world()
-            );
-        }
+        check_ranks(&self.cfg, shard.world())?;
         self.shard = shard;
         Ok(self)
     }
@@ -106,6 +98,19 @@ impl VqStage {
     pub fn store(&self) -> &ParamStore {
         &self.store
     }
+}
+
+/// Whether stage 1 can train on `world` ranks with `cfg`: not yet with a discriminator that
+/// starts within the run (its adaptive weight needs the whole batch's gradient norms).
+pub fn check_ranks(cfg: &RunConfig, world: usize) -> Result<()> {
+    let disc = cfg.loss.discriminator.as_ref();
+    if world > 1 && disc.is_some_and(|d| d.start < cfg.train.steps) {
+        anyhow::bail!(
+            "stage 1 on {world} ranks does not support loss.discriminator yet (start it after \
+             train.steps, or remove it)"
+        );
+    }
+    Ok(())
 }
 
 /// Mean PSNR of a reconstruction batch against its input (both in [-1, 1], the reconstruction

@@ -15,7 +15,7 @@ use movq::transformer::TokenLayout;
 use movq::vq::stage::VqStage;
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{max_abs_diff, tmp};
+use crate::harness::{max_abs_diff, movq, s, tiny_config, tmp};
 
 /// Runs `f(shard)` on `world` threads (one rank each), or once without a group for `world` 1;
 /// returns each rank's result.
@@ -381,4 +381,119 @@ fn a_rank_that_trains_alongside_the_others_finishes_with_them() {
         .collect();
     assert_eq!(train_steps, vec![1, 2, 3, 4], "logged once per step");
     assert_eq!(run.latest().unwrap().unwrap().step, 4);
+}
+
+#[test]
+fn both_training_commands_run_on_several_ranks_and_resume_on_another_count() {
+    let dir = tmp();
+    let dir = dir.path();
+    let cfg = tiny_config(dir, |v| {
+        for path in [&["train"][..], &["transformer", "train"][..]] {
+            let t = path.iter().fold(&mut *v, |v, k| &mut v[*k]);
+            t["steps"] = 4.into();
+            t["batch_size"] = 4.into();
+            t["val_images"] = 4.into();
+            t["log_every"] = 2.into();
+            t["checkpoint_every"] = 0.into();
+            t["val_every"] = 0.into();
+        }
+        v["loss"]["discriminator"]["start"] = 100.into(); // after these runs
+    });
+    let (vq, tr) = (dir.join("vq"), dir.join("tr"));
+    let data = "builtin:shapes:24";
+    let cpu = ["--device", "cpu"];
+    let r = movq(
+        &[
+            &[
+                "train-vq",
+                "--config",
+                s(&cfg),
+                "--data",
+                data,
+                "--out",
+                s(&vq),
+                "--ranks",
+                "2",
+            ][..],
+            &cpu,
+        ]
+        .concat(),
+    );
+    r.ok();
+    assert!(r.stderr.contains("2 ranks on cpu, cpu"), "{}", r.stderr);
+    // resumed on one rank: the global sample order does not depend on the rank count
+    let args = [
+        "train-vq",
+        "--data",
+        data,
+        "--out",
+        s(&vq),
+        "--resume",
+        "--steps",
+        "6",
+    ];
+    movq(&[&args[..], &cpu].concat()).ok();
+    let run = RunDir::open(&vq).unwrap();
+    assert_eq!(run.latest().unwrap().unwrap().step, 6);
+    let log = std::fs::read_to_string(run.metrics_path()).unwrap();
+    let train_steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(train_steps, vec![2, 4, 6], "logged once, by rank 0");
+
+    let args = [
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        data,
+        "--out",
+        s(&tr),
+        "--ranks",
+        "4",
+    ];
+    let r = movq(&[&args[..], &cpu].concat());
+    r.ok();
+    assert!(r.stderr.contains("4 ranks on cpu"), "{}", r.stderr);
+    assert_eq!(
+        RunDir::open(&tr).unwrap().latest().unwrap().unwrap().step,
+        4
+    );
+
+    // a batch that does not split, and what stage 1 cannot run on several ranks yet
+    let (tr3, vq2) = (dir.join("tr3"), dir.join("vq2"));
+    let args = [
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        data,
+        "--out",
+        s(&tr3),
+        "--ranks",
+        "3",
+    ];
+    movq(&[&args[..], &cpu].concat())
+        .fails_with(&["batch size 4 does not split evenly over 3 ranks"]);
+    let with_disc = tiny_config(dir, |v| {
+        v["train"]["steps"] = 4.into();
+        v["train"]["batch_size"] = 4.into();
+        v["loss"]["discriminator"]["start"] = 2.into();
+    });
+    let args = [
+        "train-vq",
+        "--config",
+        s(&with_disc),
+        "--data",
+        data,
+        "--out",
+        s(&vq2),
+        "--ranks",
+        "2",
+    ];
+    movq(&[&args[..], &cpu].concat()).fails_with(&["2 ranks does not support loss.discriminator"]);
+    assert!(!vq2.exists(), "nothing written for a run that cannot start");
 }

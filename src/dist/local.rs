@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use candle_core::Result;
+use candle_core::{DType, Result, Tensor};
 
 use crate::dist::Communicator;
 
@@ -158,6 +158,15 @@ impl LocalGroup {
     }
 }
 
+impl LocalGroup {
+    /// `t` as f32 values, through `collective`, back as `t`'s shape, dtype and device.
+    fn via_host(&self, t: &Tensor, kind: Kind) -> Result<Tensor> {
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = self.collective(kind, v)?;
+        Tensor::from_vec(out, t.dims(), t.device())?.to_dtype(t.dtype())
+    }
+}
+
 impl Communicator for LocalGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -167,15 +176,15 @@ impl Communicator for LocalGroup {
         self.shared.world
     }
 
-    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
-        self.collective(Kind::Sum, values)
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        self.via_host(t, Kind::Sum)
     }
 
-    fn broadcast(&self, values: Vec<f32>, root: usize) -> Result<Vec<f32>> {
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         if root >= self.shared.world {
             candle_core::bail!("broadcast from rank {root} of {}", self.shared.world);
         }
-        self.collective(Kind::Broadcast(root), values)
+        self.via_host(t, Kind::Broadcast(root))
     }
 }
 
@@ -203,10 +212,12 @@ mod tests {
         let out = on_ranks(3, |g| {
             let r = g.rank() as f32;
             let mut seen = Vec::new();
+            let cpu = candle_core::Device::Cpu;
             for round in 0..50 {
-                let s = g.all_reduce_sum(vec![r, r * 10.0 + round as f32]).unwrap();
-                seen.push(s);
-                let b = g.broadcast(vec![r + round as f32], 1).unwrap();
+                let t = Tensor::new(&[r, r * 10.0 + round as f32], &cpu).unwrap();
+                seen.push(g.all_reduce_sum(&t).unwrap().to_vec1::<f32>().unwrap());
+                let t = Tensor::new(&[r + round as f32], &cpu).unwrap();
+                let b = g.broadcast(&t, 1).unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(b, vec![1.0 + round as f32]);
             }
             seen
@@ -225,7 +236,8 @@ mod tests {
                 g.abort();
                 return Err("rank 2 failed".to_string());
             }
-            g.all_reduce_sum(vec![1.0]).map_err(|e| e.to_string())
+            g.collective(Kind::Sum, vec![1.0])
+                .map_err(|e| e.to_string())
         });
         assert_eq!(out[2], Err("rank 2 failed".to_string()));
         for r in &out[..2] {
@@ -238,7 +250,8 @@ mod tests {
     fn mismatched_lengths_are_an_error_on_every_rank() {
         let out = on_ranks(2, |g| {
             let n = 1 + g.rank();
-            g.all_reduce_sum(vec![1.0; n]).map_err(|e| e.to_string())
+            g.collective(Kind::Sum, vec![1.0; n])
+                .map_err(|e| e.to_string())
         });
         for r in out {
             let e = r.unwrap_err();

@@ -13,41 +13,51 @@
 
 pub mod launch;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 pub use launch::{rank_devices, run_ranks};
 pub use local::LocalGroup;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::train::optim::Grads;
 
 /// One rank's handle on a group of `world()` ranks. Every rank must make the same calls in the
-/// same order (each call is a collective).
+/// same order, with tensors of the same shape and dtype (each call is a collective).
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
-    /// The elementwise sum over the ranks of a 1-D f32 buffer of the same length everywhere.
-    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>>;
-    /// Rank `root`'s buffer, on every rank.
-    fn broadcast(&self, values: Vec<f32>, root: usize) -> Result<Vec<f32>>;
+    /// The elementwise sum over the ranks of `t`, on `t`'s device.
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
+    /// Rank `root`'s `t`, on every rank.
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
 }
 
-/// This rank's place in the group (rank 0 of 1 without one).
+/// This rank's place in the group (rank 0 of 1 without one) and its device.
 #[derive(Clone)]
 pub struct Shard {
     pub comm: Option<Arc<dyn Communicator>>,
+    device: Device,
 }
 
 impl Shard {
     /// The single-process case.
     pub fn single() -> Self {
-        Self { comm: None }
+        Self {
+            comm: None,
+            device: Device::Cpu,
+        }
     }
 
-    pub fn new(comm: Arc<dyn Communicator>) -> Self {
-        Self { comm: Some(comm) }
+    /// A rank of `comm`'s group, computing on `device`.
+    pub fn new(comm: Arc<dyn Communicator>, device: &Device) -> Self {
+        Self {
+            comm: Some(comm),
+            device: device.clone(),
+        }
     }
 
     pub fn rank(&self) -> usize {
@@ -63,7 +73,7 @@ impl Shard {
         self.rank() == 0
     }
 
-    /// This rank's rows `[start, start + len)` of a batch of `batch` rows.
+    /// This rank's rows of a batch of `batch` rows.
     pub fn rows(&self, batch: usize) -> std::ops::Range<usize> {
         let per = batch / self.world();
         self.rank() * per..(self.rank() + 1) * per
@@ -75,21 +85,18 @@ impl Shard {
         match &self.comm {
             None => Ok(values.to_vec()),
             Some(c) => {
-                let v = c.all_reduce_sum(values.iter().map(|&x| x as f32).collect())?;
-                Ok(v.into_iter().map(f64::from).collect())
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                let t = c.all_reduce_sum(&Tensor::new(v.as_slice(), &self.device)?)?;
+                Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
             }
         }
     }
 
-    /// The elementwise sum over the ranks of `t` (f32 on the wire; `t`'s dtype and device
-    /// back); `t` itself without a group.
+    /// The elementwise sum over the ranks of `t`; `t` itself without a group.
     pub fn sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
         match &self.comm {
             None => Ok(t.clone()),
-            Some(c) => {
-                let v = c.all_reduce_sum(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)?;
-                Tensor::from_vec(v, t.dims(), t.device())?.to_dtype(t.dtype())
-            }
+            Some(c) => c.all_reduce_sum(t),
         }
     }
 
@@ -97,10 +104,7 @@ impl Shard {
     pub fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         match &self.comm {
             None => Ok(t.clone()),
-            Some(c) => {
-                let v = c.broadcast(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, root)?;
-                Tensor::from_vec(v, t.dims(), t.device())?.to_dtype(t.dtype())
-            }
+            Some(c) => c.broadcast(t, root),
         }
     }
 
@@ -124,25 +128,31 @@ pub fn check_batch(batch: usize, world: usize) -> anyhow::Result<()> {
 /// checks that every rank has gradients for the same parameters). Without a group: `grads` as
 /// they are.
 pub fn all_reduce_grads(shard: &Shard, grads: Grads) -> Result<Grads> {
-    let Some(comm) = &shard.comm else {
+    if shard.world() == 1 {
         return Ok(grads);
-    };
-    let present: Vec<f32> = grads.0.iter().map(|g| g.is_some() as u8 as f32).collect();
-    let counts = comm.all_reduce_sum(present.clone())?;
+    }
+    let present: Vec<f64> = grads.0.iter().map(|g| g.is_some() as u8 as f64).collect();
+    let counts = shard.sum(&present)?;
+    let world = shard.world() as f64;
     if let Some(i) = counts
         .iter()
         .zip(&present)
-        .position(|(&c, &p)| c != p * comm.world() as f32)
+        .position(|(&c, &p)| c != p * world)
     {
         candle_core::bail!(
             "parameter {i} has a gradient on some ranks only: every rank must run the same model"
         );
     }
-    let mut flat = Vec::new();
-    for g in grads.0.iter().flatten() {
-        flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    let flat: Vec<Tensor> = grads
+        .0
+        .iter()
+        .flatten()
+        .map(|g| g.to_dtype(DType::F32)?.flatten_all())
+        .collect::<Result<_>>()?;
+    if flat.is_empty() {
+        return Ok(grads);
     }
-    let summed = comm.all_reduce_sum(flat)?;
+    let summed = shard.sum_tensor(&Tensor::cat(&flat, 0)?)?;
     let mut at = 0;
     let out = grads
         .0
@@ -151,7 +161,7 @@ pub fn all_reduce_grads(shard: &Shard, grads: Grads) -> Result<Grads> {
             g.as_ref()
                 .map(|g| {
                     let n = g.elem_count();
-                    let t = Tensor::from_slice(&summed[at..at + n], g.dims(), g.device())?;
+                    let t = summed.narrow(0, at, n)?.reshape(g.dims())?;
                     at += n;
                     t.to_dtype(g.dtype())
                 })

@@ -31,7 +31,7 @@ fn on_ranks<T: Send + 'static>(
         .into_iter()
         .map(|g| {
             let f = f.clone();
-            std::thread::spawn(move || f(Shard::new(Arc::new(g))))
+            std::thread::spawn(move || f(Shard::new(Arc::new(g), &Device::Cpu)))
         })
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).collect()

@@ -81,8 +81,10 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             cfg.transformer
                 .validate()
                 .context("invalid command-line override")?;
+            check_batch(cfg.transformer.train.batch_size, a.train.ranks)?;
             fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
         }
+        check_batch(cfg.transformer.train.batch_size, a.train.ranks)?;
         let ds = Dataset::open(&a.data, cfg.seed)?;
         if ds.classes() != cfg.classes.as_slice() {
             bail!(
@@ -103,6 +105,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         section
             .validate()
             .context("invalid command-line override")?;
+        check_batch(section.train.batch_size, a.train.ranks)?;
         let seed = a.common.seed.unwrap_or(vq_cfg.seed);
         let ds = Dataset::open(&a.data, seed)?;
         let cfg = TransformerRunConfig {
@@ -154,7 +157,6 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     let tcfg = &cfg.transformer;
     compute_dtype(&a.common, &tcfg.train, &device);
     let devices = rank_devices(&device, a.train.ranks)?;
-    check_batch(tcfg.train.batch_size, devices.len())?;
     let val_count = cache.rows(true).len();
     let (tokens, labels) = (Arc::new(cache.tokens), Arc::new(cache.labels));
     let interrupt = interrupt_flag()?;

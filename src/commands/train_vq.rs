@@ -18,7 +18,7 @@ use crate::fsutil;
 use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
 use crate::train::{self, LoopOptions, RunDir};
 use crate::vq::losses::PerceptualLoss;
-use crate::vq::stage::{check_ranks, VqStage};
+use crate::vq::stage::VqStage;
 
 /// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
 fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
@@ -48,6 +48,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             }
         }
         if apply_overrides(&mut cfg, &a)? {
+            check_batch(cfg.train.batch_size, a.train.ranks)?;
             fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
         }
         (cfg, Some(run))
@@ -105,7 +106,6 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     };
     let devices = rank_devices(&device, a.train.ranks)?;
     check_batch(cfg.train.batch_size, devices.len())?;
-    check_ranks(&cfg, devices.len())?;
     let run = match existing {
         Some(run) => run,
         None => RunDir::create(&a.out, &cfg.to_json())?,
@@ -123,7 +123,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             vec![]
         };
         let mut stage =
-            VqStage::new(&cfg, cfg.seed, dev, val, perceptual)?.with_shard(shard.clone())?;
+            VqStage::new(&cfg, cfg.seed, dev, val, perceptual)?.with_shard(shard.clone());
         let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
         if shard.is_main() {
             eprintln!(

@@ -83,12 +83,10 @@ impl VqStage {
         })
     }
 
-    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only (see
-    /// [`check_ranks`] for what stage 1 cannot run on several ranks yet).
-    pub fn with_shard(mut self, shard: Shard) -> Result<Self> {
-        check_ranks(&self.cfg, shard.world())?;
+    /// Trains as one rank of a data-parallel group: batches hold this rank's rows only.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
         self.shard = shard;
-        Ok(self)
+        self
     }
 
     pub fn model(&self) -> &MoVq {
@@ -98,19 +96,6 @@ impl VqStage {
     pub fn store(&self) -> &ParamStore {
         &self.store
     }
-}
-
-/// Whether stage 1 can train on `world` ranks with `cfg`: not yet with a discriminator that
-/// starts within the run (its adaptive weight needs the whole batch's gradient norms).
-pub fn check_ranks(cfg: &RunConfig, world: usize) -> Result<()> {
-    let disc = cfg.loss.discriminator.as_ref();
-    if world > 1 && disc.is_some_and(|d| d.start < cfg.train.steps) {
-        anyhow::bail!(
-            "stage 1 on {world} ranks does not support loss.discriminator yet (start it after \
-             train.steps, or remove it)"
-        );
-    }
-    Ok(())
 }
 
 /// Mean PSNR of a reconstruction batch against its input (both in [-1, 1], the reconstruction
@@ -149,27 +134,34 @@ impl Stage for VqStage {
         // the losses are means over this rank's rows: 1/W of each is its share of the whole
         // batch's mean, and the ranks' gradients are summed
         let world = self.shard.world();
-        let base_share = if world > 1 {
-            (&base / world as f64)?
-        } else {
-            base.clone()
+        let share = |t: &Tensor| -> candle_core::Result<Tensor> {
+            if world > 1 {
+                t / world as f64
+            } else {
+                Ok(t.clone())
+            }
         };
+        let base_share = share(&base)?;
         let disc_cfg = loss_cfg.discriminator.as_ref();
         let adversarial = disc_cfg.is_some_and(|d| ctx.step >= d.start);
         let mut total = base.to_scalar::<f32>()? as f64;
         let grads = match (&self.critic, disc_cfg) {
             (Some(critic), Some(d)) if adversarial => {
                 let g_loss = losses::generator_loss(&critic.net.forward(&xrec)?)?;
-                let g_rec = self.opt.grads(&base.backward()?);
-                let g_gan = self.opt.grads(&g_loss.backward()?);
+                let g_rec = self.opt.grads(&base_share.backward()?);
+                let g_gan = self.opt.grads(&share(&g_loss)?.backward()?);
                 let weight = if d.adaptive {
                     let last = self
                         .opt
                         .index_of(LAST_LAYER)
                         .context("decoder has no last layer")?;
+                    // norms of the whole batch's gradients (summed over the ranks)
                     let norm = |g: &crate::train::optim::Grads| -> Result<f64> {
                         Ok(match &g.0[last] {
-                            Some(t) => t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64,
+                            Some(t) => {
+                                let t = self.shard.sum_tensor(t)?;
+                                t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64
+                            }
                             None => 0.0,
                         })
                     };
@@ -203,7 +195,8 @@ impl Stage for VqStage {
             let real = critic.net.forward(&x.detach())?;
             let fake = critic.net.forward(&xrec.detach())?;
             let d_loss = losses::hinge_d_loss(&real, &fake)?;
-            let dg = critic.opt.grads(&d_loss.backward()?);
+            let dg = critic.opt.grads(&share(&d_loss)?.backward()?);
+            let dg = all_reduce_grads(&self.shard, dg)?;
             critic.opt.step(&dg, ctx.lr * d.lr_ratio)?;
             m.push("d_loss", d_loss.to_scalar::<f32>()? as f64);
         }

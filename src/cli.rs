@@ -75,6 +75,17 @@ pub struct TrainFlags {
     /// resumes on any number of ranks.
     #[arg(long, default_value_t = 1)]
     pub ranks: usize,
+    /// Ranks of the whole run over several hosts (default: --ranks); this process holds
+    /// --first-rank..--first-rank+--ranks. Needs NCCL (`--features nccl`) and --nccl-id.
+    #[arg(long)]
+    pub world_size: Option<usize>,
+    /// This process's first global rank (runs over several hosts).
+    #[arg(long, default_value_t = 0)]
+    pub first_rank: usize,
+    /// File (on a filesystem every host sees) where the process holding rank 0 publishes the NCCL
+    /// group id and the others read it; or give every process MOVQ_NCCL_ID.
+    #[arg(long)]
+    pub nccl_id: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

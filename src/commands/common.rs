@@ -363,10 +363,18 @@ pub fn lpips_pair(
     Ok(d.to_vec1::<f32>()?[0] as f64)
 }
 
-/// The devices a run trains on, for its first message: `device cuda:0` or `2 ranks on cpu, cpu`.
-pub fn describe_ranks(devices: &[candle_core::Device]) -> String {
+/// The devices a run trains on, for its first message: `device cuda:0`, `2 ranks on cpu, cpu`,
+/// or with other processes `ranks 2..3 of 4 on cuda:0, cuda:1`.
+pub fn describe_ranks(devices: &[candle_core::Device], p: &crate::dist::Placement) -> String {
     let names: Vec<String> = devices.iter().map(crate::device::describe).collect();
     match names.as_slice() {
+        _ if p.spans_processes() => format!(
+            "ranks {}..{} of {} on {}",
+            p.first_rank,
+            p.first_rank + p.local - 1,
+            p.world,
+            names.join(", ")
+        ),
         [one] => format!("device {one}"),
         many => format!("{} ranks on {}", many.len(), many.join(", ")),
     }

@@ -15,7 +15,7 @@ use crate::commands::common::{
 use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
 use crate::data::Dataset;
 use crate::device;
-use crate::dist::{check_batch, rank_devices, run_ranks};
+use crate::dist::{check_batch, rank_devices, run_ranks, Placement};
 use crate::fsutil;
 use crate::train::{self, LoopOptions, RunDir};
 use crate::transformer::cache::{load_or_build, CacheKey};
@@ -67,6 +67,8 @@ fn copy_vq(vq_run: &RunDir, dir: &Path) -> Result<()> {
 
 pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     let device = device::select(&a.common.device)?;
+    let t = &a.train;
+    let placement = Placement::new(t.ranks, t.world_size, t.first_rank, t.nccl_id.clone())?;
     let vq_dir = a.out.join("vq");
     let (cfg, run, ds) = if a.train.resume {
         if a.config.is_some() {
@@ -81,10 +83,10 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             cfg.transformer
                 .validate()
                 .context("invalid command-line override")?;
-            check_batch(cfg.transformer.train.batch_size, a.train.ranks)?;
+            check_batch(cfg.transformer.train.batch_size, placement.world)?;
             fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
         }
-        check_batch(cfg.transformer.train.batch_size, a.train.ranks)?;
+        check_batch(cfg.transformer.train.batch_size, placement.world)?;
         let ds = Dataset::open(&a.data, cfg.seed)?;
         if ds.classes() != cfg.classes.as_slice() {
             bail!(
@@ -105,7 +107,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         section
             .validate()
             .context("invalid command-line override")?;
-        check_batch(section.train.batch_size, a.train.ranks)?;
+        check_batch(section.train.batch_size, placement.world)?;
         let seed = a.common.seed.unwrap_or(vq_cfg.seed);
         let ds = Dataset::open(&a.data, seed)?;
         let cfg = TransformerRunConfig {
@@ -160,7 +162,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     let val_count = cache.rows(true).len();
     let (tokens, labels) = (Arc::new(cache.tokens), Arc::new(cache.labels));
     let interrupt = interrupt_flag()?;
-    let outcome = run_ranks(&devices, |shard, dev| {
+    let outcome = run_ranks(&devices, &placement, |shard, dev| {
         let val = if shard.is_main() {
             val.clone()
         } else {
@@ -183,7 +185,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
                 train_rows.len(),
                 val_count,
                 if layout.n_classes > 0 { format!("{} classes", layout.n_classes) } else { "unconditional".to_string() },
-                describe_ranks(&devices),
+                describe_ranks(&devices, &placement),
                 start,
                 tcfg.train.steps
             );

@@ -13,7 +13,7 @@ use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::device;
-use crate::dist::{check_batch, rank_devices, run_ranks};
+use crate::dist::{check_batch, rank_devices, run_ranks, Placement};
 use crate::fsutil;
 use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
 use crate::train::{self, LoopOptions, RunDir};
@@ -29,6 +29,8 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
 
 pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     let device = device::select(&a.common.device)?;
+    let t = &a.train;
+    let placement = Placement::new(t.ranks, t.world_size, t.first_rank, t.nccl_id.clone())?;
     // Resolve the config and open the data before anything is written.
     let (cfg, existing) = if a.train.resume {
         if a.config.is_some() {
@@ -48,7 +50,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             }
         }
         if apply_overrides(&mut cfg, &a)? {
-            check_batch(cfg.train.batch_size, a.train.ranks)?;
+            check_batch(cfg.train.batch_size, placement.world)?;
             fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
         }
         (cfg, Some(run))
@@ -105,14 +107,14 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         None
     };
     let devices = rank_devices(&device, a.train.ranks)?;
-    check_batch(cfg.train.batch_size, devices.len())?;
+    check_batch(cfg.train.batch_size, placement.world)?;
     let run = match existing {
         Some(run) => run,
         None => RunDir::create(&a.out, &cfg.to_json())?,
     };
     compute_dtype(&a.common, &cfg.train, &device);
     let interrupt = interrupt_flag()?;
-    let outcome = run_ranks(&devices, |shard, dev| {
+    let outcome = run_ranks(&devices, &placement, |shard, dev| {
         let perceptual: Option<Box<dyn PerceptualLoss>> = match &perceptual_weights {
             Some(path) => Some(Box::new(Lpips::load(path, dev)?)),
             None => None,
@@ -133,7 +135,7 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
                 val_items.len(),
                 if ds.skipped() > 0 { format!(" ({} unreadable skipped)", ds.skipped()) } else { String::new() },
                 ds.classes().len(),
-                describe_ranks(&devices),
+                describe_ranks(&devices, &placement),
                 start,
                 cfg.train.steps
             );

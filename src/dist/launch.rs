@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 
 use crate::dist::local::ABORTED;
-use crate::dist::{Communicator, LocalGroup, Shard};
+use crate::dist::{Communicator, LocalGroup, Placement, Shard};
 
 /// The devices of `ranks` ranks when the run asked for `first`: GPUs 0..ranks−1 for a CUDA
 /// device (each rank its own GPU), the CPU `ranks` times (threads; for testing, no faster).
@@ -26,62 +26,86 @@ pub fn rank_devices(first: &Device, ranks: usize) -> Result<Vec<Device>> {
     }
 }
 
-/// How the ranks of this host exchange tensors: NCCL between GPUs in an `nccl` build (unless
-/// `MOVQ_COMM=host`), else through host memory ([`LocalGroup`]).
+/// How the ranks exchange tensors: NCCL between GPUs in an `nccl` build (unless
+/// `MOVQ_COMM=host`; always across processes), else through host memory ([`LocalGroup`]).
 enum Transport {
     Host(Vec<Arc<LocalGroup>>),
     #[cfg(feature = "nccl")]
     Nccl(candle_core::cuda_backend::cudarc::nccl::safe::Id),
 }
 
-fn transport(devices: &[Device]) -> Result<Transport> {
-    let host = || {
-        Transport::Host(
-            LocalGroup::new(devices.len())
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
-        )
-    };
+fn transport(devices: &[Device], placement: &Placement) -> Result<Transport> {
     #[cfg(feature = "nccl")]
     {
         let forced_host = std::env::var("MOVQ_COMM").is_ok_and(|v| v == "host");
-        if devices.iter().all(Device::is_cuda) && !forced_host {
-            return Ok(Transport::Nccl(crate::dist::nccl::new_id()?));
+        let gpus = devices.iter().all(Device::is_cuda);
+        if placement.spans_processes() && !gpus {
+            bail!("ranks on several hosts run on GPUs (--device cuda)");
+        }
+        if gpus && (placement.spans_processes() || !forced_host) {
+            return Ok(Transport::Nccl(group_id(placement)?));
         }
     }
-    Ok(host())
+    if placement.spans_processes() {
+        bail!("ranks on several hosts need NCCL: build with `--features nccl`");
+    }
+    let groups = LocalGroup::new(devices.len());
+    Ok(Transport::Host(groups.into_iter().map(Arc::new).collect()))
 }
 
-/// One rank's communicator and, for host transport, the handle that aborts the group.
+/// The NCCL group id: made here when this process holds rank 0 (and published for the other
+/// processes), else read from where that process published it.
+#[cfg(feature = "nccl")]
+fn group_id(p: &Placement) -> Result<candle_core::cuda_backend::cudarc::nccl::safe::Id> {
+    use crate::dist::placement::{publish_id, read_id, ID_BYTES};
+    use candle_core::cuda_backend::cudarc::nccl::safe::Id;
+    if !p.spans_processes() {
+        return Ok(crate::dist::nccl::new_id()?);
+    }
+    let bytes = if p.holds_rank_zero() && std::env::var_os("MOVQ_NCCL_ID").is_none() {
+        let id = crate::dist::nccl::new_id()?;
+        let mut bytes = [0u8; ID_BYTES];
+        for (b, c) in bytes.iter_mut().zip(id.internal()) {
+            *b = *c as u8;
+        }
+        publish_id(p, &bytes)?;
+        bytes
+    } else {
+        read_id(p, std::time::Duration::from_secs(600))?
+    };
+    Ok(Id::uninit(bytes.map(|b| b as std::ffi::c_char)))
+}
+
 type Joined = (Arc<dyn Communicator>, Option<Arc<LocalGroup>>);
 
-fn join(t: &Transport, rank: usize, world: usize, dev: &Device) -> Result<Joined> {
-    let _ = (world, dev);
+fn join(t: &Transport, local: usize, p: &Placement, dev: &Device) -> Result<Joined> {
+    let _ = (p, dev);
     match t {
-        Transport::Host(groups) => Ok((groups[rank].clone(), Some(groups[rank].clone()))),
+        Transport::Host(groups) => Ok((groups[local].clone(), Some(groups[local].clone()))),
         #[cfg(feature = "nccl")]
         Transport::Nccl(id) => {
-            let g = crate::dist::nccl::NcclGroup::join(dev, rank, world, *id)?;
+            let rank = p.first_rank + local;
+            let g = crate::dist::nccl::NcclGroup::join(dev, rank, p.world, *id)?;
             Ok((Arc::new(g), None))
         }
     }
 }
 
-/// Runs `f(shard, device)` for every rank, each on its own thread (on this one for a single
-/// rank), and returns rank 0's result. With host transport a rank that fails makes the others'
+/// Runs `f(shard, device)` for each of this process's ranks (`placement`), each on its own
+/// thread (on this one for a single rank), and returns the first one's result. With host transport a rank that fails makes the others'
 /// collectives fail too, so that none waits forever; the error returned is the first failing
 /// rank's own. (NCCL has no such abort: a rank that fails there can leave the others waiting
 /// until Ctrl-C.)
 pub fn run_ranks<T: Send>(
     devices: &[Device],
+    placement: &Placement,
     f: impl Fn(Shard, &Device) -> Result<T> + Sync,
 ) -> Result<T> {
-    if devices.len() == 1 {
+    if placement.world == 1 {
         return f(Shard::single(), &devices[0]);
     }
-    let world = devices.len();
-    let transport = transport(devices)?;
+    let world = placement.world;
+    let transport = transport(devices, placement)?;
     let (f, transport) = (&f, &transport);
     let mut results: Vec<Result<T>> = std::thread::scope(|s| {
         let threads: Vec<_> = devices
@@ -91,7 +115,7 @@ pub fn run_ranks<T: Send>(
                 std::thread::Builder::new()
                     .name(format!("movq-rank-{rank}"))
                     .spawn_scoped(s, move || {
-                        let (comm, abort) = join(transport, rank, world, dev)?;
+                        let (comm, abort) = join(transport, rank, placement, dev)?;
                         let out = f(Shard::new(comm, dev), dev);
                         if let (Err(_), Some(group)) = (&out, abort) {
                             group.abort();
@@ -116,9 +140,16 @@ pub fn run_ranks<T: Send>(
             .err()
             .is_some_and(|e| !format!("{e:#}").contains(ABORTED))
     };
+    if placement.spans_processes() && placement.holds_rank_zero() {
+        // a later run must not read this run's id
+        if let Some(file) = &placement.id_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
     if let Some(i) = results.iter().position(own_error) {
         let e = results.swap_remove(i).err().expect("an error");
-        return Err(e.context(format!("rank {i} of {world}")));
+        let rank = placement.first_rank + i;
+        return Err(e.context(format!("rank {rank} of {world}")));
     }
     results.swap_remove(0)
 }

@@ -15,9 +15,11 @@ pub mod launch;
 pub mod local;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod placement;
 
 pub use launch::{rank_devices, run_ranks};
 pub use local::LocalGroup;
+pub use placement::Placement;
 
 use std::sync::Arc;
 
@@ -87,6 +89,18 @@ impl Shard {
             Some(c) => {
                 let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
                 let t = c.all_reduce_sum(&Tensor::new(v.as_slice(), &self.device)?)?;
+                Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+            }
+        }
+    }
+
+    /// Rank `root`'s numbers, on every rank (exact up to 2²⁴).
+    pub fn broadcast(&self, values: &[f64], root: usize) -> Result<Vec<f64>> {
+        match &self.comm {
+            None => Ok(values.to_vec()),
+            Some(c) => {
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                let t = c.broadcast(&Tensor::new(v.as_slice(), &self.device)?, root)?;
                 Ok(t.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
             }
         }

@@ -108,6 +108,15 @@ pub fn run<S: Stage>(
     shard: &Shard,
 ) -> Result<Outcome> {
     let main = shard.is_main();
+    // every rank must resume from the same step (the same checkpoint): on several hosts the run
+    // directory has to be shared or copied
+    let first = shard.broadcast(&[start as f64], 0)?[0];
+    if shard.any(first != start as f64)? {
+        bail!(
+            "the ranks start from different steps (this one from {start}): every host must see the \
+             same run directory (--out on a shared filesystem, or the same checkpoint copied)"
+        );
+    }
     let bar = if main {
         ProgressBar::new(opts.steps as u64).with_position(start as u64)
     } else {

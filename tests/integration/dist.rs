@@ -493,3 +493,88 @@ fn both_training_commands_run_on_several_ranks_and_resume_on_another_count() {
     let log = std::fs::read_to_string(RunDir::open(&vq2).unwrap().metrics_path()).unwrap();
     assert!(log.contains("d_loss"), "the discriminator trained: {log}");
 }
+
+#[test]
+fn ranks_that_would_start_from_different_steps_refuse_to_train() {
+    let dir = tmp();
+    let run_path = dir.path().join("run");
+    RunDir::create(&run_path, "{}").unwrap();
+    let layout = TokenLayout {
+        h: 2,
+        w: 2,
+        channels: 2,
+        codebook_size: 8,
+        n_classes: 0,
+    };
+    let batch = token_batch(4, &layout);
+    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    let out = on_ranks(2, move |shard| {
+        let run = RunDir::open(&run_path).unwrap();
+        let start = 3 * shard.rank(); // as if rank 1 had found a checkpoint the other has not
+        let tokens = Arc::new(batch.tokens.clone());
+        let labels = Arc::new(batch.labels.clone());
+        let mut loader = TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, start)
+            .with_rows(shard.rows(4));
+        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
+            .unwrap()
+            .with_shard(shard.clone());
+        let opts = LoopOptions {
+            steps: 6,
+            peak_lr: 1e-3,
+            warmup_steps: 0,
+            min_lr_ratio: 1.0,
+            log_every: 1,
+            val_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 0,
+            seed: 0,
+        };
+        let flag = AtomicBool::new(false);
+        train::run(&mut stage, &mut loader, &run, &opts, start, &flag, &shard)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    });
+    for r in out {
+        let e = r.unwrap_err();
+        assert!(e.contains("start from different steps"), "{e}");
+    }
+}
+
+#[test]
+fn a_run_over_several_processes_says_what_it_needs() {
+    let dir = tmp();
+    let args = [
+        "train-transformer",
+        "--vq",
+        "no-such-run",
+        "--data",
+        "builtin:shapes:8",
+        "--out",
+        s(dir.path()),
+        "--ranks",
+        "2",
+        "--world-size",
+        "4",
+        "--device",
+        "cpu",
+    ];
+    movq(&args).fails_with(&["--world-size 4 spans several processes"]);
+    let args = [
+        "train-vq",
+        "--config",
+        "tiny",
+        "--data",
+        "builtin:shapes:8",
+        "--out",
+        s(dir.path()),
+        "--ranks",
+        "2",
+        "--world-size",
+        "3",
+        "--first-rank",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    movq(&args).fails_with(&["goes past --world-size 3"]);
+}

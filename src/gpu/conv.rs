@@ -147,39 +147,28 @@ fn descriptors(g: &Geometry, dt: cudnnDataType_t) -> Result<Descriptors> {
     }
 }
 
+/// One algorithm cuDNN offers for a pass, as its timing or heuristics reported it.
+struct Candidate {
+    algo: Algo,
+    status: cudnnStatus_t,
+    determinism: cudnnDeterminism_t,
+    memory: usize,
+    math: cudnnMathType_t,
+}
+
 /// The first (fastest) successful deterministic candidate, else the first successful one.
-fn pick(
-    candidates: &[(
-        Algo,
-        cudnnStatus_t,
-        cudnnDeterminism_t,
-        usize,
-        cudnnMathType_t,
-    )],
-) -> Option<Choice> {
-    let ok = |c: &&(
-        Algo,
-        cudnnStatus_t,
-        cudnnDeterminism_t,
-        usize,
-        cudnnMathType_t,
-    )| { c.1 == cudnnStatus_t::CUDNN_STATUS_SUCCESS };
-    let det = |c: &&(
-        Algo,
-        cudnnStatus_t,
-        cudnnDeterminism_t,
-        usize,
-        cudnnMathType_t,
-    )| { c.2 == cudnnDeterminism_t::CUDNN_DETERMINISTIC };
+fn pick(candidates: &[Candidate]) -> Option<Choice> {
+    let ok = |c: &&Candidate| c.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+    let det = |c: &&Candidate| c.determinism == cudnnDeterminism_t::CUDNN_DETERMINISTIC;
     let best = candidates
         .iter()
         .filter(ok)
         .find(det)
         .or_else(|| candidates.iter().find(ok))?;
     Some(Choice {
-        algo: best.0,
-        math: best.4,
-        workspace: best.3,
+        algo: best.algo,
+        math: best.math,
+        workspace: best.memory,
     })
 }
 
@@ -204,142 +193,62 @@ unsafe fn choose(
     find: bool,
 ) -> Result<Choice> {
     const N: usize = 16;
-    let mut n = 0i32;
-    let candidates: Vec<_> = match pass {
-        Pass::Forward => {
-            let mut r: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
+    // the candidates of one pass: `$find(results, count)` timed or `$heuristics(results, count)`
+    macro_rules! candidates {
+        ($perf:ty, $algo:path, $find:expr, $heuristics:expr) => {{
+            let mut r: [$perf; N] = std::mem::zeroed();
+            let mut n = 0i32;
             if find {
-                sys::cudnnFindConvolutionForwardAlgorithmEx(
-                    h.0,
-                    d.x.0,
-                    p.a,
-                    d.w.0,
-                    p.b,
-                    d.conv.0,
-                    d.y.0,
-                    p.out,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                    p.workspace,
-                    p.workspace_len,
-                )
-                .result()?;
+                $find(r.as_mut_ptr(), &mut n).result()?;
             } else {
-                result::get_convolution_forward_algorithm(
-                    h.0,
-                    d.x.0,
-                    d.w.0,
-                    d.conv.0,
-                    d.y.0,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                )?;
+                $heuristics(r.as_mut_ptr(), &mut n)?;
             }
             r[..n as usize]
                 .iter()
-                .map(|r| {
-                    (
-                        Algo::Forward(r.algo),
-                        r.status,
-                        r.determinism,
-                        r.memory,
-                        r.mathType,
-                    )
+                .map(|r| Candidate {
+                    algo: $algo(r.algo),
+                    status: r.status,
+                    determinism: r.determinism,
+                    memory: r.memory,
+                    math: r.mathType,
                 })
-                .collect()
-        }
-        Pass::InputGrad => {
-            // a = dy, b = w, out = dx
-            let mut r: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-            if find {
-                sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                    h.0,
-                    d.w.0,
-                    p.b,
-                    d.y.0,
-                    p.a,
-                    d.conv.0,
-                    d.x.0,
-                    p.out,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                    p.workspace,
-                    p.workspace_len,
-                )
-                .result()?;
-            } else {
-                result::get_convolution_backward_data_algorithm(
-                    h.0,
-                    d.w.0,
-                    d.y.0,
-                    d.conv.0,
-                    d.x.0,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                )?;
-            }
-            r[..n as usize]
-                .iter()
-                .map(|r| {
-                    (
-                        Algo::InputGrad(r.algo),
-                        r.status,
-                        r.determinism,
-                        r.memory,
-                        r.mathType,
-                    )
-                })
-                .collect()
-        }
-        Pass::WeightGrad => {
-            // a = x, b = dy, out = dw
-            let mut r: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
-            if find {
-                sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                    h.0,
-                    d.x.0,
-                    p.a,
-                    d.y.0,
-                    p.b,
-                    d.conv.0,
-                    d.w.0,
-                    p.out,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                    p.workspace,
-                    p.workspace_len,
-                )
-                .result()?;
-            } else {
-                result::get_convolution_backward_filter_algorithm(
-                    h.0,
-                    d.x.0,
-                    d.y.0,
-                    d.conv.0,
-                    d.w.0,
-                    N as i32,
-                    &mut n,
-                    r.as_mut_ptr(),
-                )?;
-            }
-            r[..n as usize]
-                .iter()
-                .map(|r| {
-                    (
-                        Algo::WeightGrad(r.algo),
-                        r.status,
-                        r.determinism,
-                        r.memory,
-                        r.mathType,
-                    )
-                })
-                .collect()
-        }
+                .collect::<Vec<_>>()
+        }};
+    }
+    let (ws, wl, n) = (p.workspace, p.workspace_len, N as i32);
+    let candidates = match pass {
+        Pass::Forward => candidates!(
+            sys::cudnnConvolutionFwdAlgoPerf_t,
+            Algo::Forward,
+            |r, c| sys::cudnnFindConvolutionForwardAlgorithmEx(
+                h.0, d.x.0, p.a, d.w.0, p.b, d.conv.0, d.y.0, p.out, n, c, r, ws, wl
+            ),
+            |r, c| result::get_convolution_forward_algorithm(
+                h.0, d.x.0, d.w.0, d.conv.0, d.y.0, n, c, r
+            )
+        ),
+        // a = dy, b = w, out = dx
+        Pass::InputGrad => candidates!(
+            sys::cudnnConvolutionBwdDataAlgoPerf_t,
+            Algo::InputGrad,
+            |r, c| sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                h.0, d.w.0, p.b, d.y.0, p.a, d.conv.0, d.x.0, p.out, n, c, r, ws, wl
+            ),
+            |r, c| result::get_convolution_backward_data_algorithm(
+                h.0, d.w.0, d.y.0, d.conv.0, d.x.0, n, c, r
+            )
+        ),
+        // a = x, b = dy, out = dw
+        Pass::WeightGrad => candidates!(
+            sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+            Algo::WeightGrad,
+            |r, c| sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                h.0, d.x.0, p.a, d.y.0, p.b, d.conv.0, d.w.0, p.out, n, c, r, ws, wl
+            ),
+            |r, c| result::get_convolution_backward_filter_algorithm(
+                h.0, d.x.0, d.y.0, d.conv.0, d.w.0, n, c, r
+            )
+        ),
     };
     match pick(&candidates) {
         Some(c) => Ok(c),

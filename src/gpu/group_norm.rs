@@ -111,8 +111,20 @@ pub fn group_norm(
 }
 
 struct Forward(Dims);
-struct BackwardReduce(Dims);
-struct BackwardInput(Dims);
+
+/// The two kernels of the backward pass.
+#[derive(Clone, Copy)]
+enum BackwardPass {
+    /// Per-group reductions: statistics, dgamma/dbeta partials, dS/dT, the input gradient's sums.
+    Reduce,
+    /// The input gradient, elementwise.
+    Input,
+}
+
+struct Backward {
+    dims: Dims,
+    pass: BackwardPass,
+}
 
 fn contiguous<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     match l.contiguous_offsets() {
@@ -298,11 +310,12 @@ impl CustomOp2 for Forward {
         let need_dx = x.track_op();
         let (x, p) = (x.detach(), p.detach());
         let grad = grad.contiguous()?;
-        let side = x.apply_op3_no_bwd(&grad, &p, &BackwardReduce(d))?;
+        let pass = |pass| Backward { dims: d, pass };
+        let side = x.apply_op3_no_bwd(&grad, &p, &pass(BackwardPass::Reduce))?;
         // the input gradient's kernel is skipped where no gradient flows (an image input)
         let dx = if need_dx {
             let ps = Tensor::cat(&[&p, &side], 0)?;
-            Some(x.apply_op3_no_bwd(&grad, &ps, &BackwardInput(d))?)
+            Some(x.apply_op3_no_bwd(&grad, &ps, &pass(BackwardPass::Input))?)
         } else {
             None
         };
@@ -316,9 +329,12 @@ impl CustomOp2 for Forward {
     }
 }
 
-impl CustomOp3 for BackwardReduce {
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "movq-group-norm-backward-reduce"
+        match self.pass {
+            BackwardPass::Reduce => "movq-group-norm-backward-reduce",
+            BackwardPass::Input => "movq-group-norm-backward-input",
+        }
     }
 
     fn cpu_fwd(
@@ -333,6 +349,7 @@ impl CustomOp3 for BackwardReduce {
         cpu_unsupported()
     }
 
+    /// `(x, dy, p)` → the reductions; `(x, dy, p ++ reductions)` → the input gradient.
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -342,68 +359,36 @@ impl CustomOp3 for BackwardReduce {
         p: &CudaStorage,
         pl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = self.0;
+        let d = self.dims;
         let params = f32_slice(p, pl, "the parameters")?;
-        let n = d.side_len();
-        let grid = ((d.b * d.groups, 1), GROUP_BLOCK);
-        let out = launch(
-            "gn_bwd_reduce",
-            (x, xl),
-            Some((dy, dyl)),
-            params,
-            n,
-            true,
-            d,
-            grid,
-        )?;
-        Ok((out, Shape::from(n)))
-    }
-}
-
-impl CustomOp3 for BackwardInput {
-    fn name(&self) -> &'static str {
-        "movq-group-norm-backward-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported()
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        dy: &CudaStorage,
-        dyl: &Layout,
-        ps: &CudaStorage,
-        psl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let d = self.0;
-        let params = f32_slice(ps, psl, "the parameters")?;
-        if params.len() != d.params_len() + d.side_len() {
-            candle_core::bail!("fused GroupNorm backward: {} packed values", params.len());
+        let dy = Some((dy, dyl));
+        match self.pass {
+            BackwardPass::Reduce => {
+                let n = d.side_len();
+                let grid = ((d.b * d.groups, 1), GROUP_BLOCK);
+                let out = launch("gn_bwd_reduce", (x, xl), dy, params, n, true, d, grid)?;
+                Ok((out, Shape::from(n)))
+            }
+            BackwardPass::Input => {
+                if params.len() != d.params_len() + d.side_len() {
+                    candle_core::bail!("fused GroupNorm backward: {} packed values", params.len());
+                }
+                // blocks along y: the (b, c) planes (at most 65,535; the kernel loops past that)
+                let planes = (d.b * d.c).clamp(1, 65_535);
+                let grid = ((d.h * d.w).div_ceil(ELEMENT_BLOCK).max(1), planes);
+                let n = d.elements();
+                let out = launch(
+                    "gn_bwd_input",
+                    (x, xl),
+                    dy,
+                    params,
+                    n,
+                    false,
+                    d,
+                    (grid, ELEMENT_BLOCK),
+                )?;
+                Ok((out, xl.shape().clone()))
+            }
         }
-        // blocks along y: the (b, c) planes (at most 65,535; the kernel loops past that)
-        let planes = (d.b * d.c).clamp(1, 65_535);
-        let grid = ((d.h * d.w).div_ceil(ELEMENT_BLOCK).max(1), planes);
-        let out = launch(
-            "gn_bwd_input",
-            (x, xl),
-            Some((dy, dyl)),
-            params,
-            d.elements(),
-            false,
-            d,
-            (grid, ELEMENT_BLOCK),
-        )?;
-        Ok((out, xl.shape().clone()))
     }
 }

@@ -274,8 +274,20 @@ fn dead_code_restarts_on_rank_zero_reach_every_rank() {
     );
 }
 
-#[test]
-fn an_interrupt_on_one_rank_stops_every_rank_and_rank_zero_alone_writes() {
+/// How a rank runs the whole training loop in the loop tests.
+struct LoopRun {
+    steps: usize,
+    val_every: usize,
+    checkpoint_every: usize,
+    /// The step each rank starts from.
+    start: fn(usize) -> usize,
+    /// Whether each rank sees an interrupt.
+    interrupted: fn(usize) -> bool,
+}
+
+/// Runs the transformer's loop on 2 ranks (a 2×2×2 layout, batches of 4) over a fresh run
+/// directory; returns the run and each rank's outcome or error.
+fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, String>>) {
     let dir = tmp();
     let run_path = dir.path().join("run");
     RunDir::create(&run_path, "{}").unwrap();
@@ -290,33 +302,44 @@ fn an_interrupt_on_one_rank_stops_every_rank_and_rank_zero_alone_writes() {
     let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     let out = on_ranks(2, move |shard| {
         let run = RunDir::open(&run_path).unwrap();
-        let rows = shard.rows(4);
-        let rank = shard.rank();
+        let start = (how.start)(shard.rank());
         let tokens = Arc::new(batch.tokens.clone());
         let labels = Arc::new(batch.labels.clone());
-        let mut loader =
-            TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, 0).with_rows(rows);
+        let mut loader = TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, start)
+            .with_rows(shard.rows(4));
         let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
             .unwrap()
             .with_shard(shard.clone());
         let opts = LoopOptions {
-            steps: 6,
+            steps: how.steps,
             peak_lr: 1e-3,
             warmup_steps: 0,
             min_lr_ratio: 1.0,
             log_every: 1,
-            val_every: 0,
-            checkpoint_every: 0,
+            val_every: how.val_every,
+            checkpoint_every: how.checkpoint_every,
             keep_checkpoints: 0,
             seed: 0,
         };
-        // rank 1 alone sees the interrupt
-        let flag = AtomicBool::new(rank == 1);
-        let outcome = train::run(&mut stage, &mut loader, &run, &opts, 0, &flag, &shard).unwrap();
-        (outcome, stage.store().tensors())
+        let flag = AtomicBool::new((how.interrupted)(shard.rank()));
+        train::run(&mut stage, &mut loader, &run, &opts, start, &flag, &shard)
+            .map_err(|e| format!("{e:#}"))
     });
-    assert_eq!(out[0].0, Outcome::Interrupted { step: 0 });
-    assert_eq!(out[1].0, Outcome::Interrupted { step: 0 });
+    (dir, out)
+}
+
+#[test]
+fn an_interrupt_on_one_rank_stops_every_rank_and_rank_zero_alone_writes() {
+    let (dir, out) = loop_on_two_ranks(LoopRun {
+        steps: 6,
+        val_every: 0,
+        checkpoint_every: 0,
+        start: |_| 0,
+        interrupted: |rank| rank == 1,
+    });
+    for o in out {
+        assert_eq!(o.unwrap(), Outcome::Interrupted { step: 0 });
+    }
     let run = RunDir::open(&dir.path().join("run")).unwrap();
     assert_eq!(
         run.latest().unwrap().unwrap().step,
@@ -327,43 +350,17 @@ fn an_interrupt_on_one_rank_stops_every_rank_and_rank_zero_alone_writes() {
 
 #[test]
 fn a_rank_that_trains_alongside_the_others_finishes_with_them() {
-    // two ranks through the whole loop: the same steps logged once, one checkpoint per save
-    let dir = tmp();
-    let run_path = dir.path().join("run");
-    RunDir::create(&run_path, "{}").unwrap();
-    let layout = TokenLayout {
-        h: 2,
-        w: 2,
-        channels: 2,
-        codebook_size: 8,
-        n_classes: 0,
-    };
-    let batch = token_batch(4, &layout);
-    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
-    let out = on_ranks(2, move |shard| {
-        let run = RunDir::open(&run_path).unwrap();
-        let tokens = Arc::new(batch.tokens.clone());
-        let labels = Arc::new(batch.labels.clone());
-        let mut loader =
-            TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, 0).with_rows(shard.rows(4));
-        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
-            .unwrap()
-            .with_shard(shard.clone());
-        let opts = LoopOptions {
-            steps: 4,
-            peak_lr: 1e-3,
-            warmup_steps: 0,
-            min_lr_ratio: 1.0,
-            log_every: 1,
-            val_every: 2,
-            checkpoint_every: 2,
-            keep_checkpoints: 0,
-            seed: 0,
-        };
-        let flag = AtomicBool::new(false);
-        train::run(&mut stage, &mut loader, &run, &opts, 0, &flag, &shard).unwrap()
+    // the same steps logged once, one checkpoint per save
+    let (dir, out) = loop_on_two_ranks(LoopRun {
+        steps: 4,
+        val_every: 2,
+        checkpoint_every: 2,
+        start: |_| 0,
+        interrupted: |_| false,
     });
-    assert!(out.iter().all(|o| *o == Outcome::Finished { step: 4 }));
+    for o in out {
+        assert_eq!(o.unwrap(), Outcome::Finished { step: 4 });
+    }
     let run = RunDir::open(&dir.path().join("run")).unwrap();
     let log = std::fs::read_to_string(run.metrics_path()).unwrap();
     let train_steps: Vec<u64> = log
@@ -496,46 +493,16 @@ fn both_training_commands_run_on_several_ranks_and_resume_on_another_count() {
 
 #[test]
 fn ranks_that_would_start_from_different_steps_refuse_to_train() {
-    let dir = tmp();
-    let run_path = dir.path().join("run");
-    RunDir::create(&run_path, "{}").unwrap();
-    let layout = TokenLayout {
-        h: 2,
-        w: 2,
-        channels: 2,
-        codebook_size: 8,
-        n_classes: 0,
-    };
-    let batch = token_batch(4, &layout);
-    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
-    let out = on_ranks(2, move |shard| {
-        let run = RunDir::open(&run_path).unwrap();
-        let start = 3 * shard.rank(); // as if rank 1 had found a checkpoint the other has not
-        let tokens = Arc::new(batch.tokens.clone());
-        let labels = Arc::new(batch.labels.clone());
-        let mut loader = TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, start)
-            .with_rows(shard.rows(4));
-        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
-            .unwrap()
-            .with_shard(shard.clone());
-        let opts = LoopOptions {
-            steps: 6,
-            peak_lr: 1e-3,
-            warmup_steps: 0,
-            min_lr_ratio: 1.0,
-            log_every: 1,
-            val_every: 0,
-            checkpoint_every: 0,
-            keep_checkpoints: 0,
-            seed: 0,
-        };
-        let flag = AtomicBool::new(false);
-        train::run(&mut stage, &mut loader, &run, &opts, start, &flag, &shard)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"))
+    // as if rank 1 had found a checkpoint that rank 0 has not
+    let (_dir, out) = loop_on_two_ranks(LoopRun {
+        steps: 6,
+        val_every: 0,
+        checkpoint_every: 0,
+        start: |rank| 3 * rank,
+        interrupted: |_| false,
     });
-    for r in out {
-        let e = r.unwrap_err();
+    for o in out {
+        let e = o.unwrap_err();
         assert!(e.contains("start from different steps"), "{e}");
     }
 }

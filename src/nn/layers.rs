@@ -131,8 +131,9 @@ impl Linear {
     }
 }
 
-/// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance).
-fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
+/// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance), composed
+/// of differentiable ops (GroupNorm's rows; the reference for the fused LayerNorm's gradient).
+pub fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     let n = x.dim(D::Minus1)? as f64;
     let mean = (x.sum_keepdim(D::Minus1)? / n)?;
@@ -240,8 +241,8 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
-    /// Written with differentiable ops: candle's fused `ops::layer_norm` has no backward pass
-    /// (its input and affine weights would get no gradient).
+    /// candle's fused `ops::layer_norm` kernel with a backward pass of our own
+    /// ([`crate::nn::standardize`]; candle's has none), then the affine in f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         profile::scope(|| "layer_norm".into(), x.device(), || self.forward_inner(x))
     }
@@ -250,7 +251,7 @@ impl Module for LayerNorm {
 impl LayerNorm {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
-        standardize(x, self.eps as f64)?
+        crate::nn::standardize::standardize_last_dim(x, self.eps)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?
             .to_dtype(dt)

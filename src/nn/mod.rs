@@ -11,3 +11,4 @@ pub mod resnet;
 pub mod safetensors_io;
 pub mod softmax;
 pub mod spatial_norm;
+pub mod standardize;

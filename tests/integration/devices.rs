@@ -134,6 +134,29 @@ fn softmax_gradient_matches_the_composed_softmax(dev: &Device) {
     assert!(e < 1e-5, "softmax gradient: relative error {e}");
 }
 
+device_test!(fused_layer_norm_carries_the_composed_gradient);
+/// LayerNorm's standardization through candle's fused kernel carries the same values and input
+/// gradient as the composed ops, and so do the affine weights' gradients of a whole LayerNorm.
+fn fused_layer_norm_carries_the_composed_gradient(dev: &Device) {
+    // rows of a transformer's width, shifted off zero
+    let x = randn(&[3, 5, 64], 1, dev).affine(3.0, 0.5).unwrap();
+    let x = candle_core::Var::from_tensor(&x).unwrap();
+    let r = randn(&[3, 5, 64], 2, dev);
+    let fused = movq::nn::standardize::standardize_last_dim(x.as_tensor(), 1e-5).unwrap();
+    let composed = movq::nn::layers::standardize(x.as_tensor(), 1e-5).unwrap();
+    let e = rel_err(&fused, &composed);
+    assert!(e < 1e-5, "values: relative error {e}");
+    let grad = |y: &Tensor| {
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(x.as_tensor()).unwrap().clone()
+    };
+    let e = rel_err(&grad(&fused), &grad(&composed));
+    assert!(e < 1e-4, "input gradient: relative error {e}");
+    // no gradient attached where none is wanted
+    let constant = movq::nn::standardize::standardize_last_dim(&x.as_tensor().detach(), 1e-5);
+    assert!(!constant.unwrap().track_op());
+}
+
 device_test!(spatial_norm_at_latent_resolution_equals_full_resolution);
 /// SpatialNorm's modulation computed at the latent's resolution and broadcast equals the
 /// explicit form: the latent upsampled to the feature map's size, then the 1×1 convolutions.

@@ -78,6 +78,17 @@ fn group_id(p: &Placement) -> Result<candle_core::cuda_backend::cudarc::nccl::sa
 
 type Joined = (Arc<dyn Communicator>, Option<Arc<LocalGroup>>);
 
+/// Aborts its group when dropped armed (a rank that returned an error or panicked).
+struct AbortOnDrop(Option<Arc<LocalGroup>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = &self.0 {
+            group.abort();
+        }
+    }
+}
+
 fn join(t: &Transport, local: usize, p: &Placement, dev: &Device) -> Result<Joined> {
     let _ = (p, dev);
     match t {
@@ -116,9 +127,11 @@ pub fn run_ranks<T: Send>(
                     .name(format!("movq-rank-{rank}"))
                     .spawn_scoped(s, move || {
                         let (comm, abort) = join(transport, rank, placement, dev)?;
+                        // aborts the group if this rank fails or panics
+                        let mut guard = AbortOnDrop(abort);
                         let out = f(Shard::new(comm, dev), dev);
-                        if let (Err(_), Some(group)) = (&out, abort) {
-                            group.abort();
+                        if out.is_ok() {
+                            guard.0 = None;
                         }
                         out
                     })

@@ -48,9 +48,9 @@ pub struct LocalGroup {
     shared: Arc<Shared>,
 }
 
-/// How long a rank waits for the others before it gives up (a rank that died or took another
-/// path would otherwise hang the rest).
-const PATIENCE: Duration = Duration::from_secs(600);
+/// How long a rank waits for the others before it gives up (longer than rank 0's validation
+/// and checkpoints take; a rank that failed or panicked aborts the group at once instead).
+const PATIENCE: Duration = Duration::from_secs(3600);
 
 impl LocalGroup {
     /// Handles for ranks `0..world`.

@@ -545,3 +545,36 @@ fn a_run_over_several_processes_says_what_it_needs() {
     ];
     movq(&args).fails_with(&["goes past --world-size 3"]);
 }
+
+#[test]
+fn a_rank_that_fails_or_panics_stops_the_others_at_once() {
+    use movq::dist::{run_ranks, Placement};
+    let devices = [Device::Cpu, Device::Cpu, Device::Cpu];
+    let placement = Placement::single_process(3);
+    for panics in [false, true] {
+        let started = std::time::Instant::now();
+        let err = run_ranks(&devices, &placement, |shard, _| {
+            if shard.rank() == 1 {
+                if panics {
+                    panic!("rank 1 panics");
+                }
+                anyhow::bail!("rank 1 fails");
+            }
+            // the others wait for rank 1 in a collective
+            shard.sum(&[1.0])?;
+            Ok(())
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        let expected = if panics {
+            "rank 1 panicked"
+        } else {
+            "rank 1 fails"
+        };
+        assert!(msg.contains(expected), "{msg}");
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the others did not wait for rank 1"
+        );
+    }
+}

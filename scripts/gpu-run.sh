@@ -193,6 +193,45 @@ for step in "$@"; do
       /tmp/movq bench --device cuda --only vq- --precisions bf16 --out "$OUT/movq.jsonl" \
         ${BENCH_ARGS:-} 2>&1 | tail -n 7
       ;;
+    ranks)
+      # Several GPUs (an nvidia-h200-x2/x4 lease, binaries built with --features nccl,cudnn): the
+      # 2-GPU equality test, then the scaling table: images/s and tokens/s of the paper presets
+      # in bf16 on 1, 2, 4 GPUs (16 images / 64 sequences per GPU; the last logging window of
+      # each run, after the warm-up)
+      xz -dc gpu/integration.xz > /tmp/integration && chmod +x /tmp/integration
+      /tmp/integration --test-threads 1 two_gpus_take_the_whole_batch_step --nocapture 2>&1 \
+        | tee "$OUT/ranks-tests.log" | grep -E "^test |two_gpus|panicked|test result"
+      GPUS=$(nvidia-smi -L | wc -l)
+      python3 -c "import json; c = json.load(open('configs/ffhq-256.json')); c['loss']['perceptual_weight'] = 0.0; c['loss']['discriminator']['start'] = 10**6; t = c['train']; t.update(log_every=5, val_every=0, val_images=8, checkpoint_every=0); tt = c['transformer']['train']; tt.update(log_every=5, val_every=0, val_images=8, checkpoint_every=0); c['transformer']['micro_batch'] = 8; json.dump(c, open('/tmp/ffhq-scale.json', 'w'), indent=2)"
+      for n in 1 2 4; do
+        [ "$n" -le "$GPUS" ] || continue
+        R=/tmp/scale/$n
+        /tmp/movq train-vq --config /tmp/ffhq-scale.json --data builtin:shapes:1024 --out $R/vq \
+          --steps "${SCALE_STEPS:-20}" --batch-size $((16 * n)) --ranks $n --precision bf16 --device cuda \
+          2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 2
+        /tmp/movq train-transformer --vq $R/vq --data builtin:shapes:1024 --out $R/tr \
+          --steps "${SCALE_STEPS:-20}" --batch-size $((64 * n)) --ranks $n --precision bf16 --device cuda \
+          2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 2
+      done
+      python3 - "$OUT/scaling.md" <<'PY'
+import json, os, sys
+rows = ["| GPUs | stage 1 train (img/s) | stage 2 train 1024+1 (tok/s) |", "| --- | --- | --- |"]
+for n in (1, 2, 4):
+    def last(run, key):
+        path = f"/tmp/scale/{n}/{run}/metrics.jsonl"
+        if not os.path.exists(path):
+            return None
+        recs = [json.loads(l) for l in open(path) if '"train"' in l]
+        return recs[-1][key] if recs else None
+    vq, tr = last("vq", "steps_per_s"), last("tr", "steps_per_s")
+    if vq is None:
+        continue
+    tok = f"{tr * 64 * n * 1025:,.0f}" if tr else "—"
+    rows.append(f"| {n} | {vq * 16 * n:.1f} | {tok} |")
+open(sys.argv[1], "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
+      ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"
       ;;

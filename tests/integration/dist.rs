@@ -578,3 +578,57 @@ fn a_rank_that_fails_or_panics_stops_the_others_at_once() {
         );
     }
 }
+
+/// On a machine with two GPUs: two ranks on cuda:0 and cuda:1 (NCCL in an `nccl` build, and
+/// host memory with `MOVQ_COMM=host`) end with the weights of one GPU on the whole batch. With
+/// one GPU it says so and checks nothing (`scripts/gpu-run.sh ranks` runs it where there are two).
+#[cfg(feature = "cuda")]
+#[test]
+fn two_gpus_take_the_whole_batch_step() {
+    use movq::dist::{run_ranks, Placement};
+    let Ok(gpu1) = Device::new_cuda(1) else {
+        println!("two_gpus_take_the_whole_batch_step: skipped, this machine has one GPU");
+        return;
+    };
+    let gpu0 = Device::new_cuda(0).unwrap();
+    let layout = TokenLayout {
+        h: 4,
+        w: 4,
+        channels: 2,
+        codebook_size: 16,
+        n_classes: 3,
+    };
+    let batch = token_batch(8, &layout);
+    let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
+    let train = |shard: Shard, dev: &Device| -> anyhow::Result<Vec<(String, Tensor)>> {
+        let rows = shard.rows(8);
+        let mut stage =
+            TransformerStage::new(&cfg, layout, 0, dev, batch.clone())?.with_shard(shard);
+        for step in 0..3 {
+            stage.train_step(token_rows(&batch, rows.clone()), ctx(step))?;
+        }
+        let cpu = |(n, t): (String, Tensor)| (n, t.to_device(&Device::Cpu).unwrap());
+        Ok(stage.store().tensors().into_iter().map(cpu).collect())
+    };
+    let single = train(Shard::single(), &gpu0).unwrap();
+    let transports: &[&str] = if cfg!(feature = "nccl") {
+        &["nccl", "host"]
+    } else {
+        &["host"]
+    };
+    for &transport in transports {
+        if transport == "host" {
+            std::env::set_var("MOVQ_COMM", "host");
+        }
+        let devices = [gpu0.clone(), gpu1.clone()];
+        let two = run_ranks(&devices, &Placement::single_process(2), |s, d| train(s, d)).unwrap();
+        std::env::remove_var("MOVQ_COMM");
+        assert_same_weights(
+            &single,
+            &two,
+            3e-5,
+            &format!("2 GPUs ({transport}) against 1"),
+        );
+        println!("two_gpus_take_the_whole_batch_step: {transport}: the same weights as one GPU");
+    }
+}

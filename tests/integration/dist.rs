@@ -632,3 +632,53 @@ fn two_gpus_take_the_whole_batch_step() {
         println!("two_gpus_take_the_whole_batch_step: {transport}: the same weights as one GPU");
     }
 }
+
+#[test]
+fn a_run_on_two_ranks_resumes_exactly() {
+    // 4 steps straight vs. the same run cut back to its step-2 checkpoint and resumed: the same
+    // bytes (host reductions are in rank order, so every step is deterministic)
+    let dir = tmp();
+    let dir = dir.path();
+    let cfg = tiny_config(dir, |v| {
+        let t = &mut v["train"];
+        t["steps"] = 4.into();
+        t["batch_size"] = 4.into();
+        t["val_images"] = 4.into();
+        t["log_every"] = 2.into();
+        t["checkpoint_every"] = 2.into();
+        t["keep_checkpoints"] = 0.into();
+        t["val_every"] = 0.into();
+        v["loss"]["discriminator"]["start"] = 1.into(); // adversarial from step 1
+    });
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for out in [&a, &b] {
+        let args = [
+            "train-vq",
+            "--config",
+            s(&cfg),
+            "--data",
+            "builtin:shapes:24",
+            "--out",
+            s(out),
+        ];
+        movq(&[&args[..], &["--ranks", "2", "--device", "cpu"]].concat()).ok();
+    }
+    let run_b = RunDir::open(&b).unwrap();
+    let last = run_b.checkpoint(4);
+    std::fs::remove_file(&last.model).unwrap();
+    std::fs::remove_file(&last.train_state).unwrap();
+    std::fs::write(b.join("latest"), "step-0000002\n").unwrap();
+    let args = [
+        "train-vq",
+        "--data",
+        "builtin:shapes:24",
+        "--out",
+        s(&b),
+        "--resume",
+    ];
+    movq(&[&args[..], &["--ranks", "2", "--device", "cpu"]].concat()).ok();
+    let run_a = RunDir::open(&a).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    assert!(read(&run_a.checkpoint(4).model) == read(&run_b.checkpoint(4).model));
+    assert!(read(&run_a.checkpoint(4).train_state) == read(&run_b.checkpoint(4).train_state));
+}

@@ -79,14 +79,16 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             &run.read_config()?,
             &run.config_path().display().to_string(),
         )?;
-        if override_train(&mut cfg.transformer.train, &a.train, &a.common) {
+        let changed = override_train(&mut cfg.transformer.train, &a.train, &a.common);
+        if changed {
             cfg.transformer
                 .validate()
                 .context("invalid command-line override")?;
-            check_batch(cfg.transformer.train.batch_size, placement.world)?;
-            fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
         }
         check_batch(cfg.transformer.train.batch_size, placement.world)?;
+        if changed {
+            fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
+        }
         let ds = Dataset::open(&a.data, cfg.seed)?;
         if ds.classes() != cfg.classes.as_slice() {
             bail!(

@@ -49,11 +49,8 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
                 );
             }
         }
-        if apply_overrides(&mut cfg, &a)? {
-            check_batch(cfg.train.batch_size, placement.world)?;
-            fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
-        }
-        (cfg, Some(run))
+        let changed = apply_overrides(&mut cfg, &a)?;
+        (cfg, Some((run, changed)))
     } else {
         let spec = a
             .config
@@ -107,9 +104,15 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         None
     };
     let devices = rank_devices(&device, a.train.ranks)?;
+    // checked before anything is written (a new run's directory, a resumed run's new config)
     check_batch(cfg.train.batch_size, placement.world)?;
     let run = match existing {
-        Some(run) => run,
+        Some((run, changed)) => {
+            if changed {
+                fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
+            }
+            run
+        }
         None => RunDir::create(&a.out, &cfg.to_json())?,
     };
     compute_dtype(&a.common, &cfg.train, &device);

@@ -55,6 +55,17 @@ fn assert_same_weights(a: &[(String, Tensor)], b: &[(String, Tensor)], tol: f32,
     }
 }
 
+/// An `h × h × 2` token grid over `k` codes with `classes` classes.
+fn token_layout(h: usize, k: usize, classes: usize) -> TokenLayout {
+    TokenLayout {
+        h,
+        w: h,
+        channels: 2,
+        codebook_size: k,
+        n_classes: classes,
+    }
+}
+
 fn token_batch(rows: usize, layout: &TokenLayout) -> TokenBatch {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     TokenBatch {
@@ -84,13 +95,7 @@ fn token_rows(b: &TokenBatch, r: std::ops::Range<usize>) -> TokenBatch {
 
 #[test]
 fn sharded_transformer_steps_equal_the_whole_batch_steps() {
-    let layout = TokenLayout {
-        h: 4,
-        w: 4,
-        channels: 2,
-        codebook_size: 16,
-        n_classes: 3,
-    };
+    let layout = token_layout(4, 16, 3);
     let batch = token_batch(8, &layout);
     let mut cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     cfg.class_dropout = 0.3; // drawn for the whole batch, applied to each rank's rows
@@ -291,13 +296,7 @@ fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, St
     let dir = tmp();
     let run_path = dir.path().join("run");
     RunDir::create(&run_path, "{}").unwrap();
-    let layout = TokenLayout {
-        h: 2,
-        w: 2,
-        channels: 2,
-        codebook_size: 8,
-        n_classes: 0,
-    };
+    let layout = token_layout(2, 8, 0);
     let batch = token_batch(4, &layout);
     let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     let out = on_ranks(2, move |shard| {
@@ -591,13 +590,7 @@ fn two_gpus_take_the_whole_batch_step() {
         return;
     };
     let gpu0 = Device::new_cuda(0).unwrap();
-    let layout = TokenLayout {
-        h: 4,
-        w: 4,
-        channels: 2,
-        codebook_size: 16,
-        n_classes: 3,
-    };
+    let layout = token_layout(4, 16, 3);
     let batch = token_batch(8, &layout);
     let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     let train = |shard: Shard, dev: &Device| -> anyhow::Result<Vec<(String, Tensor)>> {

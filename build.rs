@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["group_norm"];
+const KERNELS: &[&str] = &["group_norm", "attention", "rows", "adam"];
 
 fn main() {
     println!("cargo:rerun-if-changed=src/gpu/kernels");

@@ -1,15 +1,23 @@
 //! GPU kernels behind candle custom ops with forward and backward passes, used on CUDA devices
-//! in place of candle's composed (or slow) ops: fused GroupNorm / SpatialNorm / SiLU (the `cuda`
-//! feature; kernels compiled by `build.rs` with nvcc) and cuDNN convolutions (the `cudnn`
-//! feature). The CPU build has none of it; `MOVQ_KERNELS=off` turns it off on the GPU (for
+//! in place of candle's composed (or slow) ops: fused GroupNorm / SpatialNorm / SiLU, fused
+//! multi-head attention, LayerNorm, bias (+ GELU) and the Adam step (the `cuda` feature; kernels compiled by `build.rs` with nvcc) and cuDNN
+//! convolutions (the `cudnn` feature). The CPU build has none of it; `MOVQ_KERNELS=off` turns it off on the GPU (for
 //! comparison), and every op has a test against the composed candle ops on the GPU
 //! (`tests/integration/gpu_kernels.rs`).
 
+#[cfg(feature = "cuda")]
+pub mod adam;
+#[cfg(feature = "cuda")]
+pub mod attention;
 #[cfg(feature = "cudnn")]
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod group_norm;
+#[cfg(feature = "cuda")]
+pub mod rows;
 
+#[cfg(feature = "cuda")]
+use candle_core::DType;
 use candle_core::Device;
 
 /// Whether the kernels of this module run for tensors on `dev`: a CUDA device in a `cuda`
@@ -60,4 +68,83 @@ pub fn cudnn_conv2d(
     }
     let _ = (x, w, padding, stride);
     Ok(None)
+}
+
+/// Multi-head self-attention of the packed projection `qkv` `[B, T, 3·H·Dh]` → `[B, T, H·Dh]`
+/// through the fused kernel when it runs for `qkv` (bf16 on a CUDA device, kernels on, a
+/// compiled head width: see [`attention::supported`]); `None` otherwise.
+pub fn fused_attention(
+    qkv: &candle_core::Tensor,
+    heads: usize,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(qkv.device()) && attention::supported(qkv, heads) {
+        return attention::attention(qkv, heads).map(Some);
+    }
+    let _ = (qkv, heads);
+    Ok(None)
+}
+
+/// `act(x + b)` over the last dimension (`gelu`: the exact GELU) through the fused kernel when
+/// it runs for `x` (f32 or bf16 on a CUDA device, kernels on); `None` otherwise.
+pub fn fused_bias_act(
+    x: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    gelu: bool,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return rows::bias_act(x, b, gelu).map(Some);
+    }
+    let _ = (x, b, gelu);
+    Ok(None)
+}
+
+/// LayerNorm over the last dimension through the fused kernel when it runs for `x` (f32 or
+/// bf16 on a CUDA device, kernels on); `None` otherwise.
+pub fn fused_layer_norm(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    eps: f32,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return rows::layer_norm(x, w, b, eps).map(Some);
+    }
+    let _ = (x, w, b, eps);
+    Ok(None)
+}
+
+/// The scalars of one Adam / AdamW step ([`fused_adam_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW's decoupled weight decay, else Adam's L2 term.
+    pub decoupled: bool,
+    /// Bias corrections `1 − β1ᵗ`, `1 − β2ᵗ`.
+    pub bias: (f32, f32),
+    /// Factor on the gradient (global-norm clipping; 1 without).
+    pub grad_scale: f32,
+}
+
+/// Updates `param` and its moments `m`, `v` in place with one kernel when it runs for `param`
+/// (a CUDA device, kernels on); returns whether it did (else the caller composes the update).
+pub fn fused_adam_step(
+    param: &candle_core::Tensor,
+    m: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    step: AdamStep,
+) -> candle_core::Result<bool> {
+    #[cfg(feature = "cuda")]
+    if enabled(param.device()) {
+        adam::step(param, m, v, &grad.contiguous()?, step)?;
+        return Ok(true);
+    }
+    let _ = (param, m, v, grad, step);
+    Ok(false)
 }

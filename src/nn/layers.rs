@@ -111,7 +111,23 @@ impl Module for Linear {
 }
 
 impl Linear {
+    /// `gelu(x Wᵀ + b)` (the exact GELU), bias and activation fused on the GPU.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let name = || {
+            format!(
+                "linear {}x{} + gelu",
+                self.weight.dim(1).unwrap_or(0),
+                self.weight.dim(0).unwrap_or(0)
+            )
+        };
+        profile::scope(name, x.device(), || self.forward_act(x, true))
+    }
+
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
+    }
+
+    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         let dt = x.dtype();
         let dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
@@ -119,9 +135,14 @@ impl Linear {
         let y = x
             .reshape((rows, inp))?
             .matmul(&self.weight.to_dtype(dt)?.t()?)?;
+        let act = |y: Tensor| if gelu { y.gelu_erf() } else { Ok(y) };
         let y = match &self.bias {
-            None => y,
-            Some(b) => y.broadcast_add(&b.to_dtype(dt)?)?,
+            // bias and activation in one kernel on the GPU
+            Some(b) => match crate::gpu::fused_bias_act(&y, b, gelu)? {
+                Some(y) => y,
+                None => act(y.broadcast_add(&b.to_dtype(dt)?)?)?,
+            },
+            None => act(y)?,
         };
         let mut out_dims = dims;
         *out_dims
@@ -250,6 +271,9 @@ impl Module for LayerNorm {
 
 impl LayerNorm {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::gpu::fused_layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
         let dt = x.dtype();
         crate::nn::standardize::standardize_last_dim(x, self.eps)?
             .broadcast_mul(&self.weight)?

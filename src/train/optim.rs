@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 
 use crate::config::{OptimizerKind, TrainConfig};
 
@@ -116,8 +116,21 @@ impl Adam {
         let bias2 = 1.0 - b2.powi(self.t as i32);
         for (i, g) in grads.0.iter().enumerate() {
             let Some(g) = g else { continue };
-            let g = if clip < 1.0 { (g * clip)? } else { g.clone() };
             let var = &self.params[i].1;
+            // one kernel per tensor on the GPU, the moments updated in place
+            let fused = crate::gpu::AdamStep {
+                lr: lr as f32,
+                betas: (b1 as f32, b2 as f32),
+                eps: self.eps as f32,
+                weight_decay: self.weight_decay as f32,
+                decoupled: self.kind == OptimizerKind::AdamW,
+                bias: (bias1 as f32, bias2 as f32),
+                grad_scale: clip.min(1.0) as f32,
+            };
+            if crate::gpu::fused_adam_step(var.as_tensor(), &self.m[i], &self.v[i], g, fused)? {
+                continue;
+            }
+            let g = if clip < 1.0 { (g * clip)? } else { g.clone() };
             let mut g = g;
             let mut theta = var.as_tensor().clone();
             match self.kind {
@@ -141,12 +154,13 @@ impl Adam {
         Ok(norm)
     }
 
-    /// Moments as named tensors (`{prefix}.m.{param}`, `{prefix}.v.{param}`, `{prefix}.t`).
+    /// Moments as named tensors (`{prefix}.m.{param}`, `{prefix}.v.{param}`, `{prefix}.t`):
+    /// copies, since the GPU step updates the moments in place.
     pub fn state(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.params.len() + 1);
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.push((format!("{prefix}.m.{name}"), self.m[i].clone()));
-            out.push((format!("{prefix}.v.{name}"), self.v[i].clone()));
+            out.push((format!("{prefix}.m.{name}"), self.m[i].copy()?));
+            out.push((format!("{prefix}.v.{name}"), self.v[i].copy()?));
         }
         let dev = self
             .m
@@ -176,7 +190,8 @@ impl Adam {
                         var.dims()
                     );
                 }
-                let t = t.to_device(var.device())?;
+                // a tensor of our own: the GPU step updates the moments in place
+                let t = t.to_device(var.device())?.to_dtype(DType::F32)?.copy()?;
                 if slot == 0 {
                     self.m[i] = t;
                 } else {

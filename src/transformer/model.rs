@@ -62,9 +62,16 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dh = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = self.qkv.forward(x)?;
+        let fused = crate::profile::scope(
+            || "attention (fused)".into(),
+            x.device(),
+            || crate::gpu::fused_attention(&qkv, self.heads),
+        )?;
+        if let Some(out) = fused {
+            return self.proj.forward(&out);
+        }
+        let qkv = qkv
             .reshape((b, t, 3, self.heads, dh))?
             .permute((2, 0, 3, 1, 4))?; // [3, B, H, T, Dh]
         let q = qkv.get(0)?.contiguous()?;
@@ -104,7 +111,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?.gelu_erf()?;
+        let h = self.fc1.forward_gelu(&self.ln2.forward(&x)?)?;
         x + self.fc2.forward(&h)?
     }
 }

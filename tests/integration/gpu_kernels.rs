@@ -231,6 +231,350 @@ fn fused_group_norm_skips_the_input_gradient_of_a_constant() {
     assert!(grads.get(gamma.as_tensor()).is_some() && grads.get(beta.as_tensor()).is_some());
 }
 
+#[test]
+fn fused_bias_and_gelu_match_composed_ops() {
+    let dev = cuda_device();
+    for (name, shape) in [
+        ("[3, 37, 300]", [3, 37, 300]),
+        ("[1, 700, 96]", [1, 700, 96]),
+    ] {
+        let n = shape[2];
+        let inputs = [randn(&shape, 31, &dev), randn(&[n], 32, &dev)];
+        for gelu in [false, true] {
+            let fused = |t: &[Tensor]| movq::gpu::rows::bias_act(&t[0], &t[1], gelu);
+            let reference = |t: &[Tensor]| {
+                let y = t[0].broadcast_add(&t[1])?;
+                if gelu {
+                    y.gelu_erf()
+                } else {
+                    Ok(y)
+                }
+            };
+            let what = format!("bias{} {name}", if gelu { " + GELU" } else { "" });
+            compare(&what, &inputs, &fused, &reference, &[true, false]);
+        }
+    }
+}
+
+#[test]
+fn fused_layer_norm_matches_composed_ops() {
+    let dev = cuda_device();
+    for (name, shape) in [
+        ("[2, 45, 768]", [2, 45, 768]),
+        ("[1, 600, 96]", [1, 600, 96]),
+    ] {
+        let n = shape[2];
+        let inputs = [
+            randn(&shape, 41, &dev).affine(2.0, 0.5).unwrap(),
+            (randn(&[n], 42, &dev) + 1.0).unwrap(),
+            randn(&[n], 43, &dev),
+        ];
+        let fused = |t: &[Tensor]| movq::gpu::rows::layer_norm(&t[0], &t[1], &t[2], 1e-5);
+        let reference = |t: &[Tensor]| {
+            movq::nn::layers::standardize(&t[0], 1e-5)?
+                .broadcast_mul(&t[1])?
+                .broadcast_add(&t[2])?
+                .to_dtype(t[0].dtype())
+        };
+        compare(
+            &format!("LayerNorm {name}"),
+            &inputs,
+            &fused,
+            &reference,
+            &[true, false, false],
+        );
+    }
+}
+
+/// The fused Adam / AdamW step on the GPU against the composed update on the CPU: parameters
+/// and both moments after three steps (weight decay and gradient clipping on), and the state
+/// handed out for a checkpoint stays as it was when the moments move on in place.
+#[test]
+fn fused_adam_matches_the_composed_update() {
+    use movq::config::{OptimizerKind, RunConfig};
+    use movq::train::optim::{Adam, Grads};
+    let gpu = cuda_device();
+    let cpu = candle_core::Device::Cpu;
+    for kind in [OptimizerKind::AdamW, OptimizerKind::Adam] {
+        let mut cfg = RunConfig::resolve("tiny").unwrap().train;
+        cfg.optimizer = kind;
+        cfg.betas = (0.9, 0.96);
+        cfg.weight_decay = 0.05;
+        cfg.grad_clip = Some(0.5);
+        let shapes: [&[usize]; 2] = [&[37, 5], &[300]];
+        let run = |dev: &candle_core::Device| {
+            let vars: Vec<(String, Var)> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        format!("p{i}"),
+                        Var::from_tensor(&randn(s, 50 + i as u64, dev)).unwrap(),
+                    )
+                })
+                .collect();
+            let mut opt = Adam::new(vars.clone(), &cfg).unwrap();
+            let mut saved = None;
+            for step in 0..3u64 {
+                let grads = Grads(
+                    shapes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| Some(randn(s, 60 + 10 * step + i as u64, dev)))
+                        .collect(),
+                );
+                opt.step(&grads, 1e-2).unwrap();
+                if step == 0 {
+                    saved = Some(opt.state("opt").unwrap());
+                }
+            }
+            let saved: Vec<Tensor> = saved.unwrap().into_iter().map(|(_, t)| t).collect();
+            let state: Vec<Tensor> = opt
+                .state("opt")
+                .unwrap()
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect();
+            let params: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+            (params, state, saved)
+        };
+        let (p0, s0, k0) = run(&cpu);
+        let (p1, s1, k1) = run(&gpu);
+        for (what, a, b) in [
+            ("parameters", &p1, &p0),
+            ("moments", &s1, &s0),
+            ("state after step 1", &k1, &k0),
+        ] {
+            for (x, y) in a.iter().zip(b.iter()) {
+                if x.dtype() != DType::F32 {
+                    continue; // the step counter
+                }
+                let e = rel_err(&x.to_device(&cpu).unwrap(), y);
+                assert!(e < 1e-5, "{kind:?} {what}: relative error {e}");
+            }
+        }
+        println!("{kind:?}: the fused step matches the composed update (3 steps, clipping, weight decay)");
+    }
+}
+
+/// Multi-head attention of the packed `[B, T, 3·H·Dh]` projection written with candle ops.
+fn attention_reference(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    let dh = w / (3 * heads);
+    let qkv = qkv
+        .reshape((b, t, 3, heads, dh))?
+        .permute((2, 0, 3, 1, 4))?;
+    let (q, k, v) = (
+        qkv.get(0)?.contiguous()?,
+        qkv.get(1)?.contiguous()?,
+        qkv.get(2)?.contiguous()?,
+    );
+    let s = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+    let p = candle_nn::ops::softmax(&s, candle_core::D::Minus1)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, heads * dh))
+}
+
+/// The fused attention in bf16 against the composed ops in f32 on the CPU, on the same
+/// bf16-rounded projection: the output and the projection's gradient.
+fn attention_case(b: usize, t: usize, heads: usize, dh: usize) {
+    let dev = cuda_device();
+    let cpu = candle_core::Device::Cpu;
+    // × 3: scores of standard deviation ~1–3, a softmax far from uniform
+    let qkv = (randn(&[b, t, 3 * heads * dh], 21, &cpu) * 3.0)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let (y0, g0) = value_and_grads(&[qkv.to_dtype(DType::F32).unwrap()], DType::F32, &|ts| {
+        attention_reference(&ts[0], heads)
+    });
+    let on_gpu = qkv.to_device(&dev).unwrap();
+    let (y1, g1) = value_and_grads(&[on_gpu], DType::BF16, &|ts| {
+        movq::gpu::attention::attention(&ts[0], heads)
+    });
+    // value_and_grads draws the output's weights with one seed on either device: the same values
+    let e = rel_err(&y1.to_device(&cpu).unwrap(), &y0);
+    let eg = rel_err(&g1[0].to_device(&cpu).unwrap(), &g0[0]);
+    println!(
+        "attention B{b} T{t} H{heads} Dh{dh} bf16: forward relative error {e:.2e}, qkv gradient {eg:.2e}"
+    );
+    assert!(e < BF16_TOL.0, "attention forward: relative error {e}");
+    assert!(
+        eg < BF16_TOL.1,
+        "attention qkv gradient: relative error {eg}"
+    );
+}
+
+#[test]
+fn fused_attention_matches_composed_ops() {
+    // sequence lengths off the 64-row tiles, every compiled head width
+    attention_case(2, 77, 2, 64);
+    attention_case(1, 130, 3, 32);
+    attention_case(2, 64, 1, 128);
+    attention_case(1, 33, 4, 16);
+    // the reference transformer's heads (768 / 16 = 48) at its 1,024 + 1 tokens
+    attention_case(1, 1025, 2, 48);
+}
+
+#[test]
+fn fused_attention_refuses_what_it_does_not_take() {
+    let dev = cuda_device();
+    let f32_qkv = randn(&[1, 8, 3 * 64], 1, &dev);
+    assert!(!movq::gpu::attention::supported(&f32_qkv, 1));
+    assert!(movq::gpu::attention::attention(&f32_qkv, 1).is_err());
+    let odd = randn(&[1, 8, 3 * 40], 1, &dev)
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert!(!movq::gpu::attention::supported(&odd, 1));
+    // the model falls back to the composed ops for both
+    assert!(movq::gpu::fused_attention(&odd, 1).unwrap().is_none());
+}
+
+/// A transformer with 64-wide heads in bf16 (fused attention) against the same weights in f32
+/// (composed ops): logits close, every weight's gradient pointing the same way.
+#[test]
+fn transformer_with_fused_attention_follows_f32() {
+    use movq::config::TransformerConfig;
+    use movq::nn::params::ParamStore;
+    use movq::transformer::{MaskTransformer, TokenLayout};
+    let dev = cuda_device();
+    let layout = TokenLayout {
+        h: 8,
+        w: 8,
+        channels: 2,
+        codebook_size: 32,
+        n_classes: 3,
+    };
+    let cfg = TransformerConfig {
+        layers: 2,
+        width: 128,
+        heads: 2,
+        mlp: 256,
+    };
+    let l = layout.seq_len();
+    let store = ParamStore::new(5, &dev);
+    let model = MaskTransformer::new(&cfg, layout, store.var_builder()).unwrap();
+    let toks: Vec<u32> = (0..2 * l).map(|i| (i * 7 % 33) as u32).collect();
+    let tokens = Tensor::from_vec(toks, (2, l), &dev).unwrap();
+    let cond = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let run = |m: &MaskTransformer| {
+        let y = m.forward(&tokens, &cond).unwrap();
+        let r = randn(y.dims(), 2, &dev);
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads)
+    };
+    let (y32, g32) = run(&model);
+    let (y16, g16) = run(&model.clone().with_dtype(DType::BF16));
+    let e = rel_err(&y16, &y32);
+    assert!(e < 3e-2, "logits: relative error {e}");
+    let mut worst = 1.0f64;
+    for (name, var) in store.trainable() {
+        let (a, b) = (
+            g32.get(var.as_tensor()).unwrap().flatten_all().unwrap(),
+            g16.get(var.as_tensor()).unwrap().flatten_all().unwrap(),
+        );
+        let dot = (&a * &b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let norm = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt() as f64
+        };
+        let (na, nb) = (norm(&a), norm(&b));
+        if na < 1e-6 {
+            continue; // an exactly-zero gradient (the key projection's bias)
+        }
+        let cos = dot / (na * nb);
+        assert!(cos > 0.98, "gradient of {name}: cosine {cos}");
+        worst = worst.min(cos);
+    }
+    println!("transformer bf16 (fused attention) vs f32: logits {e:.2e}, lowest gradient cosine {worst:.5}");
+}
+
+/// Where a transformer block's time goes on the GPU: each piece at the reference shape
+/// (64 × 1,025 tokens, width 768, bf16), forward alone and forward + backward, milliseconds
+/// (median of 5, synchronised). A diagnostic for the kernels work, run by hand:
+/// `integration op_costs --ignored --nocapture`.
+#[test]
+#[ignore]
+fn op_costs() {
+    use candle_core::Module;
+    let dev = cuda_device();
+    let rows = 64 * 1025;
+    let time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| {
+        let run = |backward: bool| {
+            let mut ts = Vec::new();
+            for _ in 0..6 {
+                dev.synchronize().unwrap();
+                let t = std::time::Instant::now();
+                let y = f().unwrap();
+                if backward {
+                    let r = Tensor::ones_like(&y).unwrap();
+                    let _g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+                }
+                dev.synchronize().unwrap();
+                ts.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            ts.remove(0);
+            ts.sort_by(f64::total_cmp);
+            ts[ts.len() / 2]
+        };
+        println!(
+            "{name:<40} forward {:8.2} ms   forward+backward {:8.2} ms",
+            run(false),
+            run(true)
+        );
+    };
+    let x = Var::from_tensor(&randn(&[rows, 768], 1, &dev).to_dtype(DType::BF16).unwrap()).unwrap();
+    let h =
+        Var::from_tensor(&randn(&[rows, 3072], 2, &dev).to_dtype(DType::BF16).unwrap()).unwrap();
+    let w = Var::from_tensor(&(randn(&[2304, 768], 3, &dev) * 0.03).unwrap()).unwrap();
+    let b = Var::from_tensor(&randn(&[2304], 4, &dev)).unwrap();
+    let g = Var::from_tensor(&randn(&[768], 5, &dev)).unwrap();
+    let beta = Var::from_tensor(&randn(&[768], 6, &dev)).unwrap();
+    let wb = w.to_dtype(DType::BF16).unwrap();
+    time("matmul 768→2304 (bf16 weight)", &|| x.matmul(&wb.t()?));
+    time("matmul + weight cast", &|| {
+        x.matmul(&w.to_dtype(DType::BF16)?.t()?)
+    });
+    let lin = movq::nn::layers::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+    time("Linear 768→2304 with bias", &|| lin.forward(&x));
+    let lin_nb = movq::nn::layers::Linear::new(w.as_tensor().clone(), None);
+    time("Linear 768→2304 without bias", &|| lin_nb.forward(&x));
+    let bb = b.to_dtype(DType::BF16).unwrap();
+    let y = x.matmul(&wb.t().unwrap()).unwrap();
+    time("broadcast_add bias [rows, 2304]", &|| y.broadcast_add(&bb));
+    time("gelu_erf [rows, 3072]", &|| h.gelu_erf());
+    time("add (residual) [rows, 768]", &|| x.add(&x));
+    time("to_dtype bf16→f32 [rows, 768]", &|| {
+        x.to_dtype(DType::F32)
+    });
+    let ln =
+        movq::nn::layers::LayerNorm::new(g.as_tensor().clone(), beta.as_tensor().clone(), 1e-5);
+    time("LayerNorm [rows, 768]", &|| ln.forward(&x));
+    let qkv = Var::from_tensor(
+        &randn(&[64, 1025, 2304], 7, &dev)
+            .to_dtype(DType::BF16)
+            .unwrap(),
+    )
+    .unwrap();
+    time("fused attention 64×1025, 16 heads", &|| {
+        movq::gpu::attention::attention(&qkv, 16)
+    });
+    time("sum over rows [rows, 2304]", &|| y.sum_keepdim(0));
+    let logits = randn(&[64 * 1024, 1024], 8, &dev);
+    time("softmax [65536, 1024] f32 (candle)", &|| {
+        candle_nn::ops::softmax_last_dim(&logits)
+    });
+}
+
 #[cfg(feature = "cudnn")]
 mod cudnn {
     use super::*;

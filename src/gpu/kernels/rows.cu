@@ -1,0 +1,147 @@
+// Row-wise kernels of the transformer's layers over [rows, N] tensors (f32 or bf16 values, f32
+// parameters and statistics): a linear layer's bias (+ exact GELU) and LayerNorm, forward and
+// backward, each in one pass where candle's broadcasting ops take several slow ones.
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+__device__ __forceinline__ float load(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16* p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void store(float* p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(bf16* p, size_t i, float v) { p[i] = __float2bfloat16(v); }
+
+constexpr float SQRT1_2 = 0.70710678118654752f;
+constexpr float INV_SQRT_2PI = 0.39894228040143268f;
+
+__device__ __forceinline__ float gelu(float u) { return 0.5f * u * (1.f + erff(u * SQRT1_2)); }
+__device__ __forceinline__ float gelu_grad(float u) {
+    return 0.5f * (1.f + erff(u * SQRT1_2)) + u * INV_SQRT_2PI * __expf(-0.5f * u * u);
+}
+
+// y = act(x + b[column]); act 1 = exact GELU
+template <typename T>
+__device__ void bias_act_fwd(const T* x, const float* b, T* y, size_t n, int N, int act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float u = load(x, i) + b[i % N];
+        store(y, i, act ? gelu(u) : u);
+    }
+}
+
+// dx = dy · GELU'(x + b[column])
+template <typename T>
+__device__ void bias_gelu_bwd(const T* x, const float* b, const T* dy, T* dx, size_t n, int N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        store(dx, i, load(dy, i) * gelu_grad(load(x, i) + b[i % N]));
+}
+
+// out[c] += Σ over this block's rows of g[r, c] (a thread per column, coalesced along the row;
+// out zeroed by the caller, blocks along y take `chunk` rows each)
+template <typename T>
+__device__ void column_sum(const T* g, float* out, int rows, int N, int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= N) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float acc = 0.f;
+    for (int r = r0; r < r1; ++r) acc += load(g, (size_t)r * N + c);
+    atomicAdd(out + c, acc);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// LayerNorm, a warp per row: stats[r] = mean, stats[rows + r] = 1/σ (two passes for the
+// variance, the row in L1 meanwhile)
+template <typename T>
+__device__ void ln_fwd(const T* x, const float* w, const float* b, T* y, float* stats, int rows, int D, float eps) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const size_t at = (size_t)row * D;
+    float s = 0.f;
+    for (int c = lane; c < D; c += 32) s += load(x, at + c);
+    const float mean = warp_sum(s) / D;
+    float v = 0.f;
+    for (int c = lane; c < D; c += 32) {
+        const float d = load(x, at + c) - mean;
+        v += d * d;
+    }
+    const float rstd = rsqrtf(warp_sum(v) / D + eps);
+    for (int c = lane; c < D; c += 32) store(y, at + c, (load(x, at + c) - mean) * rstd * w[c] + b[c]);
+    if (lane == 0) {
+        stats[row] = mean;
+        stats[rows + row] = rstd;
+    }
+}
+
+// dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, a warp per row
+template <typename T>
+__device__ void ln_bwd_input(const T* x, const float* w, const T* dy, const float* stats, T* dx, int rows, int D) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const size_t at = (size_t)row * D;
+    const float mean = stats[row], rstd = stats[rows + row];
+    float sg = 0.f, sgx = 0.f;
+    for (int c = lane; c < D; c += 32) {
+        const float g = load(dy, at + c) * w[c];
+        sg += g;
+        sgx += g * (load(x, at + c) - mean) * rstd;
+    }
+    const float mg = warp_sum(sg) / D, mgx = warp_sum(sgx) / D;
+    for (int c = lane; c < D; c += 32) {
+        const float xh = (load(x, at + c) - mean) * rstd;
+        store(dx, at + c, rstd * (load(dy, at + c) * w[c] - mg - xh * mgx));
+    }
+}
+
+// dp[c] += Σ_r dy·x̂ (the scale's gradient), dp[D + c] += Σ_r dy (the shift's), a thread per
+// column over this block's rows
+template <typename T>
+__device__ void ln_bwd_params(const T* x, const T* dy, const float* stats, float* dp, int rows, int D, int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= D) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float dw = 0.f, db = 0.f;
+    for (int r = r0; r < r1; ++r) {
+        const float g = load(dy, (size_t)r * D + c);
+        dw += g * (load(x, (size_t)r * D + c) - stats[r]) * stats[rows + r];
+        db += g;
+    }
+    atomicAdd(dp + c, dw);
+    atomicAdd(dp + D + c, db);
+}
+
+}  // namespace
+
+#define ROWS_ENTRY_POINTS(T, S)                                                                     \
+    extern "C" __global__ void bias_act_fwd_##S(const T* x, const float* b, T* y, size_t n, int N,  \
+                                                int act) {                                          \
+        bias_act_fwd(x, b, y, n, N, act);                                                           \
+    }                                                                                               \
+    extern "C" __global__ void bias_gelu_bwd_##S(const T* x, const float* b, const T* dy, T* dx,    \
+                                                 size_t n, int N) {                                 \
+        bias_gelu_bwd(x, b, dy, dx, n, N);                                                          \
+    }                                                                                               \
+    extern "C" __global__ void column_sum_##S(const T* g, float* out, int rows, int N, int chunk) {  \
+        column_sum(g, out, rows, N, chunk);                                                         \
+    }                                                                                               \
+    extern "C" __global__ void ln_fwd_##S(const T* x, const float* w, const float* b, T* y,          \
+                                          float* stats, int rows, int D, float eps) {               \
+        ln_fwd(x, w, b, y, stats, rows, D, eps);                                                    \
+    }                                                                                               \
+    extern "C" __global__ void ln_bwd_input_##S(const T* x, const float* w, const T* dy,             \
+                                                const float* stats, T* dx, int rows, int D) {       \
+        ln_bwd_input(x, w, dy, stats, dx, rows, D);                                                 \
+    }                                                                                               \
+    extern "C" __global__ void ln_bwd_params_##S(const T* x, const T* dy, const float* stats,        \
+                                                 float* dp, int rows, int D, int chunk) {           \
+        ln_bwd_params(x, dy, stats, dp, rows, D, chunk);                                            \
+    }
+
+ROWS_ENTRY_POINTS(float, f32)
+ROWS_ENTRY_POINTS(bf16, bf16)

@@ -59,7 +59,8 @@ for step in "$@"; do
       if [ "${TORCH_SCOPE:-all}" = vq ]; then TR='^$never'; fi
       python3 gpu/torch_reference.py --sections ceil,a1,a2,b --max-prio 0 --vq-infer-batches 64 \
         --job-filter "(?=.*bf16)($VQ|$TR)" --out "$OUT/torch" --deadline "${TORCH_BF16_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP|matmul"
-      if [ "${TORCH_SCOPE:-all}" != vq ]; then
+      # TORCH_FP32_TR=0: no strict-fp32 transformer jobs (the bf16 comparison alone)
+      if [ "${TORCH_SCOPE:-all}" != vq ] && [ "${TORCH_FP32_TR:-1}" = 1 ]; then
         python3 gpu/torch_reference.py --sections b --max-prio 0 \
           --job-filter "(?=.*fp32)($TR)" --out "$OUT/torch" --deadline "${TORCH_FP32_DEADLINE:-200}" 2>&1 | grep -E "OK|OOM|ERR|SKIP"
       fi

@@ -55,8 +55,9 @@ for step in "$@"; do
       # each) only with TORCH_FP32_VQ=1, else bench_table.py quotes the reference's anchor run
       VQ='^(a1|a2) (infer \S+ 64|train)|^b grid16x16x4 decode \S+ 64$'
       TR='^b grid16x16x4 (train|sample \S+ 64$)|^b grid16x16 (train|sample \S+ 256$)'
-      # TORCH_SCOPE=vq: the stage-1 jobs alone (bf16)
+      # TORCH_SCOPE=vq / tr: the stage-1 / transformer jobs alone (bf16)
       if [ "${TORCH_SCOPE:-all}" = vq ]; then TR='^$never'; fi
+      if [ "${TORCH_SCOPE:-all}" = tr ]; then VQ='^$never'; fi
       python3 gpu/torch_reference.py --sections ceil,a1,a2,b --max-prio 0 --vq-infer-batches 64 \
         --job-filter "(?=.*bf16)($VQ|$TR)" --out "$OUT/torch" --deadline "${TORCH_BF16_DEADLINE:-270}" 2>&1 | grep -E "OK|OOM|ERR|SKIP|matmul"
       # TORCH_FP32_TR=0: no strict-fp32 transformer jobs (the bf16 comparison alone)

@@ -1,7 +1,6 @@
 //! Fused multi-head self-attention (no mask) on CUDA in bf16, forward and backward, as candle
-//! custom ops over the kernels in `kernels/attention.cu` (the FlashAttention-2 scheme: the
-//! forward pass on `mma.sync` tensor-core steps with everything in registers, the backward pass
-//! on WMMA fragments through shared memory).
+//! custom ops over the kernels in `kernels/attention.cu` (the FlashAttention-2 scheme on
+//! `mma.sync` tensor-core steps, intermediates in registers).
 //!
 //! The composed attention materialises the `[B, H, T, T]` scores, their f32 softmax and, for the
 //! backward pass, keeps them all: at 1,025 tokens and batch 64 that is gigabytes per layer. Here
@@ -32,13 +31,12 @@ const THREADS: usize = 128;
 const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 128];
 
 /// Shared memory of the forward and backward kernels for head width `d` (as `attention.cu`
-/// lays it out: padded bf16 tiles; for the backward pass also one f32 scratch tile per warp,
-/// the probability and score-gradient tiles, and a query tile's statistics).
+/// lays it out: padded bf16 tiles; for the backward pass also the score-gradient tile and a
+/// query tile's statistics).
 fn shared_bytes(d: usize) -> (usize, usize) {
     let tile = TILE * (d + 8) * 2;
-    let scratch = 4 * 16 * (d.max(TILE) + 4) * 4;
-    let p = TILE * (TILE + 8) * 2;
-    (3 * tile, 4 * tile + scratch + 2 * p + 2 * TILE * 4)
+    let ds = TILE * (TILE + 8) * 2;
+    (3 * tile, 4 * tile + ds + 2 * TILE * 4)
 }
 
 /// Whether [`attention`] takes `qkv` `[B, T, 3·heads·Dh]` with `heads` heads: bf16, a compiled

@@ -5,16 +5,13 @@
 // as a linear layer of width 3·H·D writes it), `out` and `dout` are [B, T, H, D], `lse` and
 // `delta` are [B·H, T] f32. The backward pass writes `dqkv` in `qkv`'s layout.
 //
-// The forward pass keeps everything in registers (mma.sync steps, see attention_fwd). The
-// backward pass goes through WMMA 16×16×16 fragments, every element-wise step (the
-// probabilities, their gradient) through a per-warp f32 scratch tile in shared memory. A block
-// has 4 warps: 64 query rows (forward) or 64 key rows (backward), 16 per warp.
+// Both passes run on mma.sync tensor-core steps with their intermediates in registers (see
+// attention_fwd and attention_bwd). A block has 4 warps: 64 query rows (forward) or 64 key rows
+// (backward), 16 per warp.
 
 #include <cuda_bf16.h>
-#include <mma.h>
 #include <stdint.h>
 
-using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
 
 namespace {
@@ -25,23 +22,13 @@ constexpr int THREADS = WARPS * 32;
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FragAT;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBT;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> Acc;
-
-// Shared-memory strides (elements), padded against bank conflicts; every fragment's first
-// element stays 32-byte aligned (16 rows of any of these strides are a multiple of 32 bytes).
-// Shared memory (bytes; `attention.rs` sizes the launch the same way), with a [TILE][LDH] bf16
-// tile of TILE·LDH·2 bytes, the scratch of WARPS·16·LDS·4 and a [TILE][LDP] tile of TILE·LDP·2:
-// forward: q, k, v tiles; backward: k, v, q, dout tiles + scratch + Pᵀ and dSᵀ tiles + the
-// query tile's lse and delta.
+// Shared-memory row strides (elements), padded so that ldmatrix's eight 16-byte rows fall in
+// distinct banks. Shared memory (bytes; `attention.rs` sizes the launch the same way): forward,
+// the q, k, v tiles ([TILE][LDH] bf16 each); backward, the k, v, q, dout tiles, the dSᵀ tile
+// ([TILE][LDP] bf16) and the query tile's lse and delta (f32).
 template <int D> struct Sizes {
-    static constexpr int LDH = D + 8;                       // a bf16 [TILE][D] tile
-    static constexpr int SCRATCH = (D > TILE ? D : TILE);   // columns of an f32 scratch row
-    static constexpr int LDS = SCRATCH + 4;                 // f32 scratch
-    static constexpr int LDP = TILE + 8;                    // a bf16 [rows][TILE] tile
+    static constexpr int LDH = D + 8;     // a bf16 [TILE][D] tile
+    static constexpr int LDP = TILE + 8;  // a bf16 [TILE][TILE] tile
 };
 
 // Rows t0..t0+TILE of one head's q, k, v or dout (row stride `stride` elements) into a shared
@@ -58,17 +45,7 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, size_t str
     }
 }
 
-// A lane owns half a row of a warp's 16-row scratch tile: row r = lane / 2, every other column
-// (from lane % 2), column pairs swapped in rows 8–15. At each step the 32 lanes then read 32
-// distinct banks (half rows side by side collide 4-way: rows r and r + 8, both halves).
-// Column j of the lane's TILE/2 probabilities; column i of its D/2 outputs.
-__device__ __forceinline__ int lane_col(int lane, int j) {
-    // 2·(j xor t) + lane % 2, written so that an unrolled j leaves two lane constants
-    const int t = 2 * ((lane >> 4) & 1);
-    return 2 * j + (lane & 1) + ((j & 1) ? -t : t);
-}
-
-// Raw tensor-core steps for the forward pass (sm_80+): ldmatrix loads of 8×8 bf16 tiles from
+// Raw tensor-core steps (sm_80+): ldmatrix loads of 8×8 bf16 tiles from
 // shared memory and mma.m16n8k16 with f32 accumulators held in registers. Fragment layouts
 // (PTX ISA): with g = lane / 4 and c = 2·(lane % 4), a 16×8 accumulator holds (g, c..c+1) and
 // (g + 8, c..c+1); a 16×16 A operand (g, c..), (g + 8, c..), (g, c + 8..), (g + 8, c + 8..);
@@ -230,6 +207,11 @@ __device__ void attention_delta(const bf16* __restrict__ out, const bf16* __rest
     if (lane == 0) delta[row] = acc;
 }
 
+// The backward pass, per block 64 keys (16 per warp) against every query tile: Sᵀ = K Qᵀ and
+// dPᵀ = V dOᵀ in registers, Pᵀ = exp(Sᵀ − lse), dSᵀ = Pᵀ ⊙ (dPᵀ − delta); dV += Pᵀ dO and
+// dK += dSᵀ Q accumulate in registers over the query tiles; dSᵀ goes through shared memory
+// once, for dQ += dS K (every warp 16 of the tile's queries, over the block's 64 keys), added
+// to an f32 accumulator with atomics.
 template <int D>
 __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restrict__ dout,
                               const float* __restrict__ lse, const float* __restrict__ delta,
@@ -241,42 +223,43 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
     bf16* vs = ks + TILE * S::LDH;
     bf16* qs = vs + TILE * S::LDH;
     bf16* dos = qs + TILE * S::LDH;
-    float* scratch = reinterpret_cast<float*>(dos + TILE * S::LDH);
-    bf16* pt = reinterpret_cast<bf16*>(scratch + WARPS * 16 * S::LDS);  // Pᵀ [key][query]
-    bf16* dst = pt + TILE * S::LDP;                                      // dSᵀ [key][query]
+    bf16* dst = dos + TILE * S::LDH;  // dSᵀ [key][query]
     float* lse_s = reinterpret_cast<float*>(dst + TILE * S::LDP);
     float* delta_s = lse_s + TILE;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane >> 2, c = 2 * (lane & 3);
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
     const int k0 = blockIdx.x * TILE;
     const size_t stride = (size_t)3 * H * D;
     const size_t ostride = (size_t)H * D;
     const bf16* base = qkv + (size_t)b * T * stride + (size_t)h * D;
     const bf16* dbase = dout + (size_t)b * T * ostride + (size_t)h * D;
-    float* sw = scratch + warp * 16 * S::LDS;
-    const int r = lane >> 1, half = lane & 1;
-    constexpr int HC = TILE / 2;
     const float scale2 = scale * LOG2E;
+    // the warp's key rows g and g + 8
+    const bool key_in[2] = {k0 + warp * 16 + g < T, k0 + warp * 16 + g + 8 < T};
+    // ldmatrix addresses: the A operand of 16 rows; B from a [n][k] tile; B from a [k][n] tile
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
+    const int bn_row = (lane & 7) + (lane >> 4) * 8, bn_col = ((lane >> 3) & 1) * 8;
+    const int bk_row = a_row, bk_col = a_col;
 
     load_tile<D>(ks, base + (size_t)H * D, stride, k0, T);
     load_tile<D>(vs, base + (size_t)2 * H * D, stride, k0, T);
     __syncthreads();
-    FragA kf[D / 16], vf[D / 16];
+    uint32_t ka[D / 16][4], va[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        wmma::load_matrix_sync(kf[kk], ks + warp * 16 * S::LDH + kk * 16, S::LDH);
-        wmma::load_matrix_sync(vf[kk], vs + warp * 16 * S::LDH + kk * 16, S::LDH);
+        ldsm_x4(ka[kk], ks + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
+        ldsm_x4(va[kk], vs + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
     }
-    Acc dk[D / 16], dv[D / 16];
+    float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-        wmma::fill_fragment(dk[n], 0.f);
-        wmma::fill_fragment(dv[n], 0.f);
-    }
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
 
     for (int q0 = 0; q0 < T; q0 += TILE) {
-        __syncthreads();  // the previous query tile is consumed
+        __syncthreads();  // the previous query tile and dSᵀ are consumed
         load_tile<D>(qs, base, stride, q0, T);
         load_tile<D>(dos, dbase, ostride, q0, T);
         for (int i = threadIdx.x; i < TILE; i += THREADS) {
@@ -286,111 +269,101 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
             delta_s[i] = in ? delta[(size_t)bh * T + q0 + i] : 0.f;
         }
         __syncthreads();
-        // Sᵀ = K_w Qᵀ (the warp's 16 keys × TILE queries)
+        // Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: 16 keys × TILE queries each
+        float p[TILE / 8][4], dp[TILE / 8][4];
 #pragma unroll
-        for (int n = 0; n < TILE / 16; ++n) {
-            Acc acc;
-            wmma::fill_fragment(acc, 0.f);
+        for (int t = 0; t < TILE / 8; ++t)
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                FragBT qf;
-                wmma::load_matrix_sync(qf, qs + n * 16 * S::LDH + kk * 16, S::LDH);
-                wmma::mma_sync(acc, kf[kk], qf, acc);
+            for (int e = 0; e < 4; ++e) p[t][e] = dp[t][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int tp = 0; tp < TILE / 16; ++tp) {
+                uint32_t qb[4], ob[4];
+                ldsm_x4(qb, qs + (tp * 16 + bn_row) * S::LDH + kk * 16 + bn_col);
+                ldsm_x4(ob, dos + (tp * 16 + bn_row) * S::LDH + kk * 16 + bn_col);
+                mma_bf16(p[2 * tp], ka[kk], qb[0], qb[1]);
+                mma_bf16(p[2 * tp + 1], ka[kk], qb[2], qb[3]);
+                mma_bf16(dp[2 * tp], va[kk], ob[0], ob[1]);
+                mma_bf16(dp[2 * tp + 1], va[kk], ob[2], ob[3]);
             }
-            wmma::store_matrix_sync(sw + n * 16, acc, S::LDS, wmma::mem_row_major);
         }
-        __syncwarp();
-        const bool key_in = k0 + warp * 16 + r < T;
-        float p[HC];
+        // Pᵀ and dSᵀ (in dp); dSᵀ also to shared memory for dQ
 #pragma unroll
-        for (int j = 0; j < HC; ++j) {
-            const int col = lane_col(lane, j);
-            p[j] = key_in ? exp2f(sw[r * S::LDS + col] * scale2 - lse_s[col]) : 0.f;
-            pt[(warp * 16 + r) * S::LDP + col] = __float2bfloat16(p[j]);
-        }
-        __syncwarp();
-        // dPᵀ = V_w dOᵀ
+        for (int t = 0; t < TILE / 8; ++t) {
 #pragma unroll
-        for (int n = 0; n < TILE / 16; ++n) {
-            Acc acc;
-            wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                FragBT df;
-                wmma::load_matrix_sync(df, dos + n * 16 * S::LDH + kk * 16, S::LDH);
-                wmma::mma_sync(acc, vf[kk], df, acc);
+            for (int e = 0; e < 4; ++e) {
+                const int col = 8 * t + c + (e & 1);
+                p[t][e] = key_in[e >> 1] ? exp2f(p[t][e] * scale2 - lse_s[col]) : 0.f;
+                dp[t][e] = p[t][e] * (dp[t][e] - delta_s[col]);
             }
-            wmma::store_matrix_sync(sw + n * 16, acc, S::LDS, wmma::mem_row_major);
-        }
-        __syncwarp();
 #pragma unroll
-        for (int j = 0; j < HC; ++j) {
-            const int col = lane_col(lane, j);
-            const float ds = p[j] * (sw[r * S::LDS + col] - delta_s[col]);
-            dst[(warp * 16 + r) * S::LDP + col] = __float2bfloat16(ds);
+            for (int i = 0; i < 2; ++i)
+                *reinterpret_cast<__nv_bfloat162*>(dst + (warp * 16 + g + 8 * i) * S::LDP + 8 * t + c) =
+                    __floats2bfloat162_rn(dp[t][2 * i], dp[t][2 * i + 1]);
         }
-        __syncwarp();
-        // dV_w += Pᵀ dO, dK_w += dSᵀ Q (scaled at the end)
+        // dV_w += Pᵀ dO, dK_w += dSᵀ Q, 16 queries at a time
 #pragma unroll
         for (int kk = 0; kk < TILE / 16; ++kk) {
-            FragA pf, sf;
-            wmma::load_matrix_sync(pf, pt + warp * 16 * S::LDP + kk * 16, S::LDP);
-            wmma::load_matrix_sync(sf, dst + warp * 16 * S::LDP + kk * 16, S::LDP);
+            const uint32_t pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                    pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+            const uint32_t sa[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                                    pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                    pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
 #pragma unroll
-            for (int n = 0; n < D / 16; ++n) {
-                FragB df, qf;
-                wmma::load_matrix_sync(df, dos + kk * 16 * S::LDH + n * 16, S::LDH);
-                wmma::mma_sync(dv[n], pf, df, dv[n]);
-                wmma::load_matrix_sync(qf, qs + kk * 16 * S::LDH + n * 16, S::LDH);
-                wmma::mma_sync(dk[n], sf, qf, dk[n]);
+            for (int np = 0; np < D / 16; ++np) {
+                uint32_t ob[4], qb[4];
+                ldsm_x4_trans(ob, dos + (kk * 16 + bk_row) * S::LDH + np * 16 + bk_col);
+                ldsm_x4_trans(qb, qs + (kk * 16 + bk_row) * S::LDH + np * 16 + bk_col);
+                mma_bf16(dv[2 * np], pa, ob[0], ob[1]);
+                mma_bf16(dv[2 * np + 1], pa, ob[2], ob[3]);
+                mma_bf16(dk[2 * np], sa, qb[0], qb[1]);
+                mma_bf16(dk[2 * np + 1], sa, qb[2], qb[3]);
             }
         }
         __syncthreads();  // every warp's dSᵀ rows are written
-        // dQ += dS K for the warp's 16 queries of the tile, added to the f32 accumulator
+        // dQ for the warp's 16 queries of the tile: dS (from dSᵀ, transposed by ldmatrix) × K
+        float acc[D / 8][4];
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) {
-            Acc acc;
-            wmma::fill_fragment(acc, 0.f);
+        for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < TILE / 16; ++kk) {
-                FragAT sf;
-                FragB kb;
-                wmma::load_matrix_sync(sf, dst + kk * 16 * S::LDP + warp * 16, S::LDP);
-                wmma::load_matrix_sync(kb, ks + kk * 16 * S::LDH + n * 16, S::LDH);
-                wmma::mma_sync(acc, sf, kb, acc);
-            }
-            wmma::store_matrix_sync(sw + n * 16, acc, S::LDS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        const int q = q0 + warp * 16 + r;
-        if (q < T) {
-            float* dqg = dq + ((size_t)b * T + q) * H * D + (size_t)h * D;
-#pragma unroll 8
-            for (int i = 0; i < D / 2; ++i) {
-                const int c = lane_col(lane, i);
-                atomicAdd(dqg + c, sw[r * S::LDS + c] * scale);
+        for (int kk = 0; kk < TILE / 16; ++kk) {
+            uint32_t sa[4];
+            ldsm_x4_trans(sa, dst + (kk * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * S::LDP + warp * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int np = 0; np < D / 16; ++np) {
+                uint32_t kb[4];
+                ldsm_x4_trans(kb, ks + (kk * 16 + bk_row) * S::LDH + np * 16 + bk_col);
+                mma_bf16(acc[2 * np], sa, kb[0], kb[1]);
+                mma_bf16(acc[2 * np + 1], sa, kb[2], kb[3]);
             }
         }
-        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int q = q0 + warp * 16 + g + 8 * i;
+            if (q >= T) continue;
+            float* dqg = dq + ((size_t)b * T + q) * H * D + (size_t)h * D + c;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                atomicAdd(dqg + 8 * n, acc[n][2 * i] * scale);
+                atomicAdd(dqg + 8 * n + 1, acc[n][2 * i + 1] * scale);
+            }
+        }
     }
 
-    // dK and dV of the warp's 16 keys into dqkv
-    const int key = k0 + warp * 16 + r;
+    // dK (scaled) and dV of the warp's keys into dqkv
 #pragma unroll
-    for (int which = 1; which <= 2; ++which) {
-        Acc* acc = which == 1 ? dk : dv;
-        const float f = which == 1 ? scale : 1.f;
+    for (int i = 0; i < 2; ++i) {
+        if (!key_in[i]) continue;
+        const int key = k0 + warp * 16 + g + 8 * i;
+        bf16* gk = dqkv + ((size_t)b * T + key) * stride + (size_t)H * D + (size_t)h * D + c;
+        bf16* gv = gk + (size_t)H * D;
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(sw + n * 16, acc[n], S::LDS, wmma::mem_row_major);
-        __syncwarp();
-        if (key < T) {
-            bf16* g = dqkv + ((size_t)b * T + key) * stride + (size_t)which * H * D + (size_t)h * D + half * (D / 2);
-            const float* src = sw + r * S::LDS + half * (D / 2);
-#pragma unroll
-            for (int i = 0; i < D / 2; i += 2)
-                *reinterpret_cast<__nv_bfloat162*>(g + i) = __floats2bfloat162_rn(src[i] * f, src[i + 1] * f);
+        for (int n = 0; n < D / 8; ++n) {
+            *reinterpret_cast<__nv_bfloat162*>(gk + 8 * n) = __floats2bfloat162_rn(dk[n][2 * i] * scale, dk[n][2 * i + 1] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(gv + 8 * n) = __floats2bfloat162_rn(dv[n][2 * i], dv[n][2 * i + 1]);
         }
-        __syncwarp();
     }
 }
 

@@ -148,3 +148,19 @@ pub fn fused_adam_step(
     let _ = (param, m, v, grad, step);
     Ok(false)
 }
+
+/// `x Wᵀ + b` (`x` `[rows, in]`, `w` `[out, in]` in `x`'s dtype) with the bias added in place on
+/// the matmul's output when it runs for `x` (f32 or bf16 on a CUDA device, kernels on); `None`
+/// otherwise.
+pub fn fused_linear(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return rows::linear(x, w, b).map(Some);
+    }
+    let _ = (x, w, b);
+    Ok(None)
+}

@@ -1,5 +1,5 @@
-//! A linear layer's bias (+ exact GELU) and LayerNorm on CUDA, forward and backward, as candle
-//! custom ops over the kernels in `kernels/rows.cu`.
+//! A linear layer (its bias in place on the matmul's output, or bias + exact GELU) and LayerNorm
+//! on CUDA, forward and backward, as candle custom ops over the kernels in `kernels/rows.cu`.
 //!
 //! candle's broadcasting binary ops index every element through the full shape and strides,
 //! and reducing a `[rows, N]` gradient over its rows reads it with a stride of `N`: on the
@@ -32,12 +32,19 @@ const CHUNK: usize = 256;
 trait Elem: DeviceRepr + Sized {
     const SUFFIX: &'static str;
     fn of(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>>;
+    fn of_mut(s: &mut CudaStorageSlice) -> Option<&mut CudaSlice<Self>>;
     fn wrap(s: CudaSlice<Self>) -> CudaStorageSlice;
 }
 
 impl Elem for f32 {
     const SUFFIX: &'static str = "f32";
     fn of(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
+        match s {
+            CudaStorageSlice::F32(p) => Some(p),
+            _ => None,
+        }
+    }
+    fn of_mut(s: &mut CudaStorageSlice) -> Option<&mut CudaSlice<Self>> {
         match s {
             CudaStorageSlice::F32(p) => Some(p),
             _ => None,
@@ -51,6 +58,12 @@ impl Elem for f32 {
 impl Elem for half::bf16 {
     const SUFFIX: &'static str = "bf16";
     fn of(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
+        match s {
+            CudaStorageSlice::BF16(p) => Some(p),
+            _ => None,
+        }
+    }
+    fn of_mut(s: &mut CudaStorageSlice) -> Option<&mut CudaSlice<Self>> {
         match s {
             CudaStorageSlice::BF16(p) => Some(p),
             _ => None,
@@ -291,6 +304,96 @@ impl CustomOp1 for ColumnSum {
             unsafe { a.launch(launch_cfg(grid, BLOCK)) }.w()?;
         });
         Ok((storage(CudaStorageSlice::F32(out), &dev), Shape::from(cols)))
+    }
+}
+
+/// `x Wᵀ + b` for `x` `[rows, in]` (f32 or bf16, on CUDA), `w` `[out, in]` in `x`'s dtype and
+/// `b` `[out]` (cast to f32): one matmul whose output takes the bias in place, so that the graph
+/// keeps only `x`, `w` and `b` for the backward pass (a matmul followed by a bias op keeps the
+/// matmul's output too: a quarter of the transformer's activation memory).
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, inp) = x.dims2()?;
+    let (out, w_in) = w.dims2()?;
+    if w_in != inp || b.dims() != [out] || w.dtype() != x.dtype() {
+        candle_core::bail!(
+            "fused linear: x {:?} {:?}, weight {:?} {:?}, bias {:?} do not fit",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype(),
+            b.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.to_dtype(DType::F32)?, Linear)
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "movq-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_unsupported()
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let (rows, inp) = xl.shape().dims2()?;
+        let out = wl.shape().dims2()?.0;
+        // x Wᵀ through candle's cuBLAS matmul (Wᵀ as a transposed view)
+        let mut y = x.matmul(w, (1, rows, out, inp), xl, &wl.transpose(0, 1)?)?;
+        let bias = view::<f32>(b, bl, "the bias")?;
+        let (n, out_i) = (rows * out, out as i32);
+        let stream = dev.cuda_stream();
+        by_dtype!(y.dtype(), T => {
+            let Some(ys) = T::of_mut(&mut y.slice) else {
+                candle_core::bail!("fused linear: the matmul's output has another dtype")
+            };
+            let func = function(&dev, &format!("bias_add_inplace_{}", T::SUFFIX))?;
+            let mut a = stream.launch_builder(&func);
+            a.arg(ys).arg(&bias).arg(&n).arg(&out_i);
+            // SAFETY: the arguments of bias_add_inplace_* in rows.cu.
+            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+        });
+        Ok((y, Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            Some(grad.matmul(&w.detach())?)
+        } else {
+            None
+        };
+        let dw = grad.t()?.matmul(&x.detach())?;
+        let db = grad.apply_op1_no_bwd(&ColumnSum)?;
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

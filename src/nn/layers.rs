@@ -128,27 +128,35 @@ impl Linear {
     }
 
     fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
-        let dt = x.dtype();
-        let dims = x.dims().to_vec();
+        let mut dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
         let rows = x.elem_count() / inp;
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.weight.to_dtype(dt)?.t()?)?;
-        let act = |y: Tensor| if gelu { y.gelu_erf() } else { Ok(y) };
-        let y = match &self.bias {
-            // bias and activation in one kernel on the GPU
-            Some(b) => match crate::gpu::fused_bias_act(&y, b, gelu)? {
-                Some(y) => y,
-                None => act(y.broadcast_add(&b.to_dtype(dt)?)?)?,
-            },
-            None => act(y)?,
-        };
-        let mut out_dims = dims;
-        *out_dims
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = self.rows_forward(&x.reshape((rows, inp))?, &w, gelu)?;
+        *dims
             .last_mut()
             .expect("a linear layer's input has a last dimension") = out;
-        y.reshape(out_dims)
+        y.reshape(dims)
+    }
+
+    /// `act(x Wᵀ + b)` for `x` `[rows, in]` and `w` the weight in `x`'s dtype: on the GPU the
+    /// bias goes in place onto the matmul's output (no pre-bias tensor kept for the backward
+    /// pass) or, with GELU, bias and activation run as one kernel.
+    fn rows_forward(&self, x: &Tensor, w: &Tensor, gelu: bool) -> Result<Tensor> {
+        let act = |y: Tensor| if gelu { y.gelu_erf() } else { Ok(y) };
+        let Some(b) = &self.bias else {
+            return act(x.matmul(&w.t()?)?);
+        };
+        if !gelu {
+            if let Some(y) = crate::gpu::fused_linear(x, w, b)? {
+                return Ok(y);
+            }
+        }
+        let y = x.matmul(&w.t()?)?;
+        match crate::gpu::fused_bias_act(&y, b, gelu)? {
+            Some(y) => Ok(y),
+            None => act(y.broadcast_add(&b.to_dtype(y.dtype())?)?),
+        }
     }
 }
 

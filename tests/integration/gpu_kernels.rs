@@ -257,6 +257,33 @@ fn fused_bias_and_gelu_match_composed_ops() {
 }
 
 #[test]
+fn fused_linear_matches_composed_ops() {
+    let dev = cuda_device();
+    for (name, rows, inp, out) in [
+        ("111×300 → 64", 111, 300, 64),
+        ("700×96 → 288", 700, 96, 288),
+    ] {
+        let inputs = [
+            randn(&[rows, inp], 35, &dev),
+            (randn(&[out, inp], 36, &dev) * 0.1).unwrap(),
+            randn(&[out], 37, &dev),
+        ];
+        let fused = |t: &[Tensor]| movq::gpu::rows::linear(&t[0], &t[1], &t[2]);
+        let reference = |t: &[Tensor]| {
+            t[0].matmul(&t[1].t()?)?
+                .broadcast_add(&t[2].to_dtype(t[0].dtype())?)
+        };
+        compare(
+            &format!("linear {name}"),
+            &inputs,
+            &fused,
+            &reference,
+            &[true, true, false],
+        );
+    }
+}
+
+#[test]
 fn fused_layer_norm_matches_composed_ops() {
     let dev = cuda_device();
     for (name, shape) in [

@@ -31,6 +31,13 @@ __device__ void bias_act_fwd(const T* x, const float* b, T* y, size_t n, int N, 
     }
 }
 
+// y += b[column], in place
+template <typename T>
+__device__ void bias_add_inplace(T* y, const float* b, size_t n, int N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        store(y, i, load(y, i) + b[i % N]);
+}
+
 // dx = dy · GELU'(x + b[column])
 template <typename T>
 __device__ void bias_gelu_bwd(const T* x, const float* b, const T* dy, T* dx, size_t n, int N) {
@@ -122,6 +129,9 @@ __device__ void ln_bwd_params(const T* x, const T* dy, const float* stats, float
     extern "C" __global__ void bias_act_fwd_##S(const T* x, const float* b, T* y, size_t n, int N,  \
                                                 int act) {                                          \
         bias_act_fwd(x, b, y, n, N, act);                                                           \
+    }                                                                                               \
+    extern "C" __global__ void bias_add_inplace_##S(T* y, const float* b, size_t n, int N) {       \
+        bias_add_inplace(y, b, n, N);                                                               \
     }                                                                                               \
     extern "C" __global__ void bias_gelu_bwd_##S(const T* x, const float* b, const T* dy, T* dx,    \
                                                  size_t n, int N) {                                 \

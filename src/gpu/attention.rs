@@ -18,7 +18,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{
-    CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -161,18 +161,12 @@ fn kernel(
     Ok((func, cfg))
 }
 
-fn cpu_unsupported() -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("the fused attention kernels run on CUDA only")
-}
-
 impl CustomOp1 for Forward {
     fn name(&self) -> &'static str {
         "movq-attention"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported()
-    }
+    cuda_only!(1, "the fused attention kernels");
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let d = Dims::of(l, self.heads)?;
@@ -221,17 +215,7 @@ impl CustomOp3 for Backward {
         "movq-attention-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported()
-    }
+    cuda_only!(3, "the fused attention kernels");
 
     /// `(qkv, out, dout)` → `dqkv`.
     fn cuda_fwd(

@@ -26,9 +26,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, DeviceId};
-use candle_core::{
-    CpuStorage, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CudaDevice, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use sys::{cudnnDataType_t, cudnnDeterminism_t, cudnnMathType_t, cudnnStatus_t};
 
@@ -424,15 +422,7 @@ impl CustomOp2 for Op {
         }
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("cuDNN convolutions run on CUDA only")
-    }
+    cuda_only!(2, "cuDNN convolutions");
 
     fn cuda_fwd(
         &self,

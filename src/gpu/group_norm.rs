@@ -16,7 +16,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{
-    CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
@@ -250,24 +250,12 @@ const GROUP_BLOCK: usize = 512;
 /// Threads per block of the elementwise kernel.
 const ELEMENT_BLOCK: usize = 256;
 
-fn cpu_unsupported() -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("the fused GroupNorm kernels run on CUDA only")
-}
-
 impl CustomOp2 for Forward {
     fn name(&self) -> &'static str {
         "movq-group-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported()
-    }
+    cuda_only!(2, "the fused GroupNorm kernels");
 
     fn cuda_fwd(
         &self,
@@ -337,17 +325,7 @@ impl CustomOp3 for Backward {
         }
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported()
-    }
+    cuda_only!(3, "the fused GroupNorm kernels");
 
     /// `(x, dy, p)` → the reductions; `(x, dy, p ++ reductions)` → the input gradient.
     fn cuda_fwd(

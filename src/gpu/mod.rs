@@ -5,6 +5,45 @@
 //! comparison), and every op has a test against the composed candle ops on the GPU
 //! (`tests/integration/gpu_kernels.rs`).
 
+/// The `cpu_fwd` of a custom op that runs on CUDA only, for `CustomOp1`/`2`/`3` (by the number
+/// of inputs): an error saying that `$what` runs on CUDA only.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_only {
+    (1, $what:expr) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} run on CUDA only", $what)
+        }
+    };
+    (2, $what:expr) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} run on CUDA only", $what)
+        }
+    };
+    (3, $what:expr) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} run on CUDA only", $what)
+        }
+    };
+}
+
 #[cfg(feature = "cuda")]
 pub mod adam;
 #[cfg(feature = "cuda")]
@@ -14,7 +53,11 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod group_norm;
 #[cfg(feature = "cuda")]
-pub mod rows;
+pub mod layer_norm;
+#[cfg(feature = "cuda")]
+pub mod linear;
+#[cfg(feature = "cuda")]
+mod rows;
 
 #[cfg(feature = "cuda")]
 use candle_core::DType;
@@ -94,7 +137,7 @@ pub fn fused_bias_act(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
-        return rows::bias_act(x, b, gelu).map(Some);
+        return linear::bias_act(x, b, gelu).map(Some);
     }
     let _ = (x, b, gelu);
     Ok(None)
@@ -110,7 +153,7 @@ pub fn fused_layer_norm(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
-        return rows::layer_norm(x, w, b, eps).map(Some);
+        return layer_norm::layer_norm(x, w, b, eps).map(Some);
     }
     let _ = (x, w, b, eps);
     Ok(None)
@@ -159,7 +202,7 @@ pub fn fused_linear(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
-        return rows::linear(x, w, b).map(Some);
+        return linear::linear(x, w, b).map(Some);
     }
     let _ = (x, w, b);
     Ok(None)

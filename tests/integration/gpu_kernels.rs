@@ -241,7 +241,7 @@ fn fused_bias_and_gelu_match_composed_ops() {
         let n = shape[2];
         let inputs = [randn(&shape, 31, &dev), randn(&[n], 32, &dev)];
         for gelu in [false, true] {
-            let fused = |t: &[Tensor]| movq::gpu::rows::bias_act(&t[0], &t[1], gelu);
+            let fused = |t: &[Tensor]| movq::gpu::linear::bias_act(&t[0], &t[1], gelu);
             let reference = |t: &[Tensor]| {
                 let y = t[0].broadcast_add(&t[1])?;
                 if gelu {
@@ -268,7 +268,7 @@ fn fused_linear_matches_composed_ops() {
             (randn(&[out, inp], 36, &dev) * 0.1).unwrap(),
             randn(&[out], 37, &dev),
         ];
-        let fused = |t: &[Tensor]| movq::gpu::rows::linear(&t[0], &t[1], &t[2]);
+        let fused = |t: &[Tensor]| movq::gpu::linear::linear(&t[0], &t[1], &t[2]);
         let reference = |t: &[Tensor]| {
             t[0].matmul(&t[1].t()?)?
                 .broadcast_add(&t[2].to_dtype(t[0].dtype())?)
@@ -296,7 +296,7 @@ fn fused_layer_norm_matches_composed_ops() {
             (randn(&[n], 42, &dev) + 1.0).unwrap(),
             randn(&[n], 43, &dev),
         ];
-        let fused = |t: &[Tensor]| movq::gpu::rows::layer_norm(&t[0], &t[1], &t[2], 1e-5);
+        let fused = |t: &[Tensor]| movq::gpu::layer_norm::layer_norm(&t[0], &t[1], &t[2], 1e-5);
         let reference = |t: &[Tensor]| {
             movq::nn::layers::standardize(&t[0], 1e-5)?
                 .broadcast_mul(&t[1])?

@@ -1,0 +1,199 @@
+//! LayerNorm on CUDA, forward and backward, over the row kernels ([`super::rows`]): a warp per
+//! row forward (the statistics kept for the backward pass), a warp per row for the input's
+//! gradient and a column pass for the scale's and shift's.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+
+use super::rows::{
+    by_dtype, column_grid, function, launch_cfg, row_grid, storage, view, Elem, BLOCK,
+};
+
+/// LayerNorm over the last dimension of `x` (f32 or bf16, on CUDA) with scale `w` and shift
+/// `b` `[D]` (cast to f32): statistics in f32, the result in `x`'s dtype.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    if w.dims() != [n] || b.dims() != [n] {
+        candle_core::bail!(
+            "LayerNorm: scale {:?} / shift {:?} do not fit {:?}",
+            w.dims(),
+            b.dims(),
+            x.dims()
+        );
+    }
+    let f = |t: &Tensor| t.to_dtype(DType::F32);
+    x.contiguous()?.apply_op3(
+        &f(w)?,
+        &f(b)?,
+        LayerNorm {
+            eps,
+            stats: Mutex::new(None),
+        },
+    )
+}
+
+struct LayerNorm {
+    eps: f32,
+    /// Each row's mean and 1/σ from the forward pass, for the backward pass.
+    stats: Mutex<Option<Arc<CudaSlice<f32>>>>,
+}
+
+#[derive(Clone, Copy)]
+enum LnPass {
+    /// The input's gradient, a warp per row.
+    Input,
+    /// The scale's and shift's gradients `[2·D]`, column sums.
+    Params,
+}
+
+struct LnBackward {
+    pass: LnPass,
+    stats: Arc<CudaSlice<f32>>,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "movq-layer-norm"
+    }
+
+    cuda_only!(3, "the fused row kernels");
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let n = xl.shape().elem_count();
+        let d = wl.shape().elem_count();
+        let rows = n / d.max(1);
+        let (wv, bv) = (
+            view::<f32>(w, wl, "the scale")?,
+            view::<f32>(b, bl, "the shift")?,
+        );
+        // SAFETY: the kernel writes every row's statistics.
+        let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
+        let (rows_i, d_i) = (rows as i32, d as i32);
+        let slice = by_dtype!(x.dtype(), T => {
+            let xv = view::<T>(x, xl, "x")?;
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = function(&dev, &format!("ln_fwd_{}", T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let mut a = stream.launch_builder(&func);
+            a.arg(&xv).arg(&wv).arg(&bv).arg(&y).arg(&stats).arg(&rows_i).arg(&d_i).arg(&self.eps);
+            // SAFETY: the arguments of ln_fwd_*.
+            unsafe { a.launch(launch_cfg(row_grid(rows), BLOCK)) }.w()?;
+            T::wrap(y)
+        });
+        *self
+            .stats
+            .lock()
+            .expect("the statistics lock is never poisoned") = Some(Arc::new(stats));
+        Ok((storage(slice, &dev), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .stats
+            .lock()
+            .expect("the statistics lock is never poisoned")
+            .clone();
+        let Some(stats) = stats else {
+            candle_core::bail!("fused LayerNorm: backward pass without a forward pass on CUDA")
+        };
+        let grad = grad.to_dtype(x.dtype())?.contiguous()?;
+        let need_dx = x.track_op();
+        let (x, w) = (x.detach(), w.detach());
+        let pass = |pass| LnBackward {
+            pass,
+            stats: stats.clone(),
+        };
+        let dx = if need_dx {
+            Some(x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input))?)
+        } else {
+            None
+        };
+        let dp = x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?;
+        let d = w.elem_count();
+        Ok((dx, Some(dp.narrow(0, 0, d)?), Some(dp.narrow(0, d, d)?)))
+    }
+}
+
+impl CustomOp3 for LnBackward {
+    fn name(&self) -> &'static str {
+        match self.pass {
+            LnPass::Input => "movq-layer-norm-backward-input",
+            LnPass::Params => "movq-layer-norm-backward-params",
+        }
+    }
+
+    cuda_only!(3, "the fused row kernels");
+
+    /// `(x, dy, w)` → the input's gradient, or the parameters' `[2·D]`.
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let n = xl.shape().elem_count();
+        let d = wl.shape().elem_count();
+        let rows = n / d.max(1);
+        let (rows_i, d_i) = (rows as i32, d as i32);
+        let stats: &CudaSlice<f32> = &self.stats;
+        let stream = dev.cuda_stream();
+        match self.pass {
+            LnPass::Input => {
+                let wv = view::<f32>(w, wl, "the scale")?;
+                let slice = by_dtype!(x.dtype(), T => {
+                    let xv = view::<T>(x, xl, "x")?;
+                    let gv = view::<T>(g, gl, "the gradient")?;
+                    // SAFETY: the kernel writes every element.
+                    let dx = unsafe { dev.alloc::<T>(n)? };
+                    let func = function(&dev, &format!("ln_bwd_input_{}", T::SUFFIX))?;
+                    let mut a = stream.launch_builder(&func);
+                    a.arg(&xv).arg(&wv).arg(&gv).arg(stats).arg(&dx).arg(&rows_i).arg(&d_i);
+                    // SAFETY: the arguments of ln_bwd_input_*.
+                    unsafe { a.launch(launch_cfg(row_grid(rows), BLOCK)) }.w()?;
+                    T::wrap(dx)
+                });
+                Ok((storage(slice, &dev), xl.shape().clone()))
+            }
+            LnPass::Params => {
+                let dp = dev.alloc_zeros::<f32>(2 * d)?;
+                let (grid, chunk) = column_grid(rows, d);
+                let chunk_i = chunk as i32;
+                by_dtype!(x.dtype(), T => {
+                    let xv = view::<T>(x, xl, "x")?;
+                    let gv = view::<T>(g, gl, "the gradient")?;
+                    let func = function(&dev, &format!("ln_bwd_params_{}", T::SUFFIX))?;
+                    let mut a = stream.launch_builder(&func);
+                    a.arg(&xv).arg(&gv).arg(stats).arg(&dp).arg(&rows_i).arg(&d_i).arg(&chunk_i);
+                    // SAFETY: the arguments of ln_bwd_params_*.
+                    unsafe { a.launch(launch_cfg(grid, BLOCK)) }.w()?;
+                });
+                Ok((storage(CudaStorageSlice::F32(dp), &dev), Shape::from(2 * d)))
+            }
+        }
+    }
+}

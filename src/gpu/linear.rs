@@ -1,0 +1,234 @@
+//! A linear layer's bias on CUDA: added in place onto the matmul's output ([`linear`]), or with
+//! the exact GELU after it ([`bias_act`]), forward and backward, over the row kernels
+//! ([`super::rows`]).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{
+    CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+
+use super::rows::{
+    by_dtype, column_grid, elementwise_grid, function, launch_cfg, storage, view, Elem, BLOCK,
+};
+
+/// `act(x + b)` over the last dimension of `x` (f32 or bf16, on CUDA), `b` `[N]` (cast to f32);
+/// `gelu` applies the exact (erf) GELU. The result has `x`'s dtype and shape.
+pub fn bias_act(x: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    if b.dims() != [n] {
+        candle_core::bail!("bias {:?} does not fit {:?}", b.dims(), x.dims());
+    }
+    x.contiguous()?
+        .apply_op2(&b.to_dtype(DType::F32)?, BiasAct { gelu })
+}
+
+struct BiasAct {
+    gelu: bool,
+}
+
+/// `dy · GELU'(x + b)`.
+struct BiasGeluBackward;
+
+/// The sum over rows of a `[rows, N]` tensor, f32 `[N]`.
+struct ColumnSum;
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "movq-bias-act"
+    }
+
+    cuda_only!(2, "the fused row kernels");
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let n = xl.shape().elem_count();
+        let cols = bl.shape().elem_count();
+        let bias = view::<f32>(b, bl, "the bias")?;
+        let act = self.gelu as i32;
+        let cols_i = cols as i32;
+        let slice = by_dtype!(x.dtype(), T => {
+            let xv = view::<T>(x, xl, "x")?;
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = function(&dev, &format!("bias_act_fwd_{}", T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let mut a = stream.launch_builder(&func);
+            a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&act);
+            // SAFETY: the arguments of bias_act_fwd_* in rows.cu.
+            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+            T::wrap(y)
+        });
+        Ok((storage(slice, &dev), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if self.gelu {
+            x.detach()
+                .apply_op3_no_bwd(&b.detach(), &grad, &BiasGeluBackward)?
+        } else {
+            grad
+        };
+        let db = dx.apply_op1_no_bwd(&ColumnSum)?;
+        Ok((x.track_op().then_some(dx), Some(db)))
+    }
+}
+
+impl CustomOp3 for BiasGeluBackward {
+    fn name(&self) -> &'static str {
+        "movq-bias-gelu-backward"
+    }
+
+    cuda_only!(3, "the fused row kernels");
+
+    /// `(x, b, dy)` → `dx`.
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let n = xl.shape().elem_count();
+        let cols = bl.shape().elem_count() as i32;
+        let bias = view::<f32>(b, bl, "the bias")?;
+        let slice = by_dtype!(x.dtype(), T => {
+            let xv = view::<T>(x, xl, "x")?;
+            let gv = view::<T>(g, gl, "the gradient")?;
+            // SAFETY: the kernel writes every element.
+            let dx = unsafe { dev.alloc::<T>(n)? };
+            let func = function(&dev, &format!("bias_gelu_bwd_{}", T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let mut a = stream.launch_builder(&func);
+            a.arg(&xv).arg(&bias).arg(&gv).arg(&dx).arg(&n).arg(&cols);
+            // SAFETY: the arguments of bias_gelu_bwd_*.
+            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+            T::wrap(dx)
+        });
+        Ok((storage(slice, &dev), xl.shape().clone()))
+    }
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "movq-column-sum"
+    }
+
+    cuda_only!(1, "the fused row kernels");
+
+    fn cuda_fwd(&self, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = g.device().clone();
+        let cols = *gl.shape().dims().last().unwrap_or(&1);
+        let rows = gl.shape().elem_count() / cols.max(1);
+        let out = dev.alloc_zeros::<f32>(cols)?;
+        let (grid, chunk) = column_grid(rows, cols);
+        let (rows_i, cols_i, chunk_i) = (rows as i32, cols as i32, chunk as i32);
+        by_dtype!(g.dtype(), T => {
+            let gv = view::<T>(g, gl, "the gradient")?;
+            let func = function(&dev, &format!("column_sum_{}", T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let mut a = stream.launch_builder(&func);
+            a.arg(&gv).arg(&out).arg(&rows_i).arg(&cols_i).arg(&chunk_i);
+            // SAFETY: the arguments of column_sum_*.
+            unsafe { a.launch(launch_cfg(grid, BLOCK)) }.w()?;
+        });
+        Ok((storage(CudaStorageSlice::F32(out), &dev), Shape::from(cols)))
+    }
+}
+
+/// `x Wᵀ + b` for `x` `[rows, in]` (f32 or bf16, on CUDA), `w` `[out, in]` in `x`'s dtype and
+/// `b` `[out]` (cast to f32): one matmul whose output takes the bias in place, so that the graph
+/// keeps only `x`, `w` and `b` for the backward pass (a matmul followed by a bias op keeps the
+/// matmul's output too: a quarter of the transformer's activation memory).
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, inp) = x.dims2()?;
+    let (out, w_in) = w.dims2()?;
+    if w_in != inp || b.dims() != [out] || w.dtype() != x.dtype() {
+        candle_core::bail!(
+            "fused linear: x {:?} {:?}, weight {:?} {:?}, bias {:?} do not fit",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype(),
+            b.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.to_dtype(DType::F32)?, Linear)
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "movq-linear"
+    }
+
+    cuda_only!(3, "the fused row kernels");
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let (rows, inp) = xl.shape().dims2()?;
+        let out = wl.shape().dims2()?.0;
+        // x Wᵀ through candle's cuBLAS matmul (Wᵀ as a transposed view)
+        let mut y = x.matmul(w, (1, rows, out, inp), xl, &wl.transpose(0, 1)?)?;
+        let bias = view::<f32>(b, bl, "the bias")?;
+        let (n, out_i) = (rows * out, out as i32);
+        let stream = dev.cuda_stream();
+        by_dtype!(y.dtype(), T => {
+            let Some(ys) = T::of_mut(&mut y.slice) else {
+                candle_core::bail!("fused linear: the matmul's output has another dtype")
+            };
+            let func = function(&dev, &format!("bias_add_inplace_{}", T::SUFFIX))?;
+            let mut a = stream.launch_builder(&func);
+            a.arg(ys).arg(&bias).arg(&n).arg(&out_i);
+            // SAFETY: the arguments of bias_add_inplace_* in rows.cu.
+            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+        });
+        Ok((y, Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            Some(grad.matmul(&w.detach())?)
+        } else {
+            None
+        };
+        let dw = grad.t()?.matmul(&x.detach())?;
+        let db = grad.apply_op1_no_bwd(&ColumnSum)?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}

@@ -40,13 +40,14 @@ fn shared_bytes(d: usize) -> (usize, usize) {
 }
 
 /// Whether [`attention`] takes `qkv` `[B, T, 3·heads·Dh]` with `heads` heads: bf16, a compiled
-/// head width, at most 65,535 (batch, head) pairs.
+/// head width, at most 65,535 (batch, head) pairs, a token at least.
 pub fn supported(qkv: &Tensor, heads: usize) -> bool {
-    let Ok((b, _, w)) = qkv.dims3() else {
+    let Ok((b, t, w)) = qkv.dims3() else {
         return false;
     };
     qkv.dtype() == DType::BF16
         && heads > 0
+        && t > 0
         && w.is_multiple_of(3 * heads)
         && HEAD_DIMS.contains(&(w / (3 * heads)))
         && b * heads <= 65_535

@@ -48,14 +48,14 @@ macro_rules! cuda_only {
 pub mod adam;
 #[cfg(feature = "cuda")]
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod bias;
 #[cfg(feature = "cudnn")]
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod group_norm;
 #[cfg(feature = "cuda")]
 pub mod layer_norm;
-#[cfg(feature = "cuda")]
-pub mod linear;
 #[cfg(feature = "cuda")]
 mod rows;
 
@@ -137,7 +137,7 @@ pub fn fused_bias_act(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
-        return linear::bias_act(x, b, gelu).map(Some);
+        return bias::bias_act(x, b, gelu).map(Some);
     }
     let _ = (x, b, gelu);
     Ok(None)
@@ -202,7 +202,7 @@ pub fn fused_linear(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     if enabled(x.device()) && matches!(x.dtype(), DType::F32 | DType::BF16) {
-        return linear::linear(x, w, b).map(Some);
+        return bias::linear(x, w, b).map(Some);
     }
     let _ = (x, w, b);
     Ok(None)

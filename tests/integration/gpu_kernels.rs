@@ -241,7 +241,7 @@ fn fused_bias_and_gelu_match_composed_ops() {
         let n = shape[2];
         let inputs = [randn(&shape, 31, &dev), randn(&[n], 32, &dev)];
         for gelu in [false, true] {
-            let fused = |t: &[Tensor]| movq::gpu::linear::bias_act(&t[0], &t[1], gelu);
+            let fused = |t: &[Tensor]| movq::gpu::bias::bias_act(&t[0], &t[1], gelu);
             let reference = |t: &[Tensor]| {
                 let y = t[0].broadcast_add(&t[1])?;
                 if gelu {
@@ -268,7 +268,7 @@ fn fused_linear_matches_composed_ops() {
             (randn(&[out, inp], 36, &dev) * 0.1).unwrap(),
             randn(&[out], 37, &dev),
         ];
-        let fused = |t: &[Tensor]| movq::gpu::linear::linear(&t[0], &t[1], &t[2]);
+        let fused = |t: &[Tensor]| movq::gpu::bias::linear(&t[0], &t[1], &t[2]);
         let reference = |t: &[Tensor]| {
             t[0].matmul(&t[1].t()?)?
                 .broadcast_add(&t[2].to_dtype(t[0].dtype())?)
@@ -279,6 +279,28 @@ fn fused_linear_matches_composed_ops() {
             &fused,
             &reference,
             &[true, true, false],
+        );
+    }
+}
+
+#[test]
+fn fused_channel_bias_matches_composed_ops() {
+    let dev = cuda_device();
+    for (name, shape) in [
+        ("[2, 16, 9, 7]", [2, 16, 9, 7]),
+        ("[3, 8, 64, 64]", [3, 8, 64, 64]),
+    ] {
+        let c = shape[1];
+        let inputs = [randn(&shape, 38, &dev), randn(&[c], 39, &dev)];
+        let fused = |t: &[Tensor]| movq::gpu::bias::channel_bias(&t[0], &t[1]);
+        let reference =
+            |t: &[Tensor]| t[0].broadcast_add(&t[1].to_dtype(t[0].dtype())?.reshape((1, c, 1, 1))?);
+        compare(
+            &format!("channel bias {name}"),
+            &inputs,
+            &fused,
+            &reference,
+            &[true, false],
         );
     }
 }

@@ -14,12 +14,25 @@ __device__ __forceinline__ float load(const bf16* p, size_t i) { return __bfloat
 __device__ __forceinline__ void store(float* p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void store(bf16* p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 constexpr float SQRT1_2 = 0.70710678118654752f;
 constexpr float INV_SQRT_2PI = 0.39894228040143268f;
 
 __device__ __forceinline__ float gelu(float u) { return 0.5f * u * (1.f + erff(u * SQRT1_2)); }
 __device__ __forceinline__ float gelu_grad(float u) {
     return 0.5f * (1.f + erff(u * SQRT1_2)) + u * INV_SQRT_2PI * __expf(-0.5f * u * u);
+}
+
+// y = x + b[channel] for x [B, N, H, W] (a convolution's bias), inner = H·W
+template <typename T>
+__device__ void bias_channel_fwd(const T* x, const float* b, T* y, size_t n, int N, int inner) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        store(y, i, load(x, i) + b[(i / inner) % N]);
 }
 
 // y = act(x + b[column]); act 1 = exact GELU
@@ -45,6 +58,23 @@ __device__ void bias_gelu_bwd(const T* x, const float* b, const T* dy, T* dx, si
         store(dx, i, load(dy, i) * gelu_grad(load(x, i) + b[i % N]));
 }
 
+// out[r] = Σ_c g[r, c], a block per row (a convolution bias's gradient: rows are the (b, c) planes)
+template <typename T>
+__device__ void row_sum(const T* g, float* out, int cols) {
+    __shared__ float part[32];
+    const size_t at = (size_t)blockIdx.x * cols;
+    float acc = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) acc += load(g, at + c);
+    acc = warp_sum(acc);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        acc = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
+        acc = warp_sum(acc);
+        if (threadIdx.x == 0) out[blockIdx.x] = acc;
+    }
+}
+
 // out[c] += Σ over this block's rows of g[r, c] (a thread per column, coalesced along the row;
 // out zeroed by the caller, blocks along y take `chunk` rows each)
 template <typename T>
@@ -55,12 +85,6 @@ __device__ void column_sum(const T* g, float* out, int rows, int N, int chunk) {
     float acc = 0.f;
     for (int r = r0; r < r1; ++r) acc += load(g, (size_t)r * N + c);
     atomicAdd(out + c, acc);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // LayerNorm, a warp per row: stats[r] = mean, stats[rows + r] = 1/σ (two passes for the
@@ -129,6 +153,13 @@ __device__ void ln_bwd_params(const T* x, const T* dy, const float* stats, float
     extern "C" __global__ void bias_act_fwd_##S(const T* x, const float* b, T* y, size_t n, int N,  \
                                                 int act) {                                          \
         bias_act_fwd(x, b, y, n, N, act);                                                           \
+    }                                                                                               \
+    extern "C" __global__ void bias_channel_fwd_##S(const T* x, const float* b, T* y, size_t n,      \
+                                                    int N, int inner) {                             \
+        bias_channel_fwd(x, b, y, n, N, inner);                                                     \
+    }                                                                                               \
+    extern "C" __global__ void row_sum_##S(const T* g, float* out, int cols) {                       \
+        row_sum(g, out, cols);                                                                      \
     }                                                                                               \
     extern "C" __global__ void bias_add_inplace_##S(T* y, const float* b, size_t n, int N) {       \
         bias_add_inplace(y, b, n, N);                                                               \

@@ -1,6 +1,8 @@
-//! A linear layer's bias on CUDA: added in place onto the matmul's output ([`linear`]), or with
-//! the exact GELU after it ([`bias_act`]), forward and backward, over the row kernels
-//! ([`super::rows`]).
+//! A layer's bias on CUDA, forward and backward, over the row kernels ([`super::rows`]): a
+//! linear layer's added in place onto the matmul's output ([`linear`]) or with the exact GELU
+//! after it ([`bias_act`]), and a convolution's per channel ([`channel_bias`]; candle's
+//! broadcasting add takes ~9 ms over a `[64, 128, 256, 256]` bf16 output, where one pass over
+//! it takes under 1 ms).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
@@ -21,11 +23,30 @@ pub fn bias_act(x: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
         candle_core::bail!("bias {:?} does not fit {:?}", b.dims(), x.dims());
     }
     x.contiguous()?
-        .apply_op2(&b.to_dtype(DType::F32)?, BiasAct { gelu })
+        .apply_op2(&b.to_dtype(DType::F32)?, BiasAct { gelu, inner: 1 })
 }
 
+/// `x + b` per channel for `x` `[B, C, H, W]` (f32 or bf16, on CUDA) and `b` `[C]` (cast to
+/// f32): a convolution's bias. The result has `x`'s dtype and shape.
+pub fn channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    if b.dims() != [c] {
+        candle_core::bail!("bias {:?} does not fit {:?}", b.dims(), x.dims());
+    }
+    x.contiguous()?.apply_op2(
+        &b.to_dtype(DType::F32)?,
+        BiasAct {
+            gelu: false,
+            inner: h * w,
+        },
+    )
+}
+
+/// `act(x + b)` with the bias indexed by `(i / inner) % N`: the last dimension (`inner` 1) or a
+/// convolution's channels (`inner` H·W). GELU only over the last dimension.
 struct BiasAct {
     gelu: bool,
+    inner: usize,
 }
 
 /// `dy · GELU'(x + b)`.
@@ -33,6 +54,11 @@ struct BiasGeluBackward;
 
 /// The sum over rows of a `[rows, N]` tensor, f32 `[N]`.
 struct ColumnSum;
+
+/// The sums of each row of `cols` elements of a contiguous tensor, f32 `[rows]`.
+struct RowSum {
+    cols: usize,
+}
 
 impl CustomOp2 for BiasAct {
     fn name(&self) -> &'static str {
@@ -53,16 +79,25 @@ impl CustomOp2 for BiasAct {
         let cols = bl.shape().elem_count();
         let bias = view::<f32>(b, bl, "the bias")?;
         let act = self.gelu as i32;
-        let cols_i = cols as i32;
+        let (cols_i, inner) = (cols as i32, self.inner as i32);
         let slice = by_dtype!(x.dtype(), T => {
             let xv = view::<T>(x, xl, "x")?;
             // SAFETY: the kernel writes every element.
             let y = unsafe { dev.alloc::<T>(n)? };
-            let func = function(&dev, &format!("bias_act_fwd_{}", T::SUFFIX))?;
             let stream = dev.cuda_stream();
-            let mut a = stream.launch_builder(&func);
-            a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&act);
-            // SAFETY: the arguments of bias_act_fwd_* in rows.cu.
+            let func;
+            let mut a = if self.inner == 1 {
+                func = function(&dev, &format!("bias_act_fwd_{}", T::SUFFIX))?;
+                let mut a = stream.launch_builder(&func);
+                a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&act);
+                a
+            } else {
+                func = function(&dev, &format!("bias_channel_fwd_{}", T::SUFFIX))?;
+                let mut a = stream.launch_builder(&func);
+                a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&inner);
+                a
+            };
+            // SAFETY: the arguments of bias_act_fwd_* / bias_channel_fwd_* in rows.cu.
             unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
             T::wrap(y)
         });
@@ -83,7 +118,14 @@ impl CustomOp2 for BiasAct {
         } else {
             grad
         };
-        let db = dx.apply_op1_no_bwd(&ColumnSum)?;
+        let db = if self.inner == 1 {
+            dx.apply_op1_no_bwd(&ColumnSum)?
+        } else {
+            // per (b, c) plane, then over the batch
+            let c = b.elem_count();
+            let planes = dx.apply_op1_no_bwd(&RowSum { cols: self.inner })?;
+            planes.reshape((planes.elem_count() / c, c))?.sum(0)?
+        };
         Ok((x.track_op().then_some(dx), Some(db)))
     }
 }
@@ -150,6 +192,33 @@ impl CustomOp1 for ColumnSum {
             unsafe { a.launch(launch_cfg(grid, BLOCK)) }.w()?;
         });
         Ok((storage(CudaStorageSlice::F32(out), &dev), Shape::from(cols)))
+    }
+}
+
+impl CustomOp1 for RowSum {
+    fn name(&self) -> &'static str {
+        "movq-row-sum"
+    }
+
+    cuda_only!(1, "the fused row kernels");
+
+    fn cuda_fwd(&self, g: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = g.device().clone();
+        let cols = self.cols.max(1);
+        let rows = gl.shape().elem_count() / cols;
+        // SAFETY: the kernel writes every row's sum.
+        let out = unsafe { dev.alloc::<f32>(rows)? };
+        let cols_i = cols as i32;
+        by_dtype!(g.dtype(), T => {
+            let gv = view::<T>(g, gl, "the gradient")?;
+            let func = function(&dev, &format!("row_sum_{}", T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let mut a = stream.launch_builder(&func);
+            a.arg(&gv).arg(&out).arg(&cols_i);
+            // SAFETY: the arguments of row_sum_* (a block per row, at most 32 warps).
+            unsafe { a.launch(launch_cfg((rows.max(1), 1), BLOCK)) }.w()?;
+        });
+        Ok((storage(CudaStorageSlice::F32(out), &dev), Shape::from(rows)))
     }
 }
 

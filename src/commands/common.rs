@@ -303,18 +303,23 @@ pub fn compute_dtype(common: &Common, train: &TrainConfig, device: &Device) -> D
 }
 
 /// The step to start from: the latest checkpoint's (restored into `stage`) when resuming, else 0.
-/// Errors when the run is already at `total` steps.
+/// Errors when the run is already at `total` steps. Only the rank that writes the run (`lead`,
+/// rank 0) cuts the log back to the checkpoint and says so: ranks are threads of one process,
+/// and two of them rewriting `metrics.jsonl` at once collide.
 pub fn starting_step<S: Stage>(
     stage: &mut S,
     run: &RunDir,
     resume: bool,
     total: usize,
+    lead: bool,
 ) -> Result<usize> {
     let start = match run.latest()? {
         Some(ckpt) if resume => {
             stage.load_checkpoint(&ckpt)?;
-            run.truncate_log_after(ckpt.step)?;
-            eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
+            if lead {
+                run.truncate_log_after(ckpt.step)?;
+                eprintln!("resuming {} from step {}", run.root().display(), ckpt.step);
+            }
             ckpt.step
         }
         _ => 0,

@@ -175,7 +175,13 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         };
         let mut stage =
             TransformerStage::new(tcfg, layout, cfg.seed, dev, val)?.with_shard(shard.clone());
-        let start = starting_step(&mut stage, &run, a.train.resume, tcfg.train.steps)?;
+        let start = starting_step(
+            &mut stage,
+            &run,
+            a.train.resume,
+            tcfg.train.steps,
+            shard.is_main(),
+        )?;
         if shard.is_main() {
             eprintln!(
                 "train-transformer: {} parameters, {} tokens per image ({}×{}×{}), {} training / {} validation sequences, {}, {}, steps {}..{}",

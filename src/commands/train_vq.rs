@@ -129,7 +129,13 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         };
         let mut stage =
             VqStage::new(&cfg, cfg.seed, dev, val, perceptual)?.with_shard(shard.clone());
-        let start = starting_step(&mut stage, &run, a.train.resume, cfg.train.steps)?;
+        let start = starting_step(
+            &mut stage,
+            &run,
+            a.train.resume,
+            cfg.train.steps,
+            shard.is_main(),
+        )?;
         if shard.is_main() {
             eprintln!(
                 "train-vq: {} parameters, {} training / {} validation images{}, {} classes, {}, steps {}..{}",

@@ -669,7 +669,15 @@ fn a_run_on_two_ranks_resumes_exactly() {
         s(&b),
         "--resume",
     ];
-    movq(&[&args[..], &["--ranks", "2", "--device", "cpu"]].concat()).ok();
+    let resumed = movq(&[&args[..], &["--ranks", "2", "--device", "cpu"]].concat());
+    resumed.ok();
+    // rank 0 alone cuts the log back and says so (two ranks rewriting metrics.jsonl collide)
+    assert_eq!(
+        resumed.stderr.matches("resuming").count(),
+        1,
+        "{}",
+        resumed.stderr
+    );
     let run_a = RunDir::open(&a).unwrap();
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     assert!(read(&run_a.checkpoint(4).model) == read(&run_b.checkpoint(4).model));

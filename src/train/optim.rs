@@ -114,24 +114,24 @@ impl Adam {
         let (b1, b2) = self.betas;
         let bias1 = 1.0 - b1.powi(self.t as i32);
         let bias2 = 1.0 - b2.powi(self.t as i32);
+        // the same scalars for every tensor: one kernel per tensor on the GPU, the moments
+        // updated in place
+        let fused = crate::gpu::AdamStep {
+            lr: lr as f32,
+            betas: (b1 as f32, b2 as f32),
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            decoupled: self.kind == OptimizerKind::AdamW,
+            bias: (bias1 as f32, bias2 as f32),
+            grad_scale: clip.min(1.0) as f32,
+        };
         for (i, g) in grads.0.iter().enumerate() {
             let Some(g) = g else { continue };
             let var = &self.params[i].1;
-            // one kernel per tensor on the GPU, the moments updated in place
-            let fused = crate::gpu::AdamStep {
-                lr: lr as f32,
-                betas: (b1 as f32, b2 as f32),
-                eps: self.eps as f32,
-                weight_decay: self.weight_decay as f32,
-                decoupled: self.kind == OptimizerKind::AdamW,
-                bias: (bias1 as f32, bias2 as f32),
-                grad_scale: clip.min(1.0) as f32,
-            };
             if crate::gpu::fused_adam_step(var.as_tensor(), &self.m[i], &self.v[i], g, fused)? {
                 continue;
             }
-            let g = if clip < 1.0 { (g * clip)? } else { g.clone() };
-            let mut g = g;
+            let mut g = if clip < 1.0 { (g * clip)? } else { g.clone() };
             let mut theta = var.as_tensor().clone();
             match self.kind {
                 OptimizerKind::Adam if self.weight_decay > 0.0 => {

@@ -38,15 +38,18 @@ fn shared_bytes(d: usize) -> (usize, usize) {
     let ds = TILE * (TILE + 8) * 2;
     (3 * tile, 4 * tile + ds + 2 * TILE * 4)
 }
-
 /// Whether [`attention`] takes `qkv` `[B, T, 3·heads·Dh]` with `heads` heads: bf16, a compiled
 /// head width, at most 65,535 (batch, head) pairs, a token at least.
 pub fn supported(qkv: &Tensor, heads: usize) -> bool {
     let Ok((b, t, w)) = qkv.dims3() else {
         return false;
     };
-    qkv.dtype() == DType::BF16
-        && heads > 0
+    qkv.dtype() == DType::BF16 && supported_dims(b, t, w, heads)
+}
+
+/// Whether [`attention`] takes a bf16 `qkv` of dims `[b, t, w]` with `heads` heads.
+pub fn supported_dims(b: usize, t: usize, w: usize, heads: usize) -> bool {
+    heads > 0
         && t > 0
         && w.is_multiple_of(3 * heads)
         && HEAD_DIMS.contains(&(w / (3 * heads)))
@@ -56,6 +59,56 @@ pub fn supported(qkv: &Tensor, heads: usize) -> bool {
 /// Softmax(Q Kᵀ/√Dh) V per head for `qkv` `[B, T, 3, H, Dh]` packed as `[B, T, 3·H·Dh]` (bf16,
 /// see [`supported`]) → `[B, T, H·Dh]` bf16, differentiable with respect to `qkv`.
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    check(qkv, heads)?;
+    aligned(qkv)?.apply_op1(Forward {
+        heads,
+        lse: Arc::new(Mutex::new(None)),
+    })
+}
+
+/// The forward pass's per-row log-sum-exp of the scores, which the backward pass takes.
+#[derive(Clone)]
+pub struct Lse(Arc<CudaSlice<f32>>);
+
+/// [`attention`] for a caller that runs the backward pass itself ([`attention_backward`]): the
+/// output (with no graph behind it) and the statistics the backward pass needs.
+pub fn attention_saving(qkv: &Tensor, heads: usize) -> Result<(Tensor, Lse)> {
+    check(qkv, heads)?;
+    let lse = Arc::new(Mutex::new(None));
+    let out = aligned(&qkv.detach())?.apply_op1_no_bwd(&Forward {
+        heads,
+        lse: lse.clone(),
+    })?;
+    let lse = lse.lock().expect("the lse lock is never poisoned").clone();
+    match lse {
+        Some(lse) => Ok((out, Lse(lse))),
+        None => candle_core::bail!("fused attention: the forward pass kept no statistics"),
+    }
+}
+
+/// The gradient of `qkv` from the output's gradient `dout`, given the forward pass's input,
+/// output and statistics ([`attention_saving`]).
+pub fn attention_backward(
+    qkv: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+    heads: usize,
+    lse: &Lse,
+) -> Result<Tensor> {
+    let dims = Dims::of(qkv.layout(), heads)?;
+    let grad = aligned(&dout.to_dtype(DType::BF16)?)?;
+    qkv.detach().apply_op3_no_bwd(
+        &out.detach(),
+        &grad,
+        &Backward {
+            dims,
+            lse: lse.0.clone(),
+        },
+    )
+}
+
+/// An error unless [`supported`].
+fn check(qkv: &Tensor, heads: usize) -> Result<()> {
     if !supported(qkv, heads) {
         candle_core::bail!(
             "fused attention: qkv {:?} {:?} with {heads} heads is not supported (bf16, head width \
@@ -64,10 +117,7 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
             qkv.dtype()
         );
     }
-    aligned(qkv)?.apply_op1(Forward {
-        heads,
-        lse: Mutex::new(None),
-    })
+    Ok(())
 }
 
 /// `t` contiguous from an offset of a multiple of 8 elements (the kernels' 16-byte loads).
@@ -118,7 +168,7 @@ impl Dims {
 struct Forward {
     heads: usize,
     /// The forward pass's log-sum-exp per row, for the backward pass.
-    lse: Mutex<Option<Arc<CudaSlice<f32>>>>,
+    lse: Arc<Mutex<Option<Arc<CudaSlice<f32>>>>>,
 }
 
 struct Backward {
@@ -202,12 +252,7 @@ impl CustomOp1 for Forward {
         let Some(lse) = lse else {
             candle_core::bail!("fused attention: backward pass without a forward pass on CUDA")
         };
-        let dims = Dims::of(qkv.layout(), self.heads)?;
-        let grad = aligned(&grad.to_dtype(DType::BF16)?)?;
-        let dqkv = qkv
-            .detach()
-            .apply_op3_no_bwd(&out.detach(), &grad, &Backward { dims, lse })?;
-        Ok(Some(dqkv))
+        attention_backward(qkv, out, grad, self.heads, &Lse(lse)).map(Some)
     }
 }
 

@@ -12,7 +12,8 @@ use candle_core::{
 };
 
 use super::rows::{
-    by_dtype, column_grid, elementwise_grid, function, launch_cfg, storage, view, Elem, BLOCK,
+    by_dtype, column_grid, elementwise_grid, function, launch_cfg, plane_grid, storage, view, Elem,
+    BLOCK,
 };
 
 /// `act(x + b)` over the last dimension of `x` (f32 or bf16, on CUDA), `b` `[N]` (cast to f32);
@@ -39,6 +40,21 @@ pub fn channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
             gelu: false,
             inner: h * w,
         },
+    )
+}
+
+/// The sum over the rows of `g` `[rows, N]` (f32 or bf16, on CUDA): a bias's gradient, f32 `[N]`.
+pub fn column_sum(g: &Tensor) -> Result<Tensor> {
+    g.detach().contiguous()?.apply_op1_no_bwd(&ColumnSum)
+}
+
+/// `dy · GELU'(x + b)`: the gradient of [`bias_act`] with `gelu` with respect to `x`, given its
+/// input `x`, bias `b` and the result's gradient `dy` (`x`'s dtype and shape).
+pub fn bias_gelu_backward(x: &Tensor, b: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.detach().contiguous()?.apply_op3_no_bwd(
+        &b.detach().to_dtype(DType::F32)?,
+        &dy.to_dtype(x.dtype())?.contiguous()?,
+        &BiasGeluBackward,
     )
 }
 
@@ -85,20 +101,21 @@ impl CustomOp2 for BiasAct {
             // SAFETY: the kernel writes every element.
             let y = unsafe { dev.alloc::<T>(n)? };
             let stream = dev.cuda_stream();
-            let func;
-            let mut a = if self.inner == 1 {
-                func = function(&dev, &format!("bias_act_fwd_{}", T::SUFFIX))?;
+            if self.inner == 1 {
+                let func = function(&dev, &format!("bias_act_fwd_{}", T::SUFFIX))?;
                 let mut a = stream.launch_builder(&func);
                 a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&act);
-                a
+                // SAFETY: the arguments of bias_act_fwd_* in rows.cu.
+                unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
             } else {
-                func = function(&dev, &format!("bias_channel_fwd_{}", T::SUFFIX))?;
+                let planes = n / self.inner;
+                let func = function(&dev, &format!("bias_channel_fwd_{}", T::SUFFIX))?;
                 let mut a = stream.launch_builder(&func);
-                a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&inner);
-                a
-            };
-            // SAFETY: the arguments of bias_act_fwd_* / bias_channel_fwd_* in rows.cu.
-            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+                let planes_i = planes as i32;
+                a.arg(&xv).arg(&bias).arg(&y).arg(&planes_i).arg(&cols_i).arg(&inner);
+                // SAFETY: the arguments of bias_channel_fwd_* in rows.cu.
+                unsafe { a.launch(launch_cfg(plane_grid(planes, self.inner), BLOCK)) }.w()?;
+            }
             T::wrap(y)
         });
         Ok((storage(slice, &dev), xl.shape().clone()))

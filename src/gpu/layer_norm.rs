@@ -16,6 +16,73 @@ use super::rows::{
 /// LayerNorm over the last dimension of `x` (f32 or bf16, on CUDA) with scale `w` and shift
 /// `b` `[D]` (cast to f32): statistics in f32, the result in `x`'s dtype.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    check(x, w, b)?;
+    let f = |t: &Tensor| t.to_dtype(DType::F32);
+    x.contiguous()?.apply_op3(
+        &f(w)?,
+        &f(b)?,
+        LayerNorm {
+            eps,
+            stats: Arc::new(Mutex::new(None)),
+        },
+    )
+}
+
+/// Each row's mean and 1/σ from a forward pass, which the backward pass takes.
+#[derive(Clone)]
+pub struct Stats(Arc<CudaSlice<f32>>);
+
+/// [`layer_norm`] for a caller that runs the backward pass itself ([`layer_norm_backward`]): the
+/// result (with no graph behind it) and the rows' statistics.
+pub fn layer_norm_saving(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor, Stats)> {
+    check(x, w, b)?;
+    let f = |t: &Tensor| t.detach().to_dtype(DType::F32);
+    let stats = Arc::new(Mutex::new(None));
+    let y = x.detach().contiguous()?.apply_op3_no_bwd(
+        &f(w)?,
+        &f(b)?,
+        &LayerNorm {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    let stats = stats
+        .lock()
+        .expect("the statistics lock is never poisoned")
+        .clone();
+    match stats {
+        Some(stats) => Ok((y, Stats(stats))),
+        None => candle_core::bail!("fused LayerNorm: the forward pass kept no statistics"),
+    }
+}
+
+/// The gradients of LayerNorm's input (when `need_dx`), scale and shift (f32 `[D]` each) from
+/// the result's gradient `grad`, given the forward pass's input, scale and statistics.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    stats: &Stats,
+    grad: &Tensor,
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let grad = grad.to_dtype(x.dtype())?.contiguous()?;
+    let (x, w) = (x.detach(), w.detach().to_dtype(DType::F32)?);
+    let pass = |pass| LnBackward {
+        pass,
+        stats: stats.0.clone(),
+    };
+    let dx = if need_dx {
+        Some(x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input))?)
+    } else {
+        None
+    };
+    let dp = x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?;
+    let d = w.elem_count();
+    Ok((dx, dp.narrow(0, 0, d)?, dp.narrow(0, d, d)?))
+}
+
+/// An error unless `w` and `b` are `[D]` for `x` `[…, D]`.
+fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
     let n = x.dim(D::Minus1)?;
     if w.dims() != [n] || b.dims() != [n] {
         candle_core::bail!(
@@ -25,21 +92,13 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
             x.dims()
         );
     }
-    let f = |t: &Tensor| t.to_dtype(DType::F32);
-    x.contiguous()?.apply_op3(
-        &f(w)?,
-        &f(b)?,
-        LayerNorm {
-            eps,
-            stats: Mutex::new(None),
-        },
-    )
+    Ok(())
 }
 
 struct LayerNorm {
     eps: f32,
     /// Each row's mean and 1/σ from the forward pass, for the backward pass.
-    stats: Mutex<Option<Arc<CudaSlice<f32>>>>,
+    stats: Arc<Mutex<Option<Arc<CudaSlice<f32>>>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -117,21 +176,8 @@ impl CustomOp3 for LayerNorm {
         let Some(stats) = stats else {
             candle_core::bail!("fused LayerNorm: backward pass without a forward pass on CUDA")
         };
-        let grad = grad.to_dtype(x.dtype())?.contiguous()?;
-        let need_dx = x.track_op();
-        let (x, w) = (x.detach(), w.detach());
-        let pass = |pass| LnBackward {
-            pass,
-            stats: stats.clone(),
-        };
-        let dx = if need_dx {
-            Some(x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input))?)
-        } else {
-            None
-        };
-        let dp = x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?;
-        let d = w.elem_count();
-        Ok((dx, Some(dp.narrow(0, 0, d)?), Some(dp.narrow(0, d, d)?)))
+        let (dx, dw, db) = layer_norm_backward(x, w, &Stats(stats), grad, x.track_op())?;
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

@@ -50,8 +50,12 @@ pub mod adam;
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod bias;
+#[cfg(feature = "cuda")]
+pub mod block;
 #[cfg(feature = "cudnn")]
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod group_norm;
 #[cfg(feature = "cuda")]
@@ -143,6 +147,40 @@ pub fn fused_bias_act(
     Ok(None)
 }
 
+/// `x + b` over the channels of a `[B, C, H, W]` tensor through one kernel (gradient of `b` by
+/// per-plane sums) when it runs for `x` (f32 or bf16 on a CUDA device, kernels on); `None`
+/// otherwise.
+pub fn fused_channel_bias(
+    x: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device()) && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return bias::channel_bias(x, b).map(Some);
+    }
+    let _ = (x, b);
+    Ok(None)
+}
+
+/// `table[ids]` (`table` `[V, D]` f32, `ids` `[N]` u32) with an atomic scatter-add backward pass
+/// when it runs for `table` (on a CUDA device, kernels on); `None` otherwise.
+pub fn fused_gather_rows(
+    table: &candle_core::Tensor,
+    ids: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(table.device())
+        && table.dtype() == DType::F32
+        && table.rank() == 2
+        && ids.dtype() == DType::U32
+        && ids.rank() == 1
+    {
+        return embedding::gather_rows(table, ids).map(Some);
+    }
+    let _ = (table, ids);
+    Ok(None)
+}
+
 /// LayerNorm over the last dimension through the fused kernel when it runs for `x` (f32 or
 /// bf16 on a CUDA device, kernels on); `None` otherwise.
 pub fn fused_layer_norm(
@@ -156,6 +194,41 @@ pub fn fused_layer_norm(
         return layer_norm::layer_norm(x, w, b, eps).map(Some);
     }
     let _ = (x, w, b, eps);
+    Ok(None)
+}
+
+/// The parameters of a pre-LayerNorm transformer block (f32 master copies; weights `[out, in]`):
+/// LayerNorms as (scale, shift), linear layers as (weight, bias).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockWeights<'a> {
+    pub ln1: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    pub qkv: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    pub proj: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    pub ln2: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    pub fc1: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    pub fc2: (&'a candle_core::Tensor, &'a candle_core::Tensor),
+    /// LayerNorm's ε.
+    pub eps: f32,
+    pub heads: usize,
+}
+
+/// The transformer block `x + attn(ln1(x))`, then `+ mlp(ln2(·))`, as one graph node with its
+/// own backward pass (parameter gradients to `grads`) when it runs for `x` (`[B, T, D]` bf16 on
+/// a CUDA device, kernels on, a head width the fused attention takes) and a backward pass can
+/// reach the parameters; `None` otherwise. See [`block::block`].
+pub fn fused_block(
+    x: &candle_core::Tensor,
+    w: &BlockWeights,
+    grads: &crate::nn::side_grads::SideGrads,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device()) && x.dtype() == DType::BF16 && x.rank() == 3 && w.ln1.0.track_op() {
+        let (b, t, d) = x.dims3()?;
+        if attention::supported_dims(b, t, 3 * d, w.heads) {
+            return block::block(x, w, grads).map(Some);
+        }
+    }
+    let _ = (x, w, grads);
     Ok(None)
 }
 

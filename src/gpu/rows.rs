@@ -117,6 +117,12 @@ pub(super) fn elementwise_grid(n: usize) -> (usize, usize) {
     (n.div_ceil(BLOCK).clamp(1, 1 << 20), 1)
 }
 
+/// Blocks of the per-plane kernels over `planes` planes of `inner` elements: (blocks along a
+/// plane, planes at once).
+pub(super) fn plane_grid(planes: usize, inner: usize) -> (usize, usize) {
+    (inner.div_ceil(BLOCK).clamp(1, 64), planes.clamp(1, 65_535))
+}
+
 /// (column blocks, row chunks) of the column sums, and the rows per chunk.
 pub(super) fn column_grid(rows: usize, cols: usize) -> ((usize, usize), usize) {
     let chunk = CHUNK.max(rows.div_ceil(65_535));

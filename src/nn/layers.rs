@@ -76,12 +76,29 @@ impl Conv2d {
         };
         match &self.bias {
             None => Ok(y),
-            Some(b) => {
-                let n = b.dim(0)?;
-                y.broadcast_add(&b.to_dtype(dt)?.reshape((1, n, 1, 1))?)
-            }
+            Some(b) => match crate::gpu::fused_channel_bias(&y, b)? {
+                Some(y) => Ok(y),
+                None => {
+                    let n = b.dim(0)?;
+                    y.broadcast_add(&b.to_dtype(dt)?.reshape((1, n, 1, 1))?)
+                }
+            },
         }
     }
+}
+
+/// The rows of `table` `[V, D]` at `ids` (u32, any shape) → `ids`' shape + `[D]`: an embedding
+/// lookup, through the gather kernel on the GPU (its gradient by an atomic scatter-add, where
+/// candle's `index_add` walks every id per column).
+pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let flat = ids.flatten_all()?;
+    let rows = match crate::gpu::fused_gather_rows(table, &flat)? {
+        Some(rows) => rows,
+        None => table.index_select(&flat, 0)?,
+    };
+    let mut dims = ids.dims().to_vec();
+    dims.push(table.dim(1)?);
+    rows.reshape(dims)
 }
 
 /// `y = x·Wᵀ + b` over the last dimension, computed in its input's dtype.
@@ -94,6 +111,16 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }
 
@@ -266,6 +293,11 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f32) -> Self {
         Self { weight, bias, eps }
+    }
+
+    /// The scale, the shift (`[D]` each) and ε.
+    pub fn parts(&self) -> (&Tensor, &Tensor, f32) {
+        (&self.weight, &self.bias, self.eps)
     }
 }
 

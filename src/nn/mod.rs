@@ -9,6 +9,7 @@ pub mod precision;
 pub mod resample;
 pub mod resnet;
 pub mod safetensors_io;
+pub mod side_grads;
 pub mod softmax;
 pub mod spatial_norm;
 pub mod standardize;

@@ -34,7 +34,12 @@ impl Grads {
             .0
             .iter()
             .flatten()
-            .map(|g| g.sqr()?.sum_all())
+            // over the last dimension first: a sum over all elements at once runs as one
+            // block on CUDA (~60 µs for a 768 × 2304 weight), a row sum as one block per row
+            .map(|g| match g.rank() {
+                0 | 1 => g.sqr()?.sum_all(),
+                _ => g.sqr()?.sum(candle_core::D::Minus1)?.sum_all(),
+            })
             .collect::<Result<Vec<_>>>()?;
         if squares.is_empty() {
             return Ok(0.0);

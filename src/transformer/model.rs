@@ -1,10 +1,12 @@
 //! The bidirectional (non-causal) masked transformer over multichannel tokens.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::config::TransformerConfig;
-use crate::nn::layers::{LayerNorm, Linear};
+use crate::nn::layers::{embed, LayerNorm, Linear};
+use crate::nn::side_grads::SideGrads;
 use crate::nn::softmax::softmax_last_dim;
 use crate::transformer::tokens::TokenLayout;
 
@@ -23,16 +25,16 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(w, Some(b)))
 }
 
-fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
-    let w = vb.get_with_hints(
+/// An embedding table `[n, dim]` (looked up with [`embed`]).
+fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Tensor> {
+    vb.get_with_hints(
         (n, dim),
         "weight",
         Init::Randn {
             mean: 0.0,
             stdev: INIT_STD,
         },
-    )?;
-    Ok(Embedding::new(w, dim))
+    )
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
@@ -109,7 +111,33 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The parameters as the fused GPU block takes them (every linear layer here has a bias).
+    fn weights(&self) -> Option<crate::gpu::BlockWeights<'_>> {
+        fn lin(l: &Linear) -> Option<(&Tensor, &Tensor)> {
+            l.bias().map(|b| (l.weight(), b))
+        }
+        let (ln1w, ln1b, eps) = self.ln1.parts();
+        let (ln2w, ln2b, _) = self.ln2.parts();
+        Some(crate::gpu::BlockWeights {
+            ln1: (ln1w, ln1b),
+            qkv: lin(&self.attn.qkv)?,
+            proj: lin(&self.attn.proj)?,
+            ln2: (ln2w, ln2b),
+            fc1: lin(&self.fc1)?,
+            fc2: lin(&self.fc2)?,
+            eps,
+            heads: self.attn.heads,
+        })
+    }
+
+    /// The block; while training on the GPU in bf16, one graph node with its own backward pass
+    /// (its parameters' gradients go to `side`).
+    fn forward(&self, x: &Tensor, side: &SideGrads) -> Result<Tensor> {
+        if let Some(w) = self.weights() {
+            if let Some(y) = crate::gpu::fused_block(x, &w, side)? {
+                return Ok(y);
+            }
+        }
         let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
         let h = self.fc1.forward_gelu(&self.ln2.forward(&x)?)?;
         x + self.fc2.forward(&h)?
@@ -118,8 +146,8 @@ impl Block {
 
 #[derive(Debug, Clone)]
 pub struct MaskTransformer {
-    tok_emb: Embedding,
-    cond_emb: Embedding,
+    tok_emb: Tensor,
+    cond_emb: Tensor,
     /// Learned embedding per spatial position `[h·w, D]`, per channel `[c, D]`, and for the
     /// conditioning slot `[1, D]`.
     pos_emb: Tensor,
@@ -134,6 +162,8 @@ pub struct MaskTransformer {
     layout: TokenLayout,
     /// Compute dtype of the blocks (f32, or bf16 for mixed precision).
     dtype: DType,
+    /// Gradients of the blocks' parameters from fused blocks' own backward passes.
+    side: SideGrads,
 }
 
 impl MaskTransformer {
@@ -162,6 +192,7 @@ impl MaskTransformer {
             head: linear(d, layout.codebook_size, vb.pp("head"))?,
             layout,
             dtype: DType::F32,
+            side: SideGrads::new(),
         })
     }
 
@@ -188,20 +219,25 @@ impl MaskTransformer {
                 self.layout.seq_len()
             );
         }
-        let pos = (self.pos_emb.index_select(&self.seq_pos, 0)?
-            + self.chan_emb.index_select(&self.seq_chan, 0)?)?; // [L, D]
-        let x = self.tok_emb.forward(tokens)?.broadcast_add(&pos)?; // [B, L, D]
-        let c = self
-            .cond_emb
-            .forward(cond)?
+        let pos = (embed(&self.pos_emb, &self.seq_pos)? + embed(&self.chan_emb, &self.seq_chan)?)?; // [L, D]
+        let x = embed(&self.tok_emb, tokens)?.broadcast_add(&pos)?; // [B, L, D]
+        let c = embed(&self.cond_emb, cond)?
             .broadcast_add(&self.cond_pos)?
             .unsqueeze(1)?; // [B, 1, D]
         let mut h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
         for block in &self.blocks {
-            h = block.forward(&h)?;
+            h = block.forward(&h, &self.side)?;
         }
         let h = self.ln_f.forward(&h.narrow(1, 1, l)?)?;
         self.head.forward(&h)?.to_dtype(DType::F32)
+    }
+
+    /// The gradients of `loss` (a function of this model's output) for every parameter: candle's
+    /// backward pass, plus the gradients the fused blocks computed beside it.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        self.side.drain_into(&mut grads)?;
+        Ok(grads)
     }
 
     /// Logits with classifier-free guidance: `(1+s)·cond − s·uncond` (plain conditional logits

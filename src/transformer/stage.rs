@@ -163,7 +163,7 @@ impl Stage for TransformerStage {
             let g = self.opt.grads(&crate::profile::scope(
                 || "backward".into(),
                 &self.device,
-                || loss.backward(),
+                || self.model.backward(&loss),
             )?);
             grads = Some(match grads {
                 None => g,

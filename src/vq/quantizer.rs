@@ -126,7 +126,7 @@ impl Quantizer {
             z.device(),
             || Self::nearest(&zf.detach(), &codebook.detach()),
         )?;
-        let zq = codebook.index_select(&indices, 0)?; // [N, d]
+        let zq = crate::nn::layers::embed(&codebook, &indices)?; // [N, d]
         let commitment = (&zf - zq.detach())?.sqr()?.mean_all()?;
         let loss = match self.ema {
             Some(_) => (commitment * self.cfg.beta)?,

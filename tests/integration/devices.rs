@@ -461,7 +461,9 @@ mod cuda_against_cpu {
             let cond = Tensor::new(&[0u32, 3], dev).unwrap();
             let y = model.forward(&tokens, &cond).unwrap();
             let r = randn(y.dims(), 2, dev);
-            let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = model
+                .backward(&(&y * r).unwrap().sum_all().unwrap())
+                .unwrap();
             let gw: Vec<(String, Tensor)> = store
                 .trainable()
                 .into_iter()

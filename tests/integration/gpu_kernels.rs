@@ -305,6 +305,31 @@ fn fused_channel_bias_matches_composed_ops() {
     }
 }
 
+/// The embedding gather against `index_select`: rows, and the table's gradient (ids repeat, as
+/// tokens do, so the scatter's atomic adds meet on one row); an id past the table reads zeros.
+#[test]
+fn fused_gather_rows_matches_index_select() {
+    let dev = cuda_device();
+    let table = randn(&[50, 24], 51, &dev);
+    let ids: Vec<u32> = (0..700u32).map(|i| (i * 37 + i / 5) % 50).collect();
+    let ids = Tensor::new(ids.as_slice(), &dev).unwrap();
+    let (y0, g0) = value_and_grads(std::slice::from_ref(&table), DType::F32, &|t| {
+        t[0].index_select(&ids, 0)
+    });
+    let (y1, g1) = value_and_grads(std::slice::from_ref(&table), DType::F32, &|t| {
+        movq::gpu::embedding::gather_rows(&t[0], &ids)
+    });
+    assert_eq!(y1.dims(), [700, 24]);
+    let (e, eg) = (rel_err(&y1, &y0), rel_err(&g1[0], &g0[0]));
+    assert!(e == 0.0, "gathered rows differ: {e}");
+    assert!(eg < 1e-5, "table gradient: relative error {eg}");
+    let past = Tensor::new(&[3u32, 50, 7], &dev).unwrap();
+    let rows = movq::gpu::embedding::gather_rows(&table, &past).unwrap();
+    let zeros = rows.get(1).unwrap().abs().unwrap().sum_all().unwrap();
+    assert_eq!(zeros.to_scalar::<f32>().unwrap(), 0.0);
+    println!("gather rows: equal to index_select, table gradient {eg:.1e}");
+}
+
 #[test]
 fn fused_layer_norm_matches_composed_ops() {
     let dev = cuda_device();
@@ -478,8 +503,113 @@ fn fused_attention_refuses_what_it_does_not_take() {
     assert!(movq::gpu::fused_attention(&odd, 1).unwrap().is_none());
 }
 
-/// A transformer with 64-wide heads in bf16 (fused attention) against the same weights in f32
-/// (composed ops): logits close, every weight's gradient pointing the same way.
+/// The fused transformer block (one graph node, its own backward pass) against the same block
+/// composed of layers over the same kernels, in bf16: output, and the gradients of the input and
+/// of all twelve parameters (those through the side list).
+#[test]
+fn fused_block_matches_composed_layers() {
+    use candle_core::Module;
+    use movq::nn::layers::{LayerNorm, Linear};
+    use movq::nn::side_grads::SideGrads;
+    let dev = cuda_device();
+    let (b, t, d, m, heads) = (2, 77, 128, 256, 2);
+    let var = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
+        Var::from_tensor(&randn(shape, seed, &dev).affine(scale, shift).unwrap()).unwrap()
+    };
+    let params = [
+        var(&[d], 60, 0.1, 1.0),
+        var(&[d], 61, 0.1, 0.0),
+        var(&[3 * d, d], 62, 0.05, 0.0),
+        var(&[3 * d], 63, 0.1, 0.0),
+        var(&[d, d], 64, 0.05, 0.0),
+        var(&[d], 65, 0.1, 0.0),
+        var(&[d], 66, 0.1, 1.0),
+        var(&[d], 67, 0.1, 0.0),
+        var(&[m, d], 68, 0.05, 0.0),
+        var(&[m], 69, 0.1, 0.0),
+        var(&[d, m], 70, 0.05, 0.0),
+        var(&[d], 71, 0.1, 0.0),
+    ];
+    let p: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
+    let w = movq::gpu::BlockWeights {
+        ln1: (&p[0], &p[1]),
+        qkv: (&p[2], &p[3]),
+        proj: (&p[4], &p[5]),
+        ln2: (&p[6], &p[7]),
+        fc1: (&p[8], &p[9]),
+        fc2: (&p[10], &p[11]),
+        eps: 1e-5,
+        heads,
+    };
+    let x = Var::from_tensor(&randn(&[b, t, d], 72, &dev).to_dtype(DType::BF16).unwrap()).unwrap();
+    let r = randn(&[b, t, d], 73, &dev);
+    let grads_of = |y: &Tensor, side: Option<&SideGrads>| {
+        let loss = (y.to_dtype(DType::F32).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let mut store = loss.backward().unwrap();
+        if let Some(side) = side {
+            side.drain_into(&mut store).unwrap();
+        }
+        let mut gs = vec![store
+            .get(x.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()];
+        gs.extend(p.iter().map(|q| {
+            store
+                .get(q)
+                .expect("a gradient for every parameter")
+                .clone()
+        }));
+        gs
+    };
+    let side = SideGrads::new();
+    let fused = movq::gpu::fused_block(x.as_tensor(), &w, &side)
+        .unwrap()
+        .expect("the fused block runs");
+    let g1 = grads_of(&fused, Some(&side));
+    // the same block from the layers the composed model uses
+    let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
+    let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
+    let xs = x.as_tensor();
+    let qkv = lin(2).forward(&ln(0).forward(xs).unwrap()).unwrap();
+    let a = movq::gpu::attention::attention(&qkv, heads).unwrap();
+    let x2 = (xs + lin(4).forward(&a).unwrap()).unwrap();
+    let h = lin(8).forward_gelu(&ln(6).forward(&x2).unwrap()).unwrap();
+    let composed = (&x2 + lin(10).forward(&h).unwrap()).unwrap();
+    let g0 = grads_of(&composed, None);
+    let e = rel_err(
+        &fused.to_dtype(DType::F32).unwrap(),
+        &composed.to_dtype(DType::F32).unwrap(),
+    );
+    assert!(e < 1e-3, "block output: relative error {e}");
+    let names = [
+        "x", "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b", "ln2.w", "ln2.b", "fc1.w",
+        "fc1.b", "fc2.w", "fc2.b",
+    ];
+    let mut worst = 0f64;
+    for (name, (a, b)) in names.iter().zip(g1.iter().zip(&g0)) {
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        let e = rel_err(a, b);
+        assert!(e < 2e-2, "gradient of {name}: relative error {e}");
+        worst = worst.max(e);
+    }
+    // a second backward pass through the same node is refused, not silently wrong
+    let again = (fused.to_dtype(DType::F32).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward();
+    assert!(again.is_err());
+    println!(
+        "fused block vs composed layers (bf16): output {e:.1e}, largest gradient error {worst:.1e}"
+    );
+}
+
+/// A transformer with 64-wide heads in bf16 (fused blocks, so fused attention) against the same
+/// weights in f32 (composed ops): logits close, every weight's gradient pointing the same way.
 #[test]
 fn transformer_with_fused_attention_follows_f32() {
     use movq::config::TransformerConfig;
@@ -508,7 +638,7 @@ fn transformer_with_fused_attention_follows_f32() {
     let run = |m: &MaskTransformer| {
         let y = m.forward(&tokens, &cond).unwrap();
         let r = randn(y.dims(), 2, &dev);
-        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = m.backward(&(&y * r).unwrap().sum_all().unwrap()).unwrap();
         (y, grads)
     };
     let (y32, g32) = run(&model);
@@ -544,7 +674,9 @@ fn transformer_with_fused_attention_follows_f32() {
         assert!(cos > 0.98, "gradient of {name}: cosine {cos}");
         worst = worst.min(cos);
     }
-    println!("transformer bf16 (fused attention) vs f32: logits {e:.2e}, lowest gradient cosine {worst:.5}");
+    println!(
+        "transformer bf16 (fused blocks) vs f32: logits {e:.2e}, lowest gradient cosine {worst:.5}"
+    );
 }
 
 #[cfg(feature = "cudnn")]

@@ -30,9 +30,14 @@ __device__ __forceinline__ float gelu_grad(float u) {
 
 // y = x + b[channel] for x [B, N, H, W] (a convolution's bias), inner = H·W
 template <typename T>
-__device__ void bias_channel_fwd(const T* x, const float* b, T* y, size_t n, int N, int inner) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        store(y, i, load(x, i) + b[(i / inner) % N]);
+__device__ void bias_channel_fwd(const T* x, const float* b, T* y, int planes, int N, int inner) {
+    // blockIdx.y walks the (batch, channel) planes, blockIdx.x the positions inside one
+    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+        const float bias = b[p % N];
+        const size_t at = (size_t)p * inner;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner; i += gridDim.x * blockDim.x)
+            store(y, at + i, load(x, at + i) + bias);
+    }
 }
 
 // y = act(x + b[column]); act 1 = exact GELU
@@ -149,14 +154,30 @@ __device__ void ln_bwd_params(const T* x, const T* dy, const float* stats, float
 
 }  // namespace
 
+// out[i, :] = table[ids[i], :] (rows past the table's `V` rows read zeros), f32 tables
+extern "C" __global__ void gather_rows_f32(const float* table, const uint32_t* ids, float* out, size_t n, int D, int V) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint32_t id = ids[i / D];
+        out[i] = id < (uint32_t)V ? table[(size_t)id * D + i % D] : 0.f;
+    }
+}
+
+// dtable[ids[i], :] += g[i, :], atomically (ids past the table are skipped)
+extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* ids, float* dtable, size_t n, int D, int V) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint32_t id = ids[i / D];
+        if (id < (uint32_t)V) atomicAdd(dtable + (size_t)id * D + i % D, g[i]);
+    }
+}
+
 #define ROWS_ENTRY_POINTS(T, S)                                                                     \
     extern "C" __global__ void bias_act_fwd_##S(const T* x, const float* b, T* y, size_t n, int N,  \
                                                 int act) {                                          \
         bias_act_fwd(x, b, y, n, N, act);                                                           \
     }                                                                                               \
-    extern "C" __global__ void bias_channel_fwd_##S(const T* x, const float* b, T* y, size_t n,      \
+    extern "C" __global__ void bias_channel_fwd_##S(const T* x, const float* b, T* y, int planes,    \
                                                     int N, int inner) {                             \
-        bias_channel_fwd(x, b, y, n, N, inner);                                                     \
+        bias_channel_fwd(x, b, y, planes, N, inner);                                                     \
     }                                                                                               \
     extern "C" __global__ void row_sum_##S(const T* g, float* out, int cols) {                       \
         row_sum(g, out, cols);                                                                      \

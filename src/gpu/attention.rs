@@ -31,13 +31,15 @@ const THREADS: usize = 128;
 const HEAD_DIMS: [usize; 5] = [16, 32, 48, 64, 128];
 
 /// Shared memory of the forward and backward kernels for head width `d` (as `attention.cu`
-/// lays it out: padded bf16 tiles; for the backward pass also the score-gradient tile and a
-/// query tile's statistics).
+/// lays it out: padded bf16 tiles, the streamed ones in two stages — forward, the query tile
+/// and 2 × (key, value); backward, the key and value tiles, 2 × (query, dout), the
+/// score-gradient tile and 2 × a query tile's statistics).
 fn shared_bytes(d: usize) -> (usize, usize) {
     let tile = TILE * (d + 8) * 2;
     let ds = TILE * (TILE + 8) * 2;
-    (3 * tile, 4 * tile + ds + 2 * TILE * 4)
+    (5 * tile, 6 * tile + ds + 4 * TILE * 4)
 }
+
 /// Whether [`attention`] takes `qkv` `[B, T, 3·heads·Dh]` with `heads` heads: bf16, a compiled
 /// head width, at most 65,535 (batch, head) pairs, a token at least.
 pub fn supported(qkv: &Tensor, heads: usize) -> bool {

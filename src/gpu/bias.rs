@@ -12,7 +12,7 @@ use candle_core::{
 };
 
 use super::rows::{
-    by_dtype, column_grid, elementwise_grid, function, launch_cfg, plane_grid, storage, view, Elem,
+    by_dtype, column_grid, column_wise_grid, function, launch_cfg, plane_grid, storage, view, Elem,
     BLOCK,
 };
 
@@ -106,7 +106,7 @@ impl CustomOp2 for BiasAct {
                 let mut a = stream.launch_builder(&func);
                 a.arg(&xv).arg(&bias).arg(&y).arg(&n).arg(&cols_i).arg(&act);
                 // SAFETY: the arguments of bias_act_fwd_* in rows.cu.
-                unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+                unsafe { a.launch(launch_cfg(column_wise_grid(n, cols), BLOCK)) }.w()?;
             } else {
                 let planes = n / self.inner;
                 let func = function(&dev, &format!("bias_channel_fwd_{}", T::SUFFIX))?;
@@ -178,7 +178,7 @@ impl CustomOp3 for BiasGeluBackward {
             let mut a = stream.launch_builder(&func);
             a.arg(&xv).arg(&bias).arg(&gv).arg(&dx).arg(&n).arg(&cols);
             // SAFETY: the arguments of bias_gelu_bwd_*.
-            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+            unsafe { a.launch(launch_cfg(column_wise_grid(n, cols as usize), BLOCK)) }.w()?;
             T::wrap(dx)
         });
         Ok((storage(slice, &dev), xl.shape().clone()))
@@ -294,7 +294,7 @@ impl CustomOp3 for Linear {
             let mut a = stream.launch_builder(&func);
             a.arg(ys).arg(&bias).arg(&n).arg(&out_i);
             // SAFETY: the arguments of bias_add_inplace_* in rows.cu.
-            unsafe { a.launch(launch_cfg(elementwise_grid(n), BLOCK)) }.w()?;
+            unsafe { a.launch(launch_cfg(column_wise_grid(n, out), BLOCK)) }.w()?;
         });
         Ok((y, Shape::from((rows, out))))
     }

@@ -117,6 +117,16 @@ pub(super) fn elementwise_grid(n: usize) -> (usize, usize) {
     (n.div_ceil(BLOCK).clamp(1, 1 << 20), 1)
 }
 
+/// Blocks of the kernels over the columns of a `[rows, cols]` tensor (`over_columns` in
+/// rows.cu): a thread per eight elements when `cols` is a multiple of 8.
+pub(super) fn column_wise_grid(n: usize, cols: usize) -> (usize, usize) {
+    if cols.is_multiple_of(8) {
+        elementwise_grid(n.div_ceil(8))
+    } else {
+        elementwise_grid(n)
+    }
+}
+
 /// Blocks of the per-plane kernels over `planes` planes of `inner` elements: (blocks along a
 /// plane, planes at once).
 pub(super) fn plane_grid(planes: usize, inner: usize) -> (usize, usize) {

@@ -7,7 +7,11 @@
 //
 // Both passes run on mma.sync tensor-core steps with their intermediates in registers (see
 // attention_fwd and attention_bwd). A block has 4 warps: 64 query rows (forward) or 64 key rows
-// (backward), 16 per warp.
+// (backward), 16 per warp. The tiles a block walks through (keys and values forward; queries,
+// dout and their statistics backward) stream in by cp.async in two stages, the next tile's
+// loads in flight during the tensor-core work on this one (at 64 × 1,025 tokens, 16 heads of
+// 48 on the H200: forward 2.25 → 1.19 ms, backward kernel 5.47 → 4.43 ms). The backward pass's
+// dQ goes out by float4 atomics on sm_90 (4.43 → 3.35 ms; float atomics elsewhere).
 
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -45,6 +49,32 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, size_t str
     }
 }
 
+// The same rows through asynchronous copies (cp.async, 16 bytes each, zero-filled past T): the
+// loads of the next tile overlap the tensor-core work on this one. Completion is per commit
+// group (cp_async_commit / cp_async_wait).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int D>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, size_t stride, int t0, int T) {
+    constexpr int LDH = Sizes<D>::LDH;
+    constexpr int VEC = D / 8;
+    for (int i = threadIdx.x; i < TILE * VEC; i += THREADS) {
+        const int row = i / VEC, c = (i % VEC) * 8;
+        const bool in = t0 + row < T;
+        // a row past T reads nothing; its address stays inside the tensor
+        cp_async16(dst + row * LDH + c, src + (size_t)(in ? t0 + row : 0) * stride + c, in);
+    }
+}
+
 // Raw tensor-core steps (sm_80+): ldmatrix loads of 8×8 bf16 tiles from
 // shared memory and mma.m16n8k16 with f32 accumulators held in registers. Fragment layouts
 // (PTX ISA): with g = lane / 4 and c = 2·(lane % 4), a 16×8 accumulator holds (g, c..c+1) and
@@ -78,9 +108,9 @@ __device__ void attention_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ o
                               float* __restrict__ lse, int T, int H, float scale) {
     typedef Sizes<D> S;
     extern __shared__ __align__(128) unsigned char smem[];
+    // the query tile, then two stages of (key tile, value tile)
     bf16* qs = reinterpret_cast<bf16*>(smem);
-    bf16* ks = qs + TILE * S::LDH;
-    bf16* vs = ks + TILE * S::LDH;
+    bf16* kv = qs + TILE * S::LDH;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, c = 2 * (lane & 3);
@@ -89,13 +119,16 @@ __device__ void attention_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ o
     const size_t stride = (size_t)3 * H * D;
     const bf16* base = qkv + (size_t)b * T * stride + (size_t)h * D;
     const float scale2 = scale * LOG2E;
+    auto load_kv = [&](int stage, int k0) {
+        bf16* ks = kv + stage * 2 * TILE * S::LDH;
+        load_tile_async<D>(ks, base + (size_t)H * D, stride, k0, T);
+        load_tile_async<D>(ks + TILE * S::LDH, base + (size_t)2 * H * D, stride, k0, T);
+    };
 
-    load_tile<D>(qs, base, stride, q0, T);
-    __syncthreads();
+    load_tile_async<D>(qs, base, stride, q0, T);
+    load_kv(0, 0);
+    cp_async_commit();
     uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qa[kk], qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::LDH + kk * 16 + (lane >> 4) * 8);
 
     float o[D / 8][4];
 #pragma unroll
@@ -103,11 +136,23 @@ __device__ void attention_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ o
     // rows g and g + 8: running maximum (base 2) and this lane's share of the running sum
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    for (int k0 = 0; k0 < T; k0 += TILE) {
-        __syncthreads();  // the previous key tile is consumed
-        load_tile<D>(ks, base + (size_t)H * D, stride, k0, T);
-        load_tile<D>(vs, base + (size_t)2 * H * D, stride, k0, T);
+    for (int k0 = 0, it = 0; k0 < T; k0 += TILE, ++it) {
+        // the next key tile streams in while this one is used
+        if (k0 + TILE < T) {
+            load_kv((it + 1) & 1, k0 + TILE);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
+        if (it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk)
+                ldsm_x4(qa[kk], qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S::LDH + kk * 16 + (lane >> 4) * 8);
+        }
+        const bf16* ks = kv + (it & 1) * 2 * TILE * S::LDH;
+        const bf16* vs = ks + TILE * S::LDH;
         float s[TILE / 8][4];
 #pragma unroll
         for (int t = 0; t < TILE / 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
@@ -122,11 +167,12 @@ __device__ void attention_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ o
             }
         }
         float mx[2] = {-INFINITY, -INFINITY};
+        const bool full = k0 + TILE <= T;
 #pragma unroll
         for (int t = 0; t < TILE / 8; ++t) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const bool in = k0 + 8 * t + c + (e & 1) < T;
+                const bool in = full || k0 + 8 * t + c + (e & 1) < T;
                 s[t][e] = in ? s[t][e] * scale2 : -INFINITY;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[t][e]);
             }
@@ -170,6 +216,7 @@ __device__ void attention_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ o
                 mma_bf16(o[2 * np + 1], pa, vb[2], vb[3]);
             }
         }
+        __syncthreads();  // this stage is consumed before the next iteration refills it
     }
 
 #pragma unroll
@@ -219,13 +266,13 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
                               float scale) {
     typedef Sizes<D> S;
     extern __shared__ __align__(128) unsigned char smem[];
+    // the block's key and value tiles; two stages of (query tile, dout tile); dSᵀ [key][query];
+    // two stages of the query tile's lse and delta
     bf16* ks = reinterpret_cast<bf16*>(smem);
     bf16* vs = ks + TILE * S::LDH;
-    bf16* qs = vs + TILE * S::LDH;
-    bf16* dos = qs + TILE * S::LDH;
-    bf16* dst = dos + TILE * S::LDH;  // dSᵀ [key][query]
-    float* lse_s = reinterpret_cast<float*>(dst + TILE * S::LDP);
-    float* delta_s = lse_s + TILE;
+    bf16* qdo = vs + TILE * S::LDH;
+    bf16* dst = qdo + 4 * TILE * S::LDH;
+    float* stats = reinterpret_cast<float*>(dst + TILE * S::LDP);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, c = 2 * (lane & 3);
@@ -243,32 +290,51 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
     const int bn_row = (lane & 7) + (lane >> 4) * 8, bn_col = ((lane >> 3) & 1) * 8;
     const int bk_row = a_row, bk_col = a_col;
 
-    load_tile<D>(ks, base + (size_t)H * D, stride, k0, T);
-    load_tile<D>(vs, base + (size_t)2 * H * D, stride, k0, T);
-    __syncthreads();
+    auto load_queries = [&](int stage, int q0) {
+        bf16* qs = qdo + stage * 2 * TILE * S::LDH;
+        load_tile_async<D>(qs, base, stride, q0, T);
+        load_tile_async<D>(qs + TILE * S::LDH, dbase, ostride, q0, T);
+        float* st = stats + stage * 2 * TILE;
+        for (int i = threadIdx.x; i < TILE; i += THREADS) {
+            const bool in = q0 + i < T;
+            const size_t at = (size_t)bh * T + (in ? q0 + i : 0);
+            cp_async4(st + i, lse + at, in);
+            cp_async4(st + TILE + i, delta + at, in);
+        }
+    };
+    load_tile_async<D>(ks, base + (size_t)H * D, stride, k0, T);
+    load_tile_async<D>(vs, base + (size_t)2 * H * D, stride, k0, T);
+    load_queries(0, 0);
+    cp_async_commit();
     uint32_t ka[D / 16][4], va[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        ldsm_x4(ka[kk], ks + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
-        ldsm_x4(va[kk], vs + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
-    }
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
 
-    for (int q0 = 0; q0 < T; q0 += TILE) {
-        __syncthreads();  // the previous query tile and dSᵀ are consumed
-        load_tile<D>(qs, base, stride, q0, T);
-        load_tile<D>(dos, dbase, ostride, q0, T);
-        for (int i = threadIdx.x; i < TILE; i += THREADS) {
-            const bool in = q0 + i < T;
-            // a query past T gets probability 0 everywhere (lse = +∞)
-            lse_s[i] = in ? lse[(size_t)bh * T + q0 + i] * LOG2E : INFINITY;
-            delta_s[i] = in ? delta[(size_t)bh * T + q0 + i] : 0.f;
+    for (int q0 = 0, it = 0; q0 < T; q0 += TILE, ++it) {
+        // the next query tile streams in while this one is used
+        if (q0 + TILE < T) {
+            load_queries((it + 1) & 1, q0 + TILE);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
-        __syncthreads();
+        __syncthreads();  // this stage has landed; the previous dSᵀ is consumed
+        if (it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                ldsm_x4(ka[kk], ks + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
+                ldsm_x4(va[kk], vs + (warp * 16 + a_row) * S::LDH + kk * 16 + a_col);
+            }
+        }
+        const bf16* qs = qdo + (it & 1) * 2 * TILE * S::LDH;
+        const bf16* dos = qs + TILE * S::LDH;
+        const float* lse_s = stats + (it & 1) * 2 * TILE;
+        const float* delta_s = lse_s + TILE;
+        const bool full = q0 + TILE <= T;
         // Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: 16 keys × TILE queries each
         float p[TILE / 8][4], dp[TILE / 8][4];
 #pragma unroll
@@ -294,7 +360,9 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int col = 8 * t + c + (e & 1);
-                p[t][e] = key_in[e >> 1] ? exp2f(p[t][e] * scale2 - lse_s[col]) : 0.f;
+                // a query past T gets probability 0 everywhere
+                const bool in = key_in[e >> 1] && (full || q0 + col < T);
+                p[t][e] = in ? exp2f(p[t][e] * scale2 - lse_s[col] * LOG2E) : 0.f;
                 dp[t][e] = p[t][e] * (dp[t][e] - delta_s[col]);
             }
 #pragma unroll
@@ -342,6 +410,26 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int q = q0 + warp * 16 + g + 8 * i;
+#if __CUDA_ARCH__ >= 900
+            // four columns per atomic: lanes 2j and 2j + 1 of a quad swap halves so that for
+            // each pair of 8-column blocks (2m, 2m + 1) the even lane adds block 2m's columns
+            // 4j'..4j'+3 and the odd lane block 2m + 1's (sm_90's vector atomics)
+            float* dqg = dq + ((size_t)b * T + q) * H * D + (size_t)h * D + 4 * ((lane & 3) >> 1);
+            const bool odd = lane & 1;
+#pragma unroll
+            for (int m = 0; m < D / 16; ++m) {
+                // (selected, not indexed: the accumulators stay in registers)
+                const float e0 = acc[2 * m][2 * i], e1 = acc[2 * m][2 * i + 1];
+                const float o0 = acc[2 * m + 1][2 * i], o1 = acc[2 * m + 1][2 * i + 1];
+                // send the partner the block it writes; receive the half of the block this lane writes
+                const float s0 = __shfl_xor_sync(0xffffffffu, odd ? e0 : o0, 1);
+                const float s1 = __shfl_xor_sync(0xffffffffu, odd ? e1 : o1, 1);
+                const float4 v = odd ? make_float4(s0, s1, o0, o1) : make_float4(e0, e1, s0, s1);
+                if (q < T)
+                    atomicAdd(reinterpret_cast<float4*>(dqg + 8 * (2 * m + odd)),
+                              make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale));
+            }
+#else
             if (q >= T) continue;
             float* dqg = dq + ((size_t)b * T + q) * H * D + (size_t)h * D + c;
 #pragma unroll
@@ -349,6 +437,7 @@ __device__ void attention_bwd(const bf16* __restrict__ qkv, const bf16* __restri
                 atomicAdd(dqg + 8 * n, acc[n][2 * i] * scale);
                 atomicAdd(dqg + 8 * n + 1, acc[n][2 * i + 1] * scale);
             }
+#endif
         }
     }
 

@@ -40,27 +40,106 @@ __device__ void bias_channel_fwd(const T* x, const float* b, T* y, int planes, i
     }
 }
 
+// Eight consecutive values as f32 (one 16-byte access for bf16, two for f32).
+__device__ __forceinline__ void load8(const bf16* p, size_t i, float* v) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x;
+        v[2 * k + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void load8(const float* p, size_t i, float* v) {
+    const float4 a = *reinterpret_cast<const float4*>(p + i), b = *reinterpret_cast<const float4*>(p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void store8(bf16* p, size_t i, const float* v) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p + i) = u;
+}
+__device__ __forceinline__ void store8(float* p, size_t i, const float* v) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Runs f(i, column) over the elements of a [rows, N] tensor: eight at a time when N is a
+// multiple of 8 and `vec` (the tensors are 16-byte aligned), else one at a time. The column
+// advances by the grid's stride each step rather than by a 64-bit modulo per element.
+template <typename F8, typename F1>
+__device__ __forceinline__ void over_columns(size_t n, int N, bool vec, F8 f8, F1 f1) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (vec && N % 8 == 0) {
+        const size_t n8 = n / 8;
+        if (i >= n8) return;
+        int col = (int)((i * 8) % N);
+        const int step = (int)((stride * 8) % N);
+        for (; i < n8; i += stride) {
+            f8(i * 8, col);
+            col += step;
+            if (col >= N) col -= N;
+        }
+    } else {
+        for (; i < n; i += stride) f1(i, (int)(i % N));
+    }
+}
+
 // y = act(x + b[column]); act 1 = exact GELU
 template <typename T>
 __device__ void bias_act_fwd(const T* x, const float* b, T* y, size_t n, int N, int act) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float u = load(x, i) + b[i % N];
-        store(y, i, act ? gelu(u) : u);
-    }
+    over_columns(
+        n, N, aligned16(x) && aligned16(y),
+        [&](size_t i, int col) {
+            float v[8];
+            load8(x, i, v);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const float u = v[k] + b[col + k];
+                v[k] = act ? gelu(u) : u;
+            }
+            store8(y, i, v);
+        },
+        [&](size_t i, int col) {
+            const float u = load(x, i) + b[col];
+            store(y, i, act ? gelu(u) : u);
+        });
 }
 
 // y += b[column], in place
 template <typename T>
 __device__ void bias_add_inplace(T* y, const float* b, size_t n, int N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        store(y, i, load(y, i) + b[i % N]);
+    over_columns(
+        n, N, aligned16(y),
+        [&](size_t i, int col) {
+            float v[8];
+            load8(y, i, v);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] += b[col + k];
+            store8(y, i, v);
+        },
+        [&](size_t i, int col) { store(y, i, load(y, i) + b[col]); });
 }
 
 // dx = dy · GELU'(x + b[column])
 template <typename T>
 __device__ void bias_gelu_bwd(const T* x, const float* b, const T* dy, T* dx, size_t n, int N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        store(dx, i, load(dy, i) * gelu_grad(load(x, i) + b[i % N]));
+    over_columns(
+        n, N, aligned16(x) && aligned16(dy) && aligned16(dx),
+        [&](size_t i, int col) {
+            float v[8], g[8];
+            load8(x, i, v);
+            load8(dy, i, g);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = g[k] * gelu_grad(v[k] + b[col + k]);
+            store8(dx, i, v);
+        },
+        [&](size_t i, int col) { store(dx, i, load(dy, i) * gelu_grad(load(x, i) + b[col])); });
 }
 
 // out[r] = Σ_c g[r, c], a block per row (a convolution bias's gradient: rows are the (b, c) planes)

@@ -51,7 +51,10 @@ def main():
     torch = load(sys.argv[2]) if len(sys.argv) > 2 else []
     peak = next((r["tflops"] for r in torch if r.get("section") == "ceil" and r.get("prec") == "bf16"
                  and r.get("status") == "ok"), None)
-    print("| workload | B | prec | movq | PyTorch | movq / PyTorch | movq MFU | movq peak GiB | PyTorch peak GiB |")
+    # memory: movq's pool high-water mark of memory in use (what torch.cuda.max_memory_allocated
+    # counts) / the device's memory in use (pool reserve, workspaces); PyTorch's allocated peak
+    print("| workload | B | prec | movq | PyTorch | movq / PyTorch | movq MFU "
+          "| movq peak GiB (allocated / in use) | PyTorch peak GiB (allocated) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (kind, cfg, batch), section, mode, tag, label in MATCH:
         for prec in ("f32", "bf16"):
@@ -90,6 +93,8 @@ def main():
             if m and m.get("status") == "ok" and flops and peak:
                 mfu = f"{m['throughput'] * flops / (peak * 1e12):.4f}"
             mp = f"{m['peak_mem_gib']:.1f}" if m and m.get("peak_mem_gib") is not None else "—"
+            if m and m.get("peak_alloc_gib") is not None:
+                mp = f"{m['peak_alloc_gib']:.1f} / {mp}"
             tp = f"{t['peak_mem_steady_gib']:.1f}" if t and t.get("peak_mem_steady_gib") is not None else "—"
             print(f"| {label} | {batch} | {prec} | {fmt(m)} | {fmt_t(t)} | {ratio} | {mfu} | {mp} | {tp} |")
 

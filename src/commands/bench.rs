@@ -336,6 +336,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             if p == Precision::Bf16 && !device.is_cuda() {
                 continue;
             }
+            // each workload starts from an empty pool (the pool keeps freed memory); what is
+            // still allocated then (cached workspaces of earlier workloads) is not its own
+            device::trim_memory_pool(&device)?;
+            let mut held = device::allocated(&device);
             let mut probe = PeakMemory::start(&device);
             let mut micro = None;
             let mut result = run_workload(w, p, micro, &device, &a);
@@ -351,10 +355,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 if let Some(pm) = probe.take() {
                     pm.finish();
                 }
+                device::trim_memory_pool(&device)?;
+                held = device::allocated(&device);
                 probe = PeakMemory::start(&device);
                 result = run_workload(w, p, micro, &device, &a);
             }
             let peak = probe.map(|pm| pm.finish());
+            let allocated = device::peak_allocated(&device)
+                .map(|b| b.saturating_sub(held.unwrap_or(0)) as f64 / 2f64.powi(30));
             let rec = match result {
                 Ok((secs, iters, items, unit)) => {
                     let peak_gib = match (peak, baseline) {
@@ -364,7 +372,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                     json!({"workload": w.kind, "config": w.config, "batch": w.batch,
                         "prec": p.to_string(), "status": "ok", "unit": unit,
                         "throughput": items as f64 / secs, "median_ms": secs * 1e3,
-                        "iters": iters, "peak_mem_gib": peak_gib, "micro_batch": micro,
+                        "iters": iters, "peak_mem_gib": peak_gib,
+                        "peak_alloc_gib": allocated, "micro_batch": micro,
                         "device": device::describe(&device)})
                 }
                 Err(e) => {
@@ -392,13 +401,21 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         }
     }
     eprintln!(
-        "\n{:<10} {:<16} {:>5} {:<5} {:>14} {:<8} {:>10} {:>9}",
-        "workload", "config", "B", "prec", "throughput", "unit", "median ms", "peak GiB"
+        "\n{:<10} {:<16} {:>5} {:<5} {:>14} {:<8} {:>10} {:>9} {:>9}",
+        "workload",
+        "config",
+        "B",
+        "prec",
+        "throughput",
+        "unit",
+        "median ms",
+        "peak GiB",
+        "alloc GiB"
     );
     for r in &rows {
         if r["status"] == "ok" {
             eprintln!(
-                "{:<10} {:<16} {:>5} {:<5} {:>14.1} {:<8} {:>10.1} {:>9}",
+                "{:<10} {:<16} {:>5} {:<5} {:>14.1} {:<8} {:>10.1} {:>9} {:>9}",
                 r["workload"].as_str().unwrap_or(""),
                 r["config"].as_str().unwrap_or(""),
                 r["batch"],
@@ -407,6 +424,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 r["unit"].as_str().unwrap_or(""),
                 r["median_ms"].as_f64().unwrap_or(0.0),
                 r["peak_mem_gib"]
+                    .as_f64()
+                    .map_or("-".to_string(), |g| format!("{g:.2}")),
+                r["peak_alloc_gib"]
                     .as_f64()
                     .map_or("-".to_string(), |g| format!("{g:.2}")),
             );

@@ -305,6 +305,38 @@ fn fused_channel_bias_matches_composed_ops() {
     }
 }
 
+/// `--device cuda` makes the GPU's memory pool keep freed memory (its release threshold at the
+/// maximum), so that allocations after a synchronisation reuse it.
+#[test]
+fn the_cuda_memory_pool_keeps_freed_memory() {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let dev = cuda_device();
+    let ctx = dev
+        .as_cuda_device()
+        .unwrap()
+        .cuda_stream()
+        .context()
+        .clone();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = 0u64;
+    // SAFETY: a live context's device; the attribute is a u64.
+    unsafe {
+        assert_eq!(
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()),
+            sys::CUresult::CUDA_SUCCESS
+        );
+        assert_eq!(
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            ),
+            sys::CUresult::CUDA_SUCCESS
+        );
+    }
+    assert_eq!(threshold, u64::MAX);
+}
+
 /// The embedding gather against `index_select`: rows, and the table's gradient (ids repeat, as
 /// tokens do, so the scatter's atomic adds meet on one row); an id past the table reads zeros.
 #[test]

@@ -145,11 +145,11 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
 }
 
-/// The CUDA device the `cuda` variants of [`device_test!`] run on.
+/// The CUDA device the `cuda` variants of [`device_test!`] run on, set up as `--device cuda`
+/// sets it up.
 #[cfg(feature = "cuda")]
 pub fn cuda_device() -> candle_core::Device {
-    candle_core::Device::new_cuda(0)
-        .expect("a CUDA GPU (these tests were built with --features cuda)")
+    movq::device::select("cuda").expect("a CUDA GPU (these tests were built with --features cuda)")
 }
 
 /// Runs `fn $name(dev: &Device)` on every available device, in the style of candle's

@@ -234,6 +234,16 @@ open(sys.argv[1], "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY
       ;;
+    kernel-profile)
+      # every kernel of `movq bench` timed by Nsight Compute (one metric, one replay per kernel;
+      # the train steps by default, a warm-up step and a timed one each); summarise it here with
+      # python3 scripts/ncu_summary.py kernels.csv.xz
+      # shellcheck disable=SC2086
+      ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+        /tmp/movq bench --device cuda --precisions bf16 --min-iters 1 --target-seconds 0 \
+        ${BENCH_ARGS:---only tr-train} > "$OUT/kernels.csv" 2> "$OUT/kernels.err"
+      xz -T0 -f "$OUT/kernels.csv"
+      ;;
     table)
       python3 scripts/bench_table.py "$OUT/movq.jsonl" "$OUT/torch/results.jsonl" | tee "$OUT/table.md"
       ;;

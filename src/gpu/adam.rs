@@ -115,3 +115,66 @@ impl InplaceOp2 for Step {
         Ok(())
     }
 }
+
+/// `acc[0] += Σ g²` in place, for `acc` `[1]` and `g` f32 on one CUDA device: a gradient's
+/// share of the global norm in one kernel.
+pub fn add_sum_of_squares(acc: &Tensor, g: &Tensor) -> Result<()> {
+    if acc.dims() != [1] || acc.dtype() != DType::F32 || g.dtype() != DType::F32 {
+        candle_core::bail!(
+            "sum of squares: an f32 [1] accumulator and an f32 tensor (got {:?} {:?}, {:?})",
+            acc.dtype(),
+            acc.dims(),
+            g.dtype()
+        );
+    }
+    acc.inplace_op2(&g.contiguous()?, &SumSquares)
+}
+
+struct SumSquares;
+
+impl InplaceOp2 for SumSquares {
+    fn name(&self) -> &'static str {
+        "movq-sum-of-squares"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("the fused sum of squares runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        acc: &mut CudaStorage,
+        al: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (Some((a0, _)), Some((g0, g1))) = (al.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            candle_core::bail!("sum of squares: contiguous tensors only")
+        };
+        let n = g1 - g0;
+        if n == 0 {
+            return Ok(());
+        }
+        let dev = g.device.clone();
+        let gv = f32_slice(g, "gradient")?.slice(g0..g1);
+        let mut av = match &mut acc.slice {
+            CudaStorageSlice::F32(s) => s.slice_mut(a0..a0 + 1),
+            _ => candle_core::bail!("sum of squares: the accumulator must be f32"),
+        };
+        let func = dev
+            .get_or_load_custom_func("sum_squares_f32", MODULE, PTX)?
+            .into_cuda_function();
+        let stream = dev.cuda_stream();
+        let mut a = stream.launch_builder(&func);
+        a.arg(&mut av).arg(&gv).arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(1024).clamp(1, 1024) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments of sum_squares_f32 in adam.cu.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    }
+}

@@ -138,10 +138,7 @@ impl CustomOp2 for BiasAct {
         let db = if self.inner == 1 {
             dx.apply_op1_no_bwd(&ColumnSum)?
         } else {
-            // per (b, c) plane, then over the batch
-            let c = b.elem_count();
-            let planes = dx.apply_op1_no_bwd(&RowSum { cols: self.inner })?;
-            planes.reshape((planes.elem_count() / c, c))?.sum(0)?
+            channel_bias_grad(&dx, b.elem_count())?
         };
         Ok((x.track_op().then_some(dx), Some(db)))
     }
@@ -237,6 +234,46 @@ impl CustomOp1 for RowSum {
         });
         Ok((storage(CudaStorageSlice::F32(out), &dev), Shape::from(rows)))
     }
+}
+
+/// The gradient of a per-channel bias from the gradient `dy` `[B, C, H, W]` (contiguous) of
+/// its output: the sum of each (b, c) plane, then over the batch; f32 `[C]`.
+pub(super) fn channel_bias_grad(dy: &Tensor, c: usize) -> Result<Tensor> {
+    let inner = dy.elem_count() / dy.dim(0)?.max(1) / c.max(1);
+    let planes = dy.apply_op1_no_bwd(&RowSum { cols: inner })?;
+    planes.reshape((planes.elem_count() / c, c))?.sum(0)
+}
+
+/// `y += b` per channel in place, for `y` a fresh `[B, C, H, W]` output of `dims` (a
+/// convolution's, before it becomes a tensor) and `b` f32 `[C]` under `bl`.
+pub(super) fn channel_bias_inplace(
+    y: &mut CudaStorage,
+    b: &CudaStorage,
+    bl: &Layout,
+    dims: [usize; 4],
+) -> Result<()> {
+    let dev = y.device().clone();
+    let [n, c, h, w] = dims;
+    let bias = view::<f32>(b, bl, "the bias")?;
+    if bias.len() != c {
+        candle_core::bail!("a bias of {} for {c} channels", bias.len());
+    }
+    let (planes, inner) = (n * c, h * w);
+    let (planes_i, c_i, inner_i) = (planes as i32, c as i32, inner as i32);
+    let per_thread = if inner.is_multiple_of(8) { 8 } else { 1 };
+    let stream = dev.cuda_stream();
+    by_dtype!(y.dtype(), T => {
+        let Some(ys) = T::of_mut(&mut y.slice) else {
+            candle_core::bail!("channel bias: the output has another dtype")
+        };
+        let func = function(&dev, &format!("bias_channel_inplace_{}", T::SUFFIX))?;
+        let mut a = stream.launch_builder(&func);
+        a.arg(ys).arg(&bias).arg(&planes_i).arg(&c_i).arg(&inner_i);
+        let grid = plane_grid(planes, inner.div_ceil(per_thread));
+        // SAFETY: the arguments of bias_channel_inplace_* in rows.cu.
+        unsafe { a.launch(launch_cfg(grid, BLOCK)) }.w()?;
+    });
+    Ok(())
 }
 
 /// `x Wᵀ + b` for `x` `[rows, in]` (f32 or bf16, on CUDA), `w` `[out, in]` in `x`'s dtype and

@@ -26,7 +26,9 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, DeviceId};
-use candle_core::{CudaDevice, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 use sys::{cudnnDataType_t, cudnnDeterminism_t, cudnnMathType_t, cudnnStatus_t};
 
@@ -500,6 +502,90 @@ impl CustomOp2 for Op {
 /// `x` `[B, C, H, W]` convolved with `w` `[O, C, kh, kw]` (same dtype, f32 or bf16, on CUDA),
 /// zero padding `padding` on every side, stride `stride`; differentiable in both.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Op {
+            pass: Pass::Forward,
+            geometry: geometry(x, w, padding, stride)?,
+        },
+    )
+}
+
+/// [`conv2d`] plus a bias `b` `[O]` (cast to f32) per output channel, as one graph node: the bias
+/// goes onto cuDNN's output in place and its gradient comes with the convolution's. One node
+/// fewer per layer is one gradient sum fewer in the backward pass, where candle adds each node's
+/// input gradient onto a fresh zero tensor (a pass over the activation, at the decoder's last
+/// layers 16 × 128 × 256² values).
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let geometry = geometry(x, w, padding, stride)?;
+    if b.dims() != [geometry.w[0]] {
+        candle_core::bail!(
+            "conv2d: a bias of {:?} for {} output channels",
+            b.dims(),
+            geometry.w[0]
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.to_dtype(DType::F32)?,
+        Biased(Op {
+            pass: Pass::Forward,
+            geometry,
+        }),
+    )
+}
+
+/// The forward op with a per-channel bias (see [`conv2d_bias`]).
+struct Biased(Op);
+
+impl CustomOp3 for Biased {
+    fn name(&self) -> &'static str {
+        "movq-cudnn-conv2d-bias"
+    }
+
+    cuda_only!(3, "cuDNN convolutions");
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (mut y, shape) = self.0.cuda_fwd(x, xl, w, wl)?;
+        super::bias::channel_bias_inplace(&mut y, b, bl, self.0.geometry.y())?;
+        Ok((y, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dw) = self.0.bwd(x, w, res, &grad)?;
+        let db = if b.track_op() {
+            Some(super::bias::channel_bias_grad(&grad, b.elem_count())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// The geometry of `x ⋆ w`, checked.
+fn geometry(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Geometry> {
     let (xd, wd) = (x.dims4()?, w.dims4()?);
     if xd.1 != wd.1 {
         candle_core::bail!("conv2d: input has {} channels, the kernel {}", xd.1, wd.1);
@@ -511,17 +597,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
             xd
         );
     }
-    let geometry = Geometry {
+    Ok(Geometry {
         x: [xd.0, xd.1, xd.2, xd.3],
         w: [wd.0, wd.1, wd.2, wd.3],
         padding,
         stride,
-    };
-    x.contiguous()?.apply_op2(
-        &w.contiguous()?,
-        Op {
-            pass: Pass::Forward,
-            geometry,
-        },
-    )
+    })
 }

@@ -245,7 +245,8 @@ fn launch(
     Ok(CudaStorage { slice, device: dev })
 }
 
-/// Threads per block of the per-group kernels.
+/// Threads per block of the per-group kernels (`gn_bwd_reduce_*` are compiled for blocks of
+/// 512: `__launch_bounds__` in group_norm.cu).
 const GROUP_BLOCK: usize = 512;
 /// Threads per block of the elementwise kernel.
 const ELEMENT_BLOCK: usize = 256;
@@ -353,7 +354,13 @@ impl CustomOp3 for Backward {
                 }
                 // blocks along y: the (b, c) planes (at most 65,535; the kernel loops past that)
                 let planes = (d.b * d.c).clamp(1, 65_535);
-                let grid = ((d.h * d.w).div_ceil(ELEMENT_BLOCK).max(1), planes);
+                // a thread per 8 pixels where rows are a multiple of 8 wide (the kernel's
+                // vectorised path; both paths stride over the plane, so either grid is correct)
+                let per_thread = if d.w.is_multiple_of(8) { 8 } else { 1 };
+                let grid = (
+                    (d.h * d.w).div_ceil(ELEMENT_BLOCK * per_thread).max(1),
+                    planes,
+                );
                 let n = d.elements();
                 let out = launch(
                     "gn_bwd_input",

@@ -101,19 +101,24 @@ pub fn fused_group_norm(
     Ok(None)
 }
 
-/// `x ⋆ w` (zero padding `padding`, stride `stride`) through cuDNN when it runs for `x` (a `cudnn`
-/// build, `x` on a CUDA device, kernels on); `None` otherwise.
+/// `x ⋆ w (+ b)` (zero padding `padding`, stride `stride`, a bias per output channel) through
+/// cuDNN when it runs for `x` (a `cudnn` build, `x` on a CUDA device, kernels on): with a bias,
+/// one graph node that adds it in place; `None` otherwise.
 pub fn cudnn_conv2d(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
+    b: Option<&candle_core::Tensor>,
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cudnn")]
     if cudnn_enabled(x.device()) {
-        return conv::conv2d(x, w, padding, stride).map(Some);
+        return match b {
+            Some(b) => conv::conv2d_bias(x, w, b, padding, stride).map(Some),
+            None => conv::conv2d(x, w, padding, stride).map(Some),
+        };
     }
-    let _ = (x, w, padding, stride);
+    let _ = (x, w, b, padding, stride);
     Ok(None)
 }
 
@@ -278,5 +283,28 @@ pub fn fused_linear(
         return bias::linear(x, w, b).map(Some);
     }
     let _ = (x, w, b);
+    Ok(None)
+}
+
+/// `Σ g²` over every element of `grads` (f32), as f64, with one kernel per tensor adding into
+/// one accumulator, when it runs for them (all f32 on one CUDA device, kernels on); `None`
+/// otherwise.
+pub fn fused_sum_of_squares(grads: &[&candle_core::Tensor]) -> candle_core::Result<Option<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Some(first) = grads.first() {
+        let dev = first.device();
+        if enabled(dev)
+            && grads
+                .iter()
+                .all(|g| g.dtype() == DType::F32 && g.device().same_device(dev))
+        {
+            let acc = candle_core::Tensor::zeros(1, DType::F32, dev)?;
+            for g in grads {
+                adam::add_sum_of_squares(&acc, g)?;
+            }
+            return Ok(Some(acc.to_vec1::<f32>()?[0] as f64));
+        }
+    }
+    let _ = grads;
     Ok(None)
 }

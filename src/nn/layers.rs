@@ -62,14 +62,15 @@ impl Conv2d {
         let w = self.weight.to_dtype(dt)?;
         let k = w.dim(2)?;
         let plain = c.stride == 1 && c.dilation == 1 && c.groups == 1 && c.padding < k;
-        let cudnn = if c.dilation == 1 && c.groups == 1 && !candle_conv() {
-            crate::gpu::cudnn_conv2d(x, &w, c.padding, c.stride)?
-        } else {
-            None
-        };
-        let y = if let Some(y) = cudnn {
-            y
-        } else if plain && !candle_conv() {
+        if c.dilation == 1 && c.groups == 1 && !candle_conv() {
+            // cuDNN, the bias added in the same graph node
+            if let Some(y) =
+                crate::gpu::cudnn_conv2d(x, &w, self.bias.as_ref(), c.padding, c.stride)?
+            {
+                return Ok(y);
+            }
+        }
+        let y = if plain && !candle_conv() {
             conv2d_gemm(x, &w, c.padding)?
         } else {
             x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?

@@ -29,6 +29,11 @@ impl Grads {
 
     /// The global l2 norm over all gradients.
     pub fn norm(&self) -> Result<f64> {
+        let all: Vec<&Tensor> = self.0.iter().flatten().collect();
+        // on the GPU: one kernel per gradient into one accumulator
+        if let Some(sq) = crate::gpu::fused_sum_of_squares(&all)? {
+            return Ok(sq.sqrt());
+        }
         // One device→host read for all parameters.
         let squares = self
             .0

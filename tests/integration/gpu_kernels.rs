@@ -217,6 +217,29 @@ fn fused_group_norm_matches_composed_ops() {
         Some((3, 2)),
         true,
     );
+    // the vectorised kernels (rows a multiple of 8 wide): cells 16 and 2 pixels wide (a thread's
+    // 8 pixels in one cell, or across four; candle's reference upsamples by equal factors only)
+    group_norm_case(
+        "SpatialNorm + SiLU, 8 × 8 cells of 16 × 16",
+        &[2, 8, 128, 128],
+        4,
+        Some((8, 8)),
+        true,
+    );
+    group_norm_case(
+        "SpatialNorm, cells of 2 × 2",
+        &[2, 16, 32, 32],
+        8,
+        Some((16, 16)),
+        false,
+    );
+    group_norm_case(
+        "GroupNorm + SiLU, rows of 24",
+        &[3, 12, 10, 24],
+        3,
+        None,
+        true,
+    );
 }
 
 #[test]
@@ -303,6 +326,43 @@ fn fused_channel_bias_matches_composed_ops() {
             &[true, false],
         );
     }
+}
+
+/// The gradient norm's sum of squares, one kernel per tensor into one accumulator, against
+/// candle's composed sum: a scalar, a bias, a weight larger than one grid's stride, a view.
+#[test]
+fn fused_sum_of_squares_matches_composed_ops() {
+    let dev = cuda_device();
+    let big = randn(&[1100, 1031], 61, &dev);
+    let ts = [
+        randn(&[], 62, &dev),
+        randn(&[300], 63, &dev),
+        big.clone(),
+        big.narrow(0, 7, 5).unwrap(),
+        randn(&[2, 3, 4, 5], 64, &dev),
+    ];
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    let got = movq::gpu::fused_sum_of_squares(&refs)
+        .unwrap()
+        .expect("the kernel runs for f32 tensors on CUDA");
+    let want: f64 = ts
+        .iter()
+        .map(|t| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        ((got - want) / want).abs() < 1e-5,
+        "sum of squares {got}, composed {want}"
+    );
+    assert_eq!(movq::gpu::fused_sum_of_squares(&[]).unwrap(), None);
 }
 
 /// `--device cuda` makes the GPU's memory pool keep freed memory (its release threshold at the
@@ -748,6 +808,49 @@ mod cudnn {
             1,
             1,
         );
+    }
+
+    /// The convolution with its bias in the same node against candle's convolution plus a
+    /// broadcast bias: values and the gradients of input, kernel and bias (planes of 289 and of
+    /// 256 values: the bias kernel's scalar and vector paths).
+    #[test]
+    fn cudnn_convolution_with_bias_matches_candle() {
+        let dev = cuda_device();
+        for (name, x, w, padding, stride) in [
+            ("3×3 pad 1, 16² planes", [2, 8, 16, 16], [16, 8, 3, 3], 1, 1),
+            (
+                "3×3 stride 2, 8² planes",
+                [2, 8, 17, 17],
+                [8, 8, 3, 3],
+                0,
+                2,
+            ),
+            ("1×1, 17² planes", [3, 16, 17, 17], [8, 16, 1, 1], 0, 1),
+        ] {
+            let o = w[0];
+            let inputs = [
+                randn(&x, 13, &dev),
+                randn(&w, 14, &dev),
+                randn(&[o], 15, &dev),
+            ];
+            let fused =
+                |t: &[Tensor]| movq::gpu::conv::conv2d_bias(&t[0], &t[1], &t[2], padding, stride);
+            let cpu = candle_core::Device::Cpu;
+            let reference = |t: &[Tensor]| {
+                let (x, w) = (t[0].to_device(&cpu)?, t[1].to_device(&cpu)?);
+                let b = t[2].to_device(&cpu)?.to_dtype(x.dtype())?;
+                x.conv2d(&w, padding, stride, 1, 1)?
+                    .broadcast_add(&b.reshape((1, o, 1, 1))?)?
+                    .to_device(&dev)
+            };
+            compare(
+                &format!("conv + bias {name}"),
+                &inputs,
+                &fused,
+                &reference,
+                &[true, true, false],
+            );
+        }
     }
 
     #[test]

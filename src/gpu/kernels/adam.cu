@@ -25,3 +25,24 @@ extern "C" __global__ void adam_step_f32(float* __restrict__ p, float* __restric
         p[i] = th - lr * ((mi / bias1) / (sqrtf(vi / bias2) + eps));
     }
 }
+
+// acc[0] += Σ g[i]² (f32): a gradient's share of the global norm, each block's partial sum added
+// by one atomic (a kernel per gradient, where the composed sum takes three and a stack copy).
+extern "C" __global__ void sum_squares_f32(float* __restrict__ acc, const float* __restrict__ g, size_t n) {
+    __shared__ float part[32];
+    float s = 0.f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = g[i];
+        s += v * v;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) atomicAdd(acc, s);
+    }
+}

@@ -10,10 +10,17 @@
 //   side = [dgamma B·C][dbeta B·C][dS B·C·cells][dT B·C·cells][mean B·G][rstd B·G][sum1 B·G][sum2 B·G]
 // dgamma and dbeta are per-batch partial sums (summed over B by the caller).
 //
-// One block per (b, g) for the reductions; the group's elements are contiguous.
+// One block per (b, g) for the reductions; the group's elements are contiguous. Where rows are
+// a multiple of 8 wide and the tensors 16-byte aligned (every layer of the models), each thread
+// takes 8 consecutive pixels of a row at once (vector loads, one Welford merge per 8 values, the
+// modulation's cells walked without a division per pixel, the backward pass's per-cell sums
+// gathered in shared memory over coalesced reads): at 16 × 128 × 256² in bf16 on the H200 the
+// scalar kernels took 1.3 ms (forward) and 1.4 + 2.0 ms (backward) where the data moves in ~0.2.
 
 #include <cuda_bf16.h>
 #include <stdint.h>
+
+#include "vec.cuh"
 
 template <typename T> __device__ __forceinline__ float load(const T* p, size_t i);
 template <> __device__ __forceinline__ float load<float>(const float* p, size_t i) { return p[i]; }
@@ -261,29 +268,280 @@ __device__ void bwd_input(const T* x, const T* dy, const float* ps, T* dx, Shape
   }
 }
 
+// ---- the vectorised kernels: 8 pixels of a row per thread and step ----
+
+// The Welford statistics of 8 values merged into `acc` (one division per 8 values).
+__device__ __forceinline__ void welford8(Welford& acc, const float* v) {
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; k++) m += v[k];
+  m *= 0.125f;
+  float q = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; k++) q += (v[k] - m) * (v[k] - m);
+  acc = combine(acc, Welford{8.f, m, q});
+}
+
+template <typename T>
+__device__ float2 group_stats8(const T* xg, size_t n, float eps) {
+  Welford acc = {0.f, 0.f, 0.f};
+  for (size_t i = (size_t)threadIdx.x * 8; i < n; i += (size_t)blockDim.x * 8) {
+    float v[8];
+    load8(xg, i, v);
+    welford8(acc, v);
+  }
+  Welford t = block_welford(acc);
+  return make_float2(t.mean, rsqrtf(t.m2 / t.n + eps));
+}
+
+__device__ __forceinline__ float silu(float z) { return z / (1.f + __expf(-z)); }
+__device__ __forceinline__ float silu_grad(float z) {
+  float sg = 1.f / (1.f + __expf(-z));
+  return sg * (1.f + z * (1.f - sg));
+}
+
+// The modulation cell (index inside a (b, c) plane's zh × zw cells) of pixel `pix` of a plane,
+// then of the pixels after it in the same row: one division per 8 pixels, not three per pixel.
+struct Cells {
+  int cell, rem, fw;
+  __device__ Cells() : cell(0), rem(0), fw(1) {}  // no modulation: one cell
+  __device__ Cells(const Shape& s, int pix) {
+    int h = pix / s.W, w = pix - h * s.W;
+    fw = s.W / s.zw;
+    int cw = w / fw;
+    rem = w - cw * fw;
+    cell = h / (s.H / s.zh) * s.zw + cw;
+  }
+  __device__ __forceinline__ void next() {
+    if (++rem == fw) {
+      rem = 0;
+      ++cell;
+    }
+  }
+};
+
+// Whether the vectorised kernels take these tensors: rows of a multiple of 8 pixels (so 8
+// consecutive pixels share a row and a plane) and 16-byte aligned data.
+__device__ __forceinline__ bool vec8(const Shape& s, const void* a, const void* b, const void* c) {
+  return s.W % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(c);
+}
+
+template <typename T>
+__device__ void fwd8(const T* x, const float* p, T* y, Shape s) {
+  int bg = blockIdx.x, b = bg / s.G, g = bg - b * s.G;
+  int cg = s.C / s.G, hw = s.H * s.W, cells = s.zh * s.zw;
+  size_t n = (size_t)cg * hw, base = (size_t)bg * n;
+  float2 st = group_stats8(x + base, n, s.eps);
+  const float* gamma = p;
+  const float* beta = p + s.C;
+  const float* S = p + 2 * s.C;
+  const float* Tm = S + (size_t)s.B * s.C * cells;
+  for (int cc = 0; cc < cg; cc++) {
+    int c = g * cg + cc;
+    float ga = gamma[c] * st.y, be = beta[c] - st.x * ga;  // u = x · ga + be
+    size_t off = base + (size_t)cc * hw, plane = (size_t)(b * s.C + c) * cells;
+    for (int pix = threadIdx.x * 8; pix < hw; pix += blockDim.x * 8) {
+      float v[8];
+      load8(x, off + pix, v);
+      if (s.spatial) {
+        Cells cl(s, pix);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          v[k] = (v[k] * ga + be) * S[plane + cl.cell] + Tm[plane + cl.cell];
+          cl.next();
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = v[k] * ga + be;
+      }
+      if (s.silu) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = silu(v[k]);
+      }
+      store8(y, off + pix, v);
+    }
+  }
+}
+
+// The most modulation cells per plane whose backward sums fit the shared accumulators.
+constexpr int MAX_CELLS = 2048;
+
+// bwd_reduce over 8 pixels at a time: each plane's dS/dT sums gather in shared memory (a thread's
+// run of pixels in one cell summed first, then one shared atomic per cell it touched).
+template <typename T>
+__device__ void bwd_reduce8(const T* x, const T* dy, const float* p, float* side, Shape s) {
+  __shared__ float acc[2 * MAX_CELLS];
+  int bg = blockIdx.x, b = bg / s.G, g = bg - b * s.G;
+  int cg = s.C / s.G, hw = s.H * s.W;
+  size_t n = (size_t)cg * hw, base = (size_t)bg * n;
+  float2 st = group_stats8(x + base, n, s.eps);
+  size_t bc = (size_t)s.B * s.C;
+  int cells = s.spatial ? s.zh * s.zw : 0;
+  size_t cells_all = bc * cells;
+  const float* gamma = p;
+  const float* beta = p + s.C;
+  const float* S = p + 2 * s.C;
+  const float* Tm = S + cells_all;
+  float* dgamma = side;
+  float* dbeta = side + bc;
+  float* dS = side + 2 * bc;
+  float* dT = dS + cells_all;
+  float* stats = dT + cells_all;
+  size_t bgn = (size_t)s.B * s.G;
+  float s1 = 0.f, s2 = 0.f;
+  for (int cc = 0; cc < cg; cc++) {
+    int c = g * cg + cc;
+    size_t off = base + (size_t)cc * hw, plane = (size_t)(b * s.C + c) * cells;
+    float ga = gamma[c], be = beta[c], gg = 0.f, gb = 0.f;
+    if (s.spatial) {
+      for (int i = threadIdx.x; i < 2 * cells; i += blockDim.x) acc[i] = 0.f;
+      __syncthreads();
+    }
+    for (int pix = threadIdx.x * 8; pix < hw; pix += blockDim.x * 8) {
+      float xv[8], gv[8];
+      load8(x, off + pix, xv);
+      load8(dy, off + pix, gv);
+      Cells cl = s.spatial ? Cells(s, pix) : Cells();
+      int cur = cl.cell;
+      float ds = 0.f, dt = 0.f;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float sv = 1.f, tv = 0.f;
+        if (s.spatial) {
+          if (cl.cell != cur) {
+            atomicAdd(acc + cur, ds);
+            atomicAdd(acc + cells + cur, dt);
+            ds = dt = 0.f;
+            cur = cl.cell;
+          }
+          sv = S[plane + cur];
+          tv = Tm[plane + cur];
+          cl.next();
+        }
+        float xh = (xv[k] - st.x) * st.y;
+        float u = xh * ga + be;
+        float gz = gv[k];
+        if (s.silu) gz *= silu_grad(u * sv + tv);
+        ds += gz * u;
+        dt += gz;
+        float gu = gz * sv;
+        gg += gu * xh;
+        gb += gu;
+        float gx = gu * ga;
+        s1 += gx;
+        s2 += gx * xh;
+      }
+      if (s.spatial) {
+        atomicAdd(acc + cur, ds);
+        atomicAdd(acc + cells + cur, dt);
+      }
+    }
+    // block_sum2 synchronises the block: every shared atomic of this plane is in after it
+    float2 r = block_sum2(gg, gb);
+    if (threadIdx.x == 0) {
+      dgamma[(size_t)b * s.C + c] = r.x;
+      dbeta[(size_t)b * s.C + c] = r.y;
+    }
+    if (s.spatial) {
+      for (int i = threadIdx.x; i < cells; i += blockDim.x) {
+        dS[plane + i] = acc[i];
+        dT[plane + i] = acc[cells + i];
+      }
+      __syncthreads();  // read before the next plane clears them
+    }
+  }
+  float2 r = block_sum2(s1, s2);
+  if (threadIdx.x == 0) {
+    stats[bg] = st.x;
+    stats[bgn + bg] = st.y;
+    stats[2 * bgn + bg] = r.x;
+    stats[3 * bgn + bg] = r.y;
+  }
+}
+
+template <typename T>
+__device__ void bwd_input8(const T* x, const T* dy, const float* ps, T* dx, Shape s) {
+  int cells = s.zh * s.zw;
+  size_t bc_all = (size_t)s.B * s.C, cells_all = bc_all * cells;
+  const float* gamma = ps;
+  const float* beta = ps + s.C;
+  const float* S = ps + 2 * s.C;
+  const float* Tm = S + cells_all;
+  const float* stats = Tm + cells_all + 2 * bc_all + 2 * cells_all;  // past p, dgamma, dbeta, dS, dT
+  size_t bgn = (size_t)s.B * s.G;
+  int hw = s.H * s.W, cg = s.C / s.G;
+  float inv_n = 1.f / ((float)cg * (float)hw);
+  for (int bc = blockIdx.y; bc < s.B * s.C; bc += gridDim.y) {
+    int b = bc / s.C, c = bc - b * s.C;
+    size_t bg = (size_t)b * s.G + c / cg;
+    float mean = stats[bg], rstd = stats[bgn + bg];
+    float m1 = stats[2 * bgn + bg] * inv_n, m2 = stats[3 * bgn + bg] * inv_n;
+    float ga = gamma[c], be = beta[c];
+    size_t off = (size_t)bc * hw, plane = (size_t)bc * cells;
+    for (int pix = (blockIdx.x * blockDim.x + threadIdx.x) * 8; pix < hw; pix += gridDim.x * blockDim.x * 8) {
+      float xv[8], gv[8];
+      load8(x, off + pix, xv);
+      load8(dy, off + pix, gv);
+      Cells cl = s.spatial ? Cells(s, pix) : Cells();
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float xh = (xv[k] - mean) * rstd;
+        float gz = gv[k], sv = 1.f, tv = 0.f;
+        if (s.spatial) {
+          sv = S[plane + cl.cell];
+          tv = Tm[plane + cl.cell];
+          cl.next();
+        }
+        if (s.silu) gz *= silu_grad((xh * ga + be) * sv + tv);
+        float gx = gz * sv * ga;
+        xv[k] = rstd * (gx - m1 - xh * m2);
+      }
+      store8(dx, off + pix, xv);
+    }
+  }
+}
+
 #define SHAPE_ARGS int B, int C, int H, int W, int G, int zh, int zw, int spatial, int silu, float eps
 #define SHAPE Shape{B, C, H, W, G, zh, zw, spatial, silu, eps}
 
+// Each entry point takes the vectorised kernel where it applies (see vec8), else the scalar one.
+template <typename T>
+__device__ void fwd_any(const T* x, const float* p, T* y, Shape s) {
+  if (vec8(s, x, y, y)) fwd8<T>(x, p, y, s);
+  else fwd<T>(x, p, y, s);
+}
+template <typename T>
+__device__ void bwd_reduce_any(const T* x, const T* dy, const float* p, float* side, Shape s) {
+  if (vec8(s, x, dy, dy) && (!s.spatial || s.zh * s.zw <= MAX_CELLS)) bwd_reduce8<T>(x, dy, p, side, s);
+  else bwd_reduce<T>(x, dy, p, side, s);
+}
+template <typename T>
+__device__ void bwd_input_any(const T* x, const T* dy, const float* ps, T* dx, Shape s) {
+  if (vec8(s, x, dy, dx)) bwd_input8<T>(x, dy, ps, dx, s);
+  else bwd_input<T>(x, dy, ps, dx, s);
+}
+
 extern "C" __global__ void gn_fwd_f32(const float* x, const float* p, float* y, SHAPE_ARGS) {
-  fwd<float>(x, p, y, SHAPE);
+  fwd_any<float>(x, p, y, SHAPE);
 }
 extern "C" __global__ void gn_fwd_bf16(const __nv_bfloat16* x, const float* p, __nv_bfloat16* y,
                                        SHAPE_ARGS) {
-  fwd<__nv_bfloat16>(x, p, y, SHAPE);
+  fwd_any<__nv_bfloat16>(x, p, y, SHAPE);
 }
-extern "C" __global__ void gn_bwd_reduce_f32(const float* x, const float* dy, const float* p,
+// (two blocks of GROUP_BLOCK = 512 threads per SM: at most 64 registers)
+extern "C" __global__ void __launch_bounds__(512, 2) gn_bwd_reduce_f32(const float* x, const float* dy, const float* p,
                                              float* side, SHAPE_ARGS) {
-  bwd_reduce<float>(x, dy, p, side, SHAPE);
+  bwd_reduce_any<float>(x, dy, p, side, SHAPE);
 }
-extern "C" __global__ void gn_bwd_reduce_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy,
+extern "C" __global__ void __launch_bounds__(512, 2) gn_bwd_reduce_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy,
                                               const float* p, float* side, SHAPE_ARGS) {
-  bwd_reduce<__nv_bfloat16>(x, dy, p, side, SHAPE);
+  bwd_reduce_any<__nv_bfloat16>(x, dy, p, side, SHAPE);
 }
 extern "C" __global__ void gn_bwd_input_f32(const float* x, const float* dy, const float* ps,
                                             float* dx, SHAPE_ARGS) {
-  bwd_input<float>(x, dy, ps, dx, SHAPE);
+  bwd_input_any<float>(x, dy, ps, dx, SHAPE);
 }
 extern "C" __global__ void gn_bwd_input_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy,
                                              const float* ps, __nv_bfloat16* dx, SHAPE_ARGS) {
-  bwd_input<__nv_bfloat16>(x, dy, ps, dx, SHAPE);
+  bwd_input_any<__nv_bfloat16>(x, dy, ps, dx, SHAPE);
 }

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "vec.cuh"
+
 typedef __nv_bfloat16 bf16;
 
 namespace {
@@ -40,33 +42,29 @@ __device__ void bias_channel_fwd(const T* x, const float* b, T* y, int planes, i
     }
 }
 
-// Eight consecutive values as f32 (one 16-byte access for bf16, two for f32).
-__device__ __forceinline__ void load8(const bf16* p, size_t i, float* v) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+
+// y += b[channel] in place for y [B, N, H, W] (a convolution's fresh output), inner = H·W; eight
+// values per thread where planes are a multiple of 8 long and y is 16-byte aligned
+template <typename T>
+__device__ void bias_channel_inplace(T* y, const float* b, int planes, int N, int inner) {
+    const bool vec = inner % 8 == 0 && aligned16(y);
+    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+        const float bias = b[p % N];
+        const size_t at = (size_t)p * inner;
+        if (vec) {
+            for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8; i < inner; i += gridDim.x * blockDim.x * 8) {
+                float v[8];
+                load8(y, at + i, v);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const float2 f = __bfloat1622float2(h[k]);
-        v[2 * k] = f.x;
-        v[2 * k + 1] = f.y;
+                for (int k = 0; k < 8; ++k) v[k] += bias;
+                store8(y, at + i, v);
+            }
+        } else {
+            for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inner; i += gridDim.x * blockDim.x)
+                store(y, at + i, load(y, at + i) + bias);
+        }
     }
 }
-__device__ __forceinline__ void load8(const float* p, size_t i, float* v) {
-    const float4 a = *reinterpret_cast<const float4*>(p + i), b = *reinterpret_cast<const float4*>(p + i + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-__device__ __forceinline__ void store8(bf16* p, size_t i, const float* v) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p + i) = u;
-}
-__device__ __forceinline__ void store8(float* p, size_t i, const float* v) {
-    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
-    *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
-}
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Runs f(i, column) over the elements of a [rows, N] tensor: eight at a time when N is a
 // multiple of 8 and `vec` (the tensors are 16-byte aligned), else one at a time. The column
@@ -257,6 +255,10 @@ extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* 
     extern "C" __global__ void bias_channel_fwd_##S(const T* x, const float* b, T* y, int planes,    \
                                                     int N, int inner) {                             \
         bias_channel_fwd(x, b, y, planes, N, inner);                                                     \
+    }                                                                                               \
+    extern "C" __global__ void bias_channel_inplace_##S(T* y, const float* b, int planes, int N,    \
+                                                        int inner) {                                \
+        bias_channel_inplace(y, b, planes, N, inner);                                               \
     }                                                                                               \
     extern "C" __global__ void row_sum_##S(const T* g, float* out, int cols) {                       \
         row_sum(g, out, cols);                                                                      \

@@ -287,7 +287,7 @@ fn run_workload(
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let (s, n) = time_calls(device, a, |i, warm_up| {
                 let steps = if warm_up { &counts[..1] } else { &counts[..] };
-                steps_on_device(&model, start.clone(), &conds[i % 2], &opts, steps)?;
+                steps_on_device(&model, start.clone(), &conds[i % 2], &opts, steps, i as u64)?;
                 Ok(())
             })?;
             Ok((s, n, w.batch, "grids/s"))

@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{
-    CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+    CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
 
 use super::rows::{
@@ -293,11 +293,40 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         );
     }
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.to_dtype(DType::F32)?, Linear)
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.to_dtype(DType::F32)?,
+        Linear { residual: None },
+    )
 }
 
-struct Linear;
+/// `residual + x Wᵀ + b` for [`linear`]'s `x`, `w`, `b` and `residual` `[rows, out]` in `x`'s
+/// dtype: bias and residual go onto the matmul's output in place, in one pass. Inference only:
+/// the result has no backward pass.
+pub fn linear_residual(x: &Tensor, w: &Tensor, b: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    let (out, _) = w.dims2()?;
+    if residual.dims() != [rows, out] || residual.dtype() != x.dtype() {
+        candle_core::bail!(
+            "fused linear: residual {:?} {:?} does not fit {rows} rows of {out} {:?}",
+            residual.dims(),
+            residual.dtype(),
+            x.dtype()
+        );
+    }
+    x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &b.to_dtype(DType::F32)?,
+        &Linear {
+            residual: Some(residual.contiguous()?),
+        },
+    )
+}
+
+/// `x Wᵀ + b`, plus `residual` in the same pass when there is one (then without a backward pass).
+struct Linear {
+    residual: Option<Tensor>,
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -323,15 +352,31 @@ impl CustomOp3 for Linear {
         let bias = view::<f32>(b, bl, "the bias")?;
         let (n, out_i) = (rows * out, out as i32);
         let stream = dev.cuda_stream();
+        let residual = self.residual.as_ref().map(Tensor::storage_and_layout);
         by_dtype!(y.dtype(), T => {
             let Some(ys) = T::of_mut(&mut y.slice) else {
                 candle_core::bail!("fused linear: the matmul's output has another dtype")
             };
-            let func = function(&dev, &format!("bias_add_inplace_{}", T::SUFFIX))?;
-            let mut a = stream.launch_builder(&func);
-            a.arg(ys).arg(&bias).arg(&n).arg(&out_i);
-            // SAFETY: the arguments of bias_add_inplace_* in rows.cu.
-            unsafe { a.launch(launch_cfg(column_wise_grid(n, out), BLOCK)) }.w()?;
+            match &residual {
+                None => {
+                    let func = function(&dev, &format!("bias_add_inplace_{}", T::SUFFIX))?;
+                    let mut a = stream.launch_builder(&func);
+                    a.arg(ys).arg(&bias).arg(&n).arg(&out_i);
+                    // SAFETY: the arguments of bias_add_inplace_* in rows.cu.
+                    unsafe { a.launch(launch_cfg(column_wise_grid(n, out), BLOCK)) }.w()?;
+                }
+                Some((rs, rl)) => {
+                    let Storage::Cuda(rs) = &**rs else {
+                        candle_core::bail!("fused linear: the residual is not on the GPU")
+                    };
+                    let rv = view::<T>(rs, rl, "the residual")?;
+                    let func = function(&dev, &format!("bias_residual_inplace_{}", T::SUFFIX))?;
+                    let mut a = stream.launch_builder(&func);
+                    a.arg(ys).arg(&bias).arg(&rv).arg(&n).arg(&out_i);
+                    // SAFETY: the arguments of bias_residual_inplace_* in rows.cu.
+                    unsafe { a.launch(launch_cfg(column_wise_grid(n, out), BLOCK)) }.w()?;
+                }
+            }
         });
         Ok((y, Shape::from((rows, out))))
     }
@@ -344,6 +389,9 @@ impl CustomOp3 for Linear {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.residual.is_some() {
+            candle_core::bail!("the fused linear layer with a residual has no backward pass")
+        }
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
             Some(grad.matmul(&w.detach())?)

@@ -62,6 +62,8 @@ pub mod group_norm;
 pub mod layer_norm;
 #[cfg(feature = "cuda")]
 mod rows;
+#[cfg(feature = "cuda")]
+pub mod token_choice;
 
 #[cfg(feature = "cuda")]
 use candle_core::DType;
@@ -283,6 +285,62 @@ pub fn fused_linear(
         return bias::linear(x, w, b).map(Some);
     }
     let _ = (x, w, b);
+    Ok(None)
+}
+
+/// `residual + x Wᵀ + b` (`x` `[rows, in]`, `w` `[out, in]` in `x`'s dtype, `residual`
+/// `[rows, out]`) with bias and residual added in place on the matmul's output, when it runs
+/// for `x` (f32 or bf16 on a CUDA device, kernels on) and no backward pass can reach any of the
+/// inputs (inference: the op has none); `None` otherwise.
+pub fn fused_linear_residual(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    residual: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    if enabled(x.device())
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && residual.dtype() == x.dtype()
+        && ![x, w, b, residual].iter().any(|t| t.track_op())
+    {
+        return bias::linear_residual(x, w, b, residual).map(Some);
+    }
+    let _ = (x, w, b, residual);
+    Ok(None)
+}
+
+/// The scalars of one MaskGIT step's token choice ([`fused_choose_tokens`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenChoice {
+    /// The `[MASK]` id: only those tokens are chosen; the others keep their value.
+    pub mask: u32,
+    /// 1 / the sampling temperature.
+    pub inv_temp: f32,
+    /// The argmax instead of a sample.
+    pub top1: bool,
+    /// The weight of the Gumbel noise on the confidence.
+    pub noise: f32,
+    /// The random stream of this step.
+    pub seed: u64,
+}
+
+/// One MaskGIT step's choice for every token of `tokens` `[B, L]` (u32) from `logits`
+/// `[B, L, K]` (f32 or bf16, the last two dimensions contiguous): a `[MASK]` token gets a
+/// sample (or the argmax) of softmax(logits / temperature) and the confidence log p(choice) +
+/// noise · Gumbel; a known token keeps its value with confidence +∞. One kernel per step when it
+/// runs for `logits` (a CUDA device, kernels on); `None` otherwise. Returns (tokens u32 `[B, L]`,
+/// confidence f32 `[B, L]`).
+pub fn fused_choose_tokens(
+    logits: &candle_core::Tensor,
+    tokens: &candle_core::Tensor,
+    choice: &TokenChoice,
+) -> candle_core::Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
+    #[cfg(feature = "cuda")]
+    if enabled(logits.device()) && matches!(logits.dtype(), DType::F32 | DType::BF16) {
+        return token_choice::choose_tokens(logits, tokens, choice).map(Some);
+    }
+    let _ = (logits, tokens, choice);
     Ok(None)
 }
 

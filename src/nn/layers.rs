@@ -123,6 +123,44 @@ impl Linear {
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+
+    /// The layer for inference: its parameters detached from the graph and the weight cast to
+    /// `dtype` once (the matmul then uses it as it is, instead of casting it at every call).
+    pub fn for_inference(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.detach().to_dtype(dtype)?,
+            bias: self.bias.as_ref().map(Tensor::detach),
+        })
+    }
+
+    /// `residual + x Wᵀ + b`: where no backward pass can reach any of them (inference), bias
+    /// and residual go onto the matmul's output in place in one pass on the GPU.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let name = || {
+            format!(
+                "linear {}x{} + residual",
+                self.weight.dim(1).unwrap_or(0),
+                self.weight.dim(0).unwrap_or(0)
+            )
+        };
+        profile::scope(name, x.device(), || {
+            let (out, inp) = self.weight.dims2()?;
+            if let (Some(b), true) = (&self.bias, residual.dims().last() == Some(&out)) {
+                let rows = x.elem_count() / inp;
+                let w = self.weight.to_dtype(x.dtype())?;
+                let fused = crate::gpu::fused_linear_residual(
+                    &x.reshape((rows, inp))?,
+                    &w,
+                    b,
+                    &residual.reshape((rows, out))?,
+                )?;
+                if let Some(y) = fused {
+                    return y.reshape(residual.dims());
+                }
+            }
+            residual + self.forward_inner(x)?
+        })
+    }
 }
 
 impl Module for Linear {
@@ -299,6 +337,11 @@ impl LayerNorm {
     /// The scale, the shift (`[D]` each) and ε.
     pub fn parts(&self) -> (&Tensor, &Tensor, f32) {
         (&self.weight, &self.bias, self.eps)
+    }
+
+    /// The layer with its parameters detached from the graph (inference).
+    pub fn detached(&self) -> Self {
+        Self::new(self.weight.detach(), self.bias.detach(), self.eps)
     }
 }
 

@@ -117,8 +117,9 @@ pub fn complete(
     if device.is_cpu() {
         complete_on_host(model, rows, cond, opts, rng, device)
     } else {
-        device.set_seed(rng.random())?;
-        complete_on_device(model, rows, cond, opts, device)
+        let seed = rng.random();
+        device.set_seed(seed)?;
+        complete_on_device(model, rows, cond, opts, device, seed)
     }
 }
 
@@ -179,14 +180,16 @@ fn gumbel_tensor(shape: &[usize], device: &Device) -> Result<Tensor> {
     u.log()?.neg()?.log()?.neg()
 }
 
-/// [`complete`] with every step's choice made by tensor ops on `device`: the token grid stays on
-/// the device and is read back once at the end. Random draws come from the device's generator.
+/// [`complete`] with every step's choice made on `device`: the token grid stays on the device
+/// and is read back once at the end. Random draws come from `seed` (the fused choice on CUDA)
+/// or the device's generator (the tensor ops elsewhere).
 pub fn complete_on_device(
     model: &MaskTransformer,
     rows: &mut [Vec<u32>],
     cond: &[u32],
     opts: &SamplerOptions,
     device: &Device,
+    seed: u64,
 ) -> Result<()> {
     let layout = *model.layout();
     let (l, mask_id) = (layout.seq_len(), layout.mask_id());
@@ -197,7 +200,7 @@ pub fn complete_on_device(
     let cond_t = Tensor::new(cond, device)?;
     let flat: Vec<u32> = rows.iter().flatten().copied().collect();
     let tokens = Tensor::from_vec(flat, (rows.len(), l), device)?;
-    let tokens = steps_on_device(model, tokens, &cond_t, opts, &counts)?;
+    let tokens = steps_on_device(model, tokens, &cond_t, opts, &counts, seed)?;
     for (row, values) in rows.iter_mut().zip(tokens.to_vec2::<u32>()?) {
         *row = values;
     }
@@ -205,57 +208,91 @@ pub fn complete_on_device(
 }
 
 /// Runs the decoding steps `t = 0..counts.len()` on `tokens` `[B, L]` (on its device), step `t`
-/// leaving exactly `counts[t][b]` tokens of row `b` masked; returns the new grid.
+/// leaving exactly `counts[t][b]` tokens of row `b` masked; returns the new grid. The model runs
+/// as [`MaskTransformer::for_inference`]; each step's choice is one kernel on CUDA (its noise
+/// from `seed`), tensor ops elsewhere.
 pub fn steps_on_device(
     model: &MaskTransformer,
     mut tokens: Tensor,
     cond: &Tensor,
     opts: &SamplerOptions,
     counts: &[Vec<usize>],
+    seed: u64,
 ) -> Result<Tensor> {
+    let model = model.for_inference()?;
     let device = tokens.device().clone();
     let (b, l) = tokens.dims2()?;
-    let mask_tok = Tensor::full(model.layout().mask_id(), (b, l), &device)?;
+    let mask_id = model.layout().mask_id();
+    let mask_tok = Tensor::full(mask_id, (b, l), &device)?;
     let ranks_src = Tensor::arange(0u32, l as u32, &device)?
         .to_dtype(DType::F32)?
         .broadcast_as((b, l))?
         .contiguous()?;
-    let inf = Tensor::full(f32::INFINITY, (b, l), &device)?;
     let temp = if opts.top1 {
         1.0
     } else {
         opts.temperature.max(1e-6)
     };
     for (t, step_counts) in counts.iter().enumerate() {
-        let unknown = tokens.eq(&mask_tok)?;
-        let logits = model.guided_logits(&tokens, cond, opts.cfg_scale)?; // [B, L, K] f32
-        let scaled = (logits / temp)?;
-        let sampled = if opts.top1 {
-            scaled.argmax(D::Minus1)?
-        } else {
-            (&scaled + gumbel_tensor(scaled.dims(), &device)?)?.argmax(D::Minus1)?
-        }; // [B, L] u32
-        let logp = candle_nn::ops::log_softmax(&scaled, D::Minus1)?
-            .gather(&sampled.unsqueeze(2)?, 2)?
-            .squeeze(2)?; // [B, L]
-        let noise = choice_noise(opts, t);
-        let conf = if noise > 0.0 {
-            (logp + (gumbel_tensor(&[b, l], &device)? * noise)?)?
-        } else {
-            logp
+        let logits = model.sampling_logits(&tokens, cond, opts.cfg_scale)?; // [B, L, K]
+        let choice = crate::gpu::TokenChoice {
+            mask: mask_id,
+            inv_temp: (1.0 / temp) as f32,
+            top1: opts.top1,
+            noise: choice_noise(opts, t) as f32,
+            seed: step_seed(seed, t),
         };
-        // Known tokens never compete: they rank after every newly predicted one.
-        let conf = unknown.where_cond(&conf, &inf)?;
+        let (predicted, conf) = match crate::gpu::fused_choose_tokens(&logits, &tokens, &choice)? {
+            Some(chosen) => chosen,
+            None => choose_with_tensor_ops(&logits, &tokens, &mask_tok, &choice)?,
+        };
+        // Known tokens (confidence +∞) rank after every newly predicted one.
         let order = conf.arg_sort_last_dim(true)?; // [B, L], lowest confidence first
         let rank =
             Tensor::zeros((b, l), DType::F32, &device)?.scatter_add(&order, &ranks_src, 1)?;
         let keep: Vec<f32> = step_counts.iter().map(|&n| n as f32).collect();
         let remask = rank.broadcast_lt(&Tensor::from_vec(keep, (b, 1), &device)?)?;
-        let predicted = unknown.where_cond(&sampled, &tokens)?;
         tokens = remask.where_cond(&mask_tok, &predicted)?;
         if step_counts.iter().all(|&n| n == 0) {
             break;
         }
     }
     Ok(tokens)
+}
+
+/// The random stream of step `t` of a sampling run seeded with `seed`.
+fn step_seed(seed: u64, t: usize) -> u64 {
+    seed ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// [`crate::gpu::fused_choose_tokens`] composed of tensor ops (random draws from the device's
+/// generator): (tokens u32 `[B, L]`, confidence f32 `[B, L]`, +∞ for known tokens).
+fn choose_with_tensor_ops(
+    logits: &Tensor,
+    tokens: &Tensor,
+    mask_tok: &Tensor,
+    c: &crate::gpu::TokenChoice,
+) -> Result<(Tensor, Tensor)> {
+    let device = tokens.device();
+    let dims = tokens.dims();
+    let unknown = tokens.eq(mask_tok)?;
+    let scaled = (logits.to_dtype(DType::F32)? * c.inv_temp as f64)?;
+    let sampled = if c.top1 {
+        scaled.argmax(D::Minus1)?
+    } else {
+        (&scaled + gumbel_tensor(scaled.dims(), device)?)?.argmax(D::Minus1)?
+    }; // [B, L] u32
+    let logp = candle_nn::ops::log_softmax(&scaled, D::Minus1)?
+        .gather(&sampled.unsqueeze(2)?, 2)?
+        .squeeze(2)?; // [B, L]
+    let conf = if c.noise != 0.0 {
+        (logp + (gumbel_tensor(dims, device)? * c.noise as f64)?)?
+    } else {
+        logp
+    };
+    let inf = Tensor::full(f32::INFINITY, dims, device)?;
+    Ok((
+        unknown.where_cond(&sampled, tokens)?,
+        unknown.where_cond(&conf, &inf)?,
+    ))
 }

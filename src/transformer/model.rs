@@ -60,8 +60,8 @@ impl SelfAttention {
         })
     }
 
-    /// `[B, T, D]` → `[B, T, D]`
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `residual + attention(x)`, `[B, T, D]` → `[B, T, D]`
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dh = d / self.heads;
         let qkv = self.qkv.forward(x)?;
@@ -71,7 +71,7 @@ impl SelfAttention {
             || crate::gpu::fused_attention(&qkv, self.heads),
         )?;
         if let Some(out) = fused {
-            return self.proj.forward(&out);
+            return self.proj.forward_residual(&out, residual);
         }
         let qkv = qkv
             .reshape((b, t, 3, self.heads, dh))?
@@ -86,7 +86,15 @@ impl SelfAttention {
         )?; // [B, H, T, T]
         let attn = softmax_last_dim(&scores)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.proj.forward(&out)
+        self.proj.forward_residual(&out, residual)
+    }
+
+    fn for_inference(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            qkv: self.qkv.for_inference(dtype)?,
+            proj: self.proj.for_inference(dtype)?,
+            heads: self.heads,
+        })
     }
 }
 
@@ -138,9 +146,19 @@ impl Block {
                 return Ok(y);
             }
         }
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let x = self.attn.forward_residual(&self.ln1.forward(x)?, x)?;
         let h = self.fc1.forward_gelu(&self.ln2.forward(&x)?)?;
-        x + self.fc2.forward(&h)?
+        self.fc2.forward_residual(&h, &x)
+    }
+
+    fn for_inference(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            ln1: self.ln1.detached(),
+            attn: self.attn.for_inference(dtype)?,
+            ln2: self.ln2.detached(),
+            fc1: self.fc1.for_inference(dtype)?,
+            fc2: self.fc2.for_inference(dtype)?,
+        })
     }
 }
 
@@ -210,8 +228,45 @@ impl MaskTransformer {
         self.pos_emb.device()
     }
 
+    /// The same model for sampling: every parameter detached from the graph, so that no
+    /// backward pass can reach it (on the GPU, the blocks then add bias and residual in the
+    /// matmul's output pass), and the linear layers' weights cast to the compute dtype once
+    /// rather than at every pass. Shares the parameters' memory where no cast is needed.
+    pub fn for_inference(&self) -> Result<Self> {
+        let dt = self.dtype;
+        Ok(Self {
+            tok_emb: self.tok_emb.detach(),
+            cond_emb: self.cond_emb.detach(),
+            pos_emb: self.pos_emb.detach(),
+            chan_emb: self.chan_emb.detach(),
+            cond_pos: self.cond_pos.detach(),
+            seq_pos: self.seq_pos.clone(),
+            seq_chan: self.seq_chan.clone(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.for_inference(dt))
+                .collect::<Result<_>>()?,
+            ln_f: self.ln_f.detached(),
+            head: self.head.for_inference(dt)?,
+            layout: self.layout,
+            dtype: dt,
+            side: SideGrads::new(),
+        })
+    }
+
     /// `tokens`: `[B, L]` u32 (codes or `[MASK]`), `cond`: `[B]` u32 → logits `[B, L, K]`.
     pub fn forward(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let l = self.layout.seq_len();
+        let h = self
+            .ln_f
+            .forward(&self.hidden(tokens, cond)?.narrow(1, 1, l)?)?;
+        self.head.forward(&h)?.to_dtype(DType::F32)
+    }
+
+    /// The last block's output `[B, 1 + L, D]` (the conditioning slot first), in the blocks'
+    /// compute dtype.
+    fn hidden(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let (_, l) = tokens.dims2()?;
         if l != self.layout.seq_len() {
             candle_core::bail!(
@@ -228,8 +283,15 @@ impl MaskTransformer {
         for block in &self.blocks {
             h = block.forward(&h, &self.side)?;
         }
-        let h = self.ln_f.forward(&h.narrow(1, 1, l)?)?;
-        self.head.forward(&h)?.to_dtype(DType::F32)
+        Ok(h)
+    }
+
+    /// The logits of the `L` token positions `[B, L, K]` in the compute dtype: a view of the
+    /// head's output over every position (the head takes the conditioning slot too, rather than
+    /// a copy of the hidden states without it).
+    fn logits_view(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let h = self.ln_f.forward(&self.hidden(tokens, cond)?)?;
+        self.head.forward(&h)?.narrow(1, 1, self.layout.seq_len())
     }
 
     /// The gradients of `loss` (a function of this model's output) for every parameter: candle's
@@ -243,13 +305,21 @@ impl MaskTransformer {
     /// Logits with classifier-free guidance: `(1+s)·cond − s·uncond` (plain conditional logits
     /// when `s = 0`).
     pub fn guided_logits(&self, tokens: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor> {
-        let logits = self.forward(tokens, cond)?;
+        self.sampling_logits(tokens, cond, scale)?
+            .to_dtype(DType::F32)
+    }
+
+    /// [`Self::guided_logits`] as a sampler reads them: without guidance, a view of the logits
+    /// in the compute dtype (no copy, no cast); with it, f32.
+    pub fn sampling_logits(&self, tokens: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor> {
+        let logits = self.logits_view(tokens, cond)?;
         if scale == 0.0 {
             return Ok(logits);
         }
         let none = Tensor::full(self.layout.no_class(), cond.dims(), cond.device())?;
-        let uncond = self.forward(tokens, &none)?;
-        (logits * (1.0 + scale))? - (uncond * scale)?
+        let uncond = self.logits_view(tokens, &none)?;
+        let f32 = |t: Tensor| t.to_dtype(DType::F32);
+        (f32(logits)? * (1.0 + scale))? - (f32(uncond)? * scale)?
     }
 }
 

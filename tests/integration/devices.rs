@@ -274,7 +274,8 @@ fn device_sampler_leaves_exact_counts_per_step(dev: &Device) {
         let start = Tensor::from_vec(flat, (3, n), dev).unwrap();
         let cond = Tensor::new(&[0u32, 1, 3], dev).unwrap();
         for s in 1..=opts.steps {
-            let out = steps_on_device(&model, start.clone(), &cond, &opts, &counts[..s]).unwrap();
+            let out =
+                steps_on_device(&model, start.clone(), &cond, &opts, &counts[..s], 7).unwrap();
             let out: Vec<Vec<u32>> = out.to_vec2().unwrap();
             for (b, row) in out.iter().enumerate() {
                 let masked = row.iter().filter(|&&t| t == mask).count();

@@ -306,6 +306,51 @@ fn fused_linear_matches_composed_ops() {
     }
 }
 
+/// Bias and residual added in the matmul's output pass (inference) against the composed
+/// `residual + x Wᵀ + b`; the fused op refuses a tensor a backward pass could reach.
+#[test]
+fn fused_linear_with_residual_matches_composed_ops() {
+    let dev = cuda_device();
+    for (dt, tol) in [(DType::F32, F32_TOL.0), (DType::BF16, BF16_TOL.0)] {
+        for (rows, inp, out) in [(111, 300, 64), (700, 96, 291)] {
+            let x = randn(&[rows, inp], 40, &dev).to_dtype(dt).unwrap();
+            let w = (randn(&[out, inp], 41, &dev) * 0.1)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
+            let b = randn(&[out], 42, &dev);
+            let res = randn(&[rows, out], 43, &dev).to_dtype(dt).unwrap();
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = (f32(&x)
+                .matmul(&f32(&w).t().unwrap())
+                .unwrap()
+                .broadcast_add(&b))
+            .unwrap()
+            .add(&f32(&res))
+            .unwrap();
+            let got = movq::gpu::fused_linear_residual(&x, &w, &b, &res)
+                .unwrap()
+                .expect("the fused op runs for detached tensors on CUDA");
+            assert_eq!(got.dtype(), dt);
+            let e = rel_err(&f32(&got), &want);
+            assert!(e < tol, "{dt:?} {rows}×{inp} → {out}: relative error {e}");
+        }
+    }
+    let x = Var::from_tensor(&randn(&[4, 8], 44, &dev)).unwrap();
+    let w = randn(&[8, 8], 45, &dev);
+    let none = movq::gpu::fused_linear_residual(
+        x.as_tensor(),
+        &w,
+        &randn(&[8], 46, &dev),
+        &randn(&[4, 8], 47, &dev),
+    )
+    .unwrap();
+    assert!(
+        none.is_none(),
+        "a tracked input must take the composed path"
+    );
+}
+
 #[test]
 fn fused_channel_bias_matches_composed_ops() {
     let dev = cuda_device();
@@ -866,5 +911,179 @@ mod cudnn {
         let expected = xc.conv2d(&wc, 1, 1, 1, 1).unwrap();
         assert!(rel_err(&y, &expected) < 1e-4);
         assert!(grads.get(w.as_tensor()).is_some());
+    }
+}
+
+/// The token choice kernel of one MaskGIT step.
+mod token_choice {
+    use super::*;
+    use movq::gpu::{fused_choose_tokens, TokenChoice};
+
+    const MASK: u32 = 1_000_000;
+
+    fn choose(logits: &Tensor, tokens: &Tensor, c: TokenChoice) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+        let (t, conf) = fused_choose_tokens(logits, tokens, &c)
+            .unwrap()
+            .expect("the kernel runs on CUDA");
+        (t.to_vec2().unwrap(), conf.to_vec2().unwrap())
+    }
+
+    fn choice(top1: bool, noise: f32, seed: u64) -> TokenChoice {
+        TokenChoice {
+            mask: MASK,
+            inv_temp: 1.0 / 0.7,
+            top1,
+            noise,
+            seed,
+        }
+    }
+
+    /// `[B, L]` tokens, every third one known (its value `i`), the rest `[MASK]`.
+    fn tokens(b: usize, l: usize, dev: &candle_core::Device) -> Tensor {
+        let v: Vec<u32> = (0..b * l)
+            .map(|i| if i % 3 == 0 { i as u32 } else { MASK })
+            .collect();
+        Tensor::from_vec(v, (b, l), dev).unwrap()
+    }
+
+    /// Top-1 in f32 and bf16 (odd vocabulary, a narrowed view of longer logits) against argmax
+    /// and log-softmax composed of candle ops; known tokens keep their value at confidence +∞.
+    #[test]
+    fn top1_matches_argmax_and_log_softmax() {
+        let dev = cuda_device();
+        let (b, l, k) = (3, 40, 1001);
+        let full = (randn(&[b, l + 1, k], 60, &dev) * 3.0).unwrap();
+        let toks = tokens(b, l, &dev);
+        for dt in [DType::F32, DType::BF16] {
+            let logits = full.to_dtype(dt).unwrap().narrow(1, 1, l).unwrap();
+            let (got, conf) = choose(&logits, &toks, choice(true, 0.0, 1));
+            let scaled = (logits.to_dtype(DType::F32).unwrap() / 0.7).unwrap();
+            let values: Vec<Vec<Vec<f32>>> = scaled.to_vec3().unwrap();
+            let best: Vec<Vec<f32>> = scaled.max(2).unwrap().to_vec2().unwrap();
+            let logp: Vec<Vec<Vec<f32>>> = candle_nn::ops::log_softmax(&scaled, 2)
+                .unwrap()
+                .to_vec3()
+                .unwrap();
+            let known: Vec<Vec<u32>> = toks.to_vec2().unwrap();
+            for r in 0..b {
+                for t in 0..l {
+                    if known[r][t] != MASK {
+                        assert_eq!(got[r][t], known[r][t]);
+                        assert_eq!(conf[r][t], f32::INFINITY);
+                        continue;
+                    }
+                    // bf16 logits tie often: the first of the largest
+                    let first = values[r][t].iter().position(|&v| v == best[r][t]).unwrap();
+                    assert_eq!(got[r][t] as usize, first, "{dt:?} token ({r}, {t})");
+                    let e = (conf[r][t] - logp[r][t][first]).abs();
+                    assert!(e < 1e-4, "{dt:?} confidence ({r}, {t}) off by {e}");
+                }
+            }
+        }
+    }
+
+    /// Sampling: the same seed gives the same tokens, another seed others; the confidence is
+    /// the chosen token's log-probability; over 30,000 draws from softmax(log p)·(1/0.7) the
+    /// frequencies match the probabilities, and the confidence's noise is Gumbel (mean γ·w,
+    /// standard deviation π/√6·w).
+    #[test]
+    fn samples_follow_the_softmax_and_the_seed() {
+        let dev = cuda_device();
+        let (b, l) = (30, 1000);
+        let p = [0.1f32, 0.2, 0.3, 0.4];
+        // logits · (1/0.7) = ln p: the sampling distribution is p itself
+        let row: Vec<f32> = p.iter().map(|q| q.ln() * 0.7).collect();
+        let logits = Tensor::new(row.as_slice(), &dev)
+            .unwrap()
+            .broadcast_as((b, l, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let masked = Tensor::full(MASK, (b, l), &dev).unwrap();
+        let (a, conf_a) = choose(&logits, &masked, choice(false, 0.0, 5));
+        let (again, _) = choose(&logits, &masked, choice(false, 0.0, 5));
+        let (other, _) = choose(&logits, &masked, choice(false, 0.0, 6));
+        assert_eq!(a, again, "same seed, same draws");
+        assert_ne!(a, other, "another seed, other draws");
+        let mut counts = [0usize; 4];
+        for (row, confs) in a.iter().zip(&conf_a) {
+            for (&t, &c) in row.iter().zip(confs) {
+                counts[t as usize] += 1;
+                assert!(
+                    (c - p[t as usize].ln()).abs() < 1e-5,
+                    "confidence {c} of token {t}"
+                );
+            }
+        }
+        let n = (b * l) as f64;
+        for (i, &q) in p.iter().enumerate() {
+            let f = counts[i] as f64 / n;
+            // four standard deviations of a frequency over 30,000 draws: < 0.012
+            assert!((f - q as f64).abs() < 0.012, "token {i}: {f} for {q}");
+        }
+        let w = 2.0f32;
+        let (_, conf_w) = choose(&logits, &masked, choice(false, w, 5));
+        let noise: Vec<f64> = conf_w
+            .iter()
+            .flatten()
+            .zip(conf_a.iter().flatten())
+            .map(|(x, y)| (x - y) as f64 / w as f64)
+            .collect();
+        let mean = noise.iter().sum::<f64>() / n;
+        let sd = (noise.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((mean - 0.5772).abs() < 0.03, "Gumbel mean {mean}");
+        assert!((sd - 1.2825).abs() < 0.03, "Gumbel standard deviation {sd}");
+    }
+}
+
+/// A bf16 transformer prepared for sampling (parameters detached, weights cast once, bias and
+/// residual in the matmul's pass) gives the logits of the model it came from.
+#[test]
+fn transformer_for_inference_gives_the_same_logits() {
+    use movq::config::TransformerConfig;
+    use movq::nn::params::ParamStore;
+    use movq::transformer::{MaskTransformer, TokenLayout};
+    let dev = cuda_device();
+    let layout = TokenLayout {
+        h: 8,
+        w: 8,
+        channels: 2,
+        codebook_size: 40,
+        n_classes: 3,
+    };
+    let cfg = TransformerConfig {
+        layers: 2,
+        width: 128,
+        heads: 2,
+        mlp: 256,
+    };
+    let l = layout.seq_len();
+    let store = ParamStore::new(8, &dev);
+    let toks: Vec<u32> = (0..2 * l).map(|i| (i * 7 % 41) as u32).collect();
+    let tokens = Tensor::from_vec(toks, (2, l), &dev).unwrap();
+    let cond = Tensor::new(&[0u32, 3], &dev).unwrap();
+    for dt in [DType::F32, DType::BF16] {
+        let model = MaskTransformer::new(&cfg, layout, store.var_builder())
+            .unwrap()
+            .with_dtype(dt);
+        let want = model.forward(&tokens, &cond).unwrap();
+        let fast = model.for_inference().unwrap();
+        for scale in [0.0, 1.5] {
+            let got = fast
+                .sampling_logits(&tokens, &cond, scale)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let want = model.guided_logits(&tokens, &cond, scale).unwrap();
+            let e = rel_err(&got, &want);
+            let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+            assert!(e < tol, "{dt:?} guidance {scale}: relative error {e}");
+        }
+        let got = fast.guided_logits(&tokens, &cond, 0.0).unwrap();
+        let e = rel_err(&got, &want);
+        assert!(
+            e < if dt == DType::F32 { 1e-5 } else { 2e-2 },
+            "{dt:?}: {e}"
+        );
     }
 }

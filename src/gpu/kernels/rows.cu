@@ -124,6 +124,86 @@ __device__ void bias_add_inplace(T* y, const float* b, size_t n, int N) {
         [&](size_t i, int col) { store(y, i, load(y, i) + b[col]); });
 }
 
+// y += b[column] + r, in place: a linear layer's bias and the residual stream it adds onto
+template <typename T>
+__device__ void bias_residual_inplace(T* y, const float* b, const T* r, size_t n, int N) {
+    over_columns(
+        n, N, aligned16(y) && aligned16(r),
+        [&](size_t i, int col) {
+            float v[8], u[8];
+            load8(y, i, v);
+            load8(r, i, u);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] += b[col + k] + u[k];
+            store8(y, i, v);
+        },
+        [&](size_t i, int col) { store(y, i, load(y, i) + b[col] + load(r, i)); });
+}
+
+// A uniform draw in (0, 1) from the counter `i` of stream `seed` (splitmix64's finaliser; 24
+// bits, never 0 or 1), and a standard Gumbel draw from it.
+__device__ __forceinline__ float uniform(unsigned long long seed, unsigned long long i) {
+    unsigned long long z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return ((float)(z >> 40) + 0.5f) * (1.f / 16777216.f);
+}
+__device__ __forceinline__ float gumbel(unsigned long long seed, unsigned long long i) {
+    return -logf(-logf(uniform(seed, i)));
+}
+
+// (value, index) of the larger value; the lower index on ties (the first maximum)
+__device__ __forceinline__ void arg_max_merge(float& v, int& i, float v2, int i2) {
+    if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
+}
+
+// One MaskGIT step's token choice, a warp per token: for a `[MASK]` token (`tokens[r] ==
+// mask`), z = logits[r, :] · inv_temp; the choice is argmax z (top1) or argmax z + Gumbel (a
+// sample of softmax z); conf = log softmax(z)[choice] + noise · Gumbel. A known token keeps its
+// value with conf +∞ (it never competes for a mask). out[r] = conf, out[rows + r] = the token
+// (as f32; ids below 2²⁴). Row r = (b, t) of the logits lies at b·batch_stride + t·K.
+template <typename T>
+__device__ void choose_tokens(const T* logits, const uint32_t* tokens, float* out, int rows, int L, int K,
+                              size_t batch_stride, uint32_t mask, float inv_temp, int top1, float noise,
+                              unsigned long long seed) {
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const uint32_t current = tokens[r];
+    if (current != mask) {
+        if (lane == 0) {
+            out[r] = INFINITY;
+            out[rows + r] = (float)current;
+        }
+        return;
+    }
+    const T* z = logits + (size_t)(r / L) * batch_stride + (size_t)(r % L) * K;
+    const unsigned long long base = (unsigned long long)r * K;
+    // the maximum of z, and of the perturbed z that picks the token
+    float mz = -INFINITY, best = -INFINITY;
+    int pick = 0;
+    for (int k = lane; k < K; k += 32) {
+        const float v = load(z, k) * inv_temp;
+        mz = fmaxf(mz, v);
+        arg_max_merge(best, pick, top1 ? v : v + gumbel(seed, base + k), k);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mz = fmaxf(mz, __shfl_xor_sync(0xffffffffu, mz, o));
+        arg_max_merge(best, pick, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, pick, o));
+    }
+    float s = 0.f;
+    for (int k = lane; k < K; k += 32) s += __expf(load(z, k) * inv_temp - mz);
+    s = warp_sum(s);
+    if (lane == 0) {
+        float conf = load(z, pick) * inv_temp - mz - logf(s);
+        // the confidence's noise: a second stream, one draw per token
+        if (noise != 0.f) conf += noise * gumbel(~seed, r);
+        out[r] = conf;
+        out[rows + r] = (float)pick;
+    }
+}
+
 // dx = dy · GELU'(x + b[column])
 template <typename T>
 __device__ void bias_gelu_bwd(const T* x, const float* b, const T* dy, T* dx, size_t n, int N) {
@@ -265,6 +345,17 @@ extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* 
     }                                                                                               \
     extern "C" __global__ void bias_add_inplace_##S(T* y, const float* b, size_t n, int N) {       \
         bias_add_inplace(y, b, n, N);                                                               \
+    }                                                                                               \
+    extern "C" __global__ void bias_residual_inplace_##S(T* y, const float* b, const T* r, size_t n, \
+                                                         int N) {                                   \
+        bias_residual_inplace(y, b, r, n, N);                                                       \
+    }                                                                                               \
+    extern "C" __global__ void choose_tokens_##S(const T* logits, const uint32_t* tokens, float* out, \
+                                                 int rows, int L, int K, size_t batch_stride,       \
+                                                 uint32_t mask, float inv_temp, int top1,           \
+                                                 float noise, unsigned long long seed) {            \
+        choose_tokens(logits, tokens, out, rows, L, K, batch_stride, mask, inv_temp, top1, noise,   \
+                      seed);                                                                        \
     }                                                                                               \
     extern "C" __global__ void bias_gelu_bwd_##S(const T* x, const float* b, const T* dy, T* dx,    \
                                                  size_t n, int N) {                                 \

@@ -245,7 +245,9 @@ pub(super) fn channel_bias_grad(dy: &Tensor, c: usize) -> Result<Tensor> {
 }
 
 /// `y += b` per channel in place, for `y` a fresh `[B, C, H, W]` output of `dims` (a
-/// convolution's, before it becomes a tensor) and `b` f32 `[C]` under `bl`.
+/// convolution's, before it becomes a tensor) and `b` f32 `[C]` under `bl`. (cuDNN's
+/// convolutions are its only user.)
+#[cfg(feature = "cudnn")]
 pub(super) fn channel_bias_inplace(
     y: &mut CudaStorage,
     b: &CudaStorage,

@@ -747,27 +747,39 @@ fn fused_block_matches_composed_layers() {
 
 /// A transformer with 64-wide heads in bf16 (fused blocks, so fused attention) against the same
 /// weights in f32 (composed ops): logits close, every weight's gradient pointing the same way.
-#[test]
-fn transformer_with_fused_attention_follows_f32() {
-    use movq::config::TransformerConfig;
-    use movq::nn::params::ParamStore;
-    use movq::transformer::{MaskTransformer, TokenLayout};
-    let dev = cuda_device();
-    let layout = TokenLayout {
+/// Two blocks of width 128 (heads of 64) over an 8 × 8 × 2 token layout of `codebook` codes and
+/// 3 classes, parameters from a store seeded with `seed` on the GPU.
+fn small_transformer(
+    codebook: usize,
+    seed: u64,
+) -> (
+    movq::nn::params::ParamStore,
+    movq::transformer::TokenLayout,
+    movq::config::TransformerConfig,
+) {
+    let layout = movq::transformer::TokenLayout {
         h: 8,
         w: 8,
         channels: 2,
-        codebook_size: 32,
+        codebook_size: codebook,
         n_classes: 3,
     };
-    let cfg = TransformerConfig {
+    let cfg = movq::config::TransformerConfig {
         layers: 2,
         width: 128,
         heads: 2,
         mlp: 256,
     };
+    let store = movq::nn::params::ParamStore::new(seed, &cuda_device());
+    (store, layout, cfg)
+}
+
+#[test]
+fn transformer_with_fused_attention_follows_f32() {
+    use movq::transformer::MaskTransformer;
+    let dev = cuda_device();
+    let (store, layout, cfg) = small_transformer(32, 5);
     let l = layout.seq_len();
-    let store = ParamStore::new(5, &dev);
     let model = MaskTransformer::new(&cfg, layout, store.var_builder()).unwrap();
     let toks: Vec<u32> = (0..2 * l).map(|i| (i * 7 % 33) as u32).collect();
     let tokens = Tensor::from_vec(toks, (2, l), &dev).unwrap();
@@ -1040,25 +1052,10 @@ mod token_choice {
 /// residual in the matmul's pass) gives the logits of the model it came from.
 #[test]
 fn transformer_for_inference_gives_the_same_logits() {
-    use movq::config::TransformerConfig;
-    use movq::nn::params::ParamStore;
-    use movq::transformer::{MaskTransformer, TokenLayout};
+    use movq::transformer::MaskTransformer;
     let dev = cuda_device();
-    let layout = TokenLayout {
-        h: 8,
-        w: 8,
-        channels: 2,
-        codebook_size: 40,
-        n_classes: 3,
-    };
-    let cfg = TransformerConfig {
-        layers: 2,
-        width: 128,
-        heads: 2,
-        mlp: 256,
-    };
+    let (store, layout, cfg) = small_transformer(40, 8);
     let l = layout.seq_len();
-    let store = ParamStore::new(8, &dev);
     let toks: Vec<u32> = (0..2 * l).map(|i| (i * 7 % 41) as u32).collect();
     let tokens = Tensor::from_vec(toks, (2, l), &dev).unwrap();
     let cond = Tensor::new(&[0u32, 3], &dev).unwrap();

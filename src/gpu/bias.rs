@@ -283,6 +283,16 @@ pub(super) fn channel_bias_inplace(
 /// keeps only `x`, `w` and `b` for the backward pass (a matmul followed by a bias op keeps the
 /// matmul's output too: a quarter of the transformer's activation memory).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_linear(x, w, b)?;
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.to_dtype(DType::F32)?,
+        Linear { residual: None },
+    )
+}
+
+/// That `x` `[rows, in]`, `w` `[out, in]` (in `x`'s dtype) and `b` `[out]` fit one another.
+fn check_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
     let (_, inp) = x.dims2()?;
     let (out, w_in) = w.dims2()?;
     if w_in != inp || b.dims() != [out] || w.dtype() != x.dtype() {
@@ -295,17 +305,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         );
     }
-    x.contiguous()?.apply_op3(
-        &w.contiguous()?,
-        &b.to_dtype(DType::F32)?,
-        Linear { residual: None },
-    )
+    Ok(())
 }
 
 /// `residual + x Wᵀ + b` for [`linear`]'s `x`, `w`, `b` and `residual` `[rows, out]` in `x`'s
 /// dtype: bias and residual go onto the matmul's output in place, in one pass. Inference only:
 /// the result has no backward pass.
 pub fn linear_residual(x: &Tensor, w: &Tensor, b: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    check_linear(x, w, b)?;
     let (rows, _) = x.dims2()?;
     let (out, _) = w.dims2()?;
     if residual.dims() != [rows, out] || residual.dtype() != x.dtype() {

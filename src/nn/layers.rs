@@ -144,21 +144,7 @@ impl Linear {
             )
         };
         profile::scope(name, x.device(), || {
-            let (out, inp) = self.weight.dims2()?;
-            if let (Some(b), true) = (&self.bias, residual.dims().last() == Some(&out)) {
-                let rows = x.elem_count() / inp;
-                let w = self.weight.to_dtype(x.dtype())?;
-                let fused = crate::gpu::fused_linear_residual(
-                    &x.reshape((rows, inp))?,
-                    &w,
-                    b,
-                    &residual.reshape((rows, out))?,
-                )?;
-                if let Some(y) = fused {
-                    return y.reshape(residual.dims());
-                }
-            }
-            residual + self.forward_inner(x)?
+            self.forward_act(x, false, Some(residual))
         })
     }
 }
@@ -186,19 +172,31 @@ impl Linear {
                 self.weight.dim(0).unwrap_or(0)
             )
         };
-        profile::scope(name, x.device(), || self.forward_act(x, true))
+        profile::scope(name, x.device(), || self.forward_act(x, true, None))
     }
 
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_act(x, false)
+        self.forward_act(x, false, None)
     }
 
-    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+    /// `act(x Wᵀ + b)` over the last dimension of `x`, plus `residual` (`x`'s shape with `out`
+    /// last) when given.
+    fn forward_act(&self, x: &Tensor, gelu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
         let rows = x.elem_count() / inp;
         let w = self.weight.to_dtype(x.dtype())?;
-        let y = self.rows_forward(&x.reshape((rows, inp))?, &w, gelu)?;
+        let x = x.reshape((rows, inp))?;
+        let residual = residual.map(|r| r.reshape((rows, out))).transpose()?;
+        let fused = match (&residual, &self.bias) {
+            (Some(r), Some(b)) if !gelu => crate::gpu::fused_linear_residual(&x, &w, b, r)?,
+            _ => None,
+        };
+        let y = match (fused, residual) {
+            (Some(y), _) => y,
+            (None, Some(r)) => (r + self.rows_forward(&x, &w, gelu)?)?,
+            (None, None) => self.rows_forward(&x, &w, gelu)?,
+        };
         *dims
             .last_mut()
             .expect("a linear layer's input has a last dimension") = out;

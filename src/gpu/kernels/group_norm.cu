@@ -100,6 +100,42 @@ __device__ float2 block_sum2(float a, float b) {
   return sh[0];
 }
 
+// The end of a backward reduction block: its group's mean and 1/σ (`st`) and the block's sums
+// of gx and gx·x̂ (`s1`, `s2`, summed over the block here) into the stats (`bgn` = B·G groups).
+__device__ void write_group_stats(float* stats, size_t bgn, int bg, float2 st, float s1, float s2) {
+  float2 r = block_sum2(s1, s2);
+  if (threadIdx.x == 0) {
+    stats[bg] = st.x;
+    stats[bgn + bg] = st.y;
+    stats[2 * bgn + bg] = r.x;
+    stats[3 * bgn + bg] = r.y;
+  }
+}
+
+__device__ __forceinline__ float silu(float z) { return z / (1.f + __expf(-z)); }
+__device__ __forceinline__ float silu_grad(float z) {
+  float sg = 1.f / (1.f + __expf(-z));
+  return sg * (1.f + z * (1.f - sg));
+}
+
+// One pixel's share of the backward reductions, from x̂, the output's gradient `gz`, the
+// channel's gamma and beta and the pixel's modulation (sv, tv): its cell's ds and dt, its
+// channel's gg and gb (dgamma, dbeta) and its group's s1 and s2 (the sums of gx and gx·x̂).
+__device__ __forceinline__ void reduce_pixel(float xh, float gz, float ga, float be, float sv, float tv,
+                                             int silu, float& ds, float& dt, float& gg, float& gb,
+                                             float& s1, float& s2) {
+  float u = xh * ga + be;
+  if (silu) gz *= silu_grad(u * sv + tv);
+  ds += gz * u;
+  dt += gz;
+  float gu = gz * sv;
+  gg += gu * xh;
+  gb += gu;
+  float gx = gu * ga;
+  s1 += gx;
+  s2 += gx * xh;
+}
+
 // Mean and 1/sqrt(var + eps) of n contiguous values (population variance).
 template <typename T>
 __device__ float2 group_stats(const T* xg, size_t n, float eps) {
@@ -126,19 +162,61 @@ __device__ __forceinline__ size_t cell_of(const Shape& s, int b, int c, int pix)
   return ((size_t)(b * s.C + c) * s.zh + h / fh) * s.zw + w / fw;
 }
 
+// The parts of the packed parameters p = [gamma C][beta C][S B·C·cells][T B·C·cells].
+struct Params {
+  const float *gamma, *beta, *S, *T;
+  __device__ Params(const float* p, const Shape& s) {
+    gamma = p;
+    beta = p + s.C;
+    S = p + 2 * s.C;
+    T = S + (size_t)s.B * s.C * s.zh * s.zw;
+  }
+  __device__ size_t len(const Shape& s) const { return (T - gamma) + (size_t)s.B * s.C * s.zh * s.zw; }
+};
+
+// The parts of the backward pass's reductions side = [dgamma B·C][dbeta B·C][dS][dT][stats],
+// stats = [mean B·G][rstd B·G][sum1 B·G][sum2 B·G]; F is float or const float.
+template <typename F>
+struct Side {
+  F *dgamma, *dbeta, *dS, *dT, *stats;
+  __device__ Side(F* side, const Shape& s) {
+    size_t bc = (size_t)s.B * s.C, cells_all = bc * s.zh * s.zw;
+    dgamma = side;
+    dbeta = side + bc;
+    dS = side + 2 * bc;
+    dT = dS + cells_all;
+    stats = dT + cells_all;
+  }
+};
+
+// What the input gradient of plane bc = (b, c) needs: its group's mean and 1/σ, the group means
+// of gx and gx·x̂ (gx = g·gamma, from the reductions), and the channel's gamma and beta.
+struct PlaneGrad {
+  float mean, rstd, m1, m2, ga, be;
+  __device__ PlaneGrad(const Params& P, const float* stats, const Shape& s, int bc) {
+    int b = bc / s.C, c = bc - b * s.C, cg = s.C / s.G;
+    size_t bgn = (size_t)s.B * s.G, bg = (size_t)b * s.G + c / cg;
+    float inv_n = 1.f / ((float)cg * (float)(s.H * s.W));
+    mean = stats[bg];
+    rstd = stats[bgn + bg];
+    m1 = stats[2 * bgn + bg] * inv_n;
+    m2 = stats[3 * bgn + bg] * inv_n;
+    ga = P.gamma[c];
+    be = P.beta[c];
+  }
+};
+
 template <typename T>
 __device__ void fwd(const T* x, const float* p, T* y, Shape s) {
   int bg = blockIdx.x, b = bg / s.G, g = bg - b * s.G;
   int cg = s.C / s.G, hw = s.H * s.W;
   size_t n = (size_t)cg * hw, base = (size_t)bg * n;
   float2 st = group_stats(x + base, n, s.eps);
-  const float* gamma = p;
-  const float* beta = p + s.C;
-  const float* S = p + 2 * s.C;
-  const float* Tm = S + (size_t)s.B * s.C * s.zh * s.zw;
+  Params P(p, s);
+  const float *S = P.S, *Tm = P.T;
   for (int cc = 0; cc < cg; cc++) {
     int c = g * cg + cc;
-    float ga = gamma[c] * st.y, be = beta[c] - st.x * ga;  // u = x · ga + be
+    float ga = P.gamma[c] * st.y, be = P.beta[c] - st.x * ga;  // u = x · ga + be
     size_t off = base + (size_t)cc * hw;
     for (int pix = threadIdx.x; pix < hw; pix += blockDim.x) {
       float z = load(x, off + pix) * ga + be;
@@ -146,7 +224,7 @@ __device__ void fwd(const T* x, const float* p, T* y, Shape s) {
         size_t k = cell_of(s, b, c, pix);
         z = z * S[k] + Tm[k];
       }
-      if (s.silu) z = z / (1.f + expf(-z));
+      if (s.silu) z = silu(z);
       store(y, off + pix, z);
     }
   }
@@ -160,16 +238,10 @@ __device__ void bwd_reduce(const T* x, const T* dy, const float* p, float* side,
   int cg = s.C / s.G, hw = s.H * s.W;
   size_t n = (size_t)cg * hw, base = (size_t)bg * n;
   float2 st = group_stats(x + base, n, s.eps);
-  size_t bc = (size_t)s.B * s.C, cells_all = bc * s.zh * s.zw;
-  const float* gamma = p;
-  const float* beta = p + s.C;
-  const float* S = p + 2 * s.C;
-  const float* Tm = S + cells_all;
-  float* dgamma = side;
-  float* dbeta = side + bc;
-  float* dS = side + 2 * bc;
-  float* dT = dS + cells_all;
-  float* stats = dT + cells_all;
+  Params P(p, s);
+  Side<float> R(side, s);
+  const float *gamma = P.gamma, *beta = P.beta, *S = P.S, *Tm = P.T;
+  float *dgamma = R.dgamma, *dbeta = R.dbeta, *dS = R.dS, *dT = R.dT, *stats = R.stats;
   size_t bgn = (size_t)s.B * s.G;
   // without modulation a cell is a pixel
   int zh = s.spatial ? s.zh : s.H, zw = s.spatial ? s.zw : s.W;
@@ -187,22 +259,8 @@ __device__ void bwd_reduce(const T* x, const T* dy, const float* p, float* side,
       for (int i = 0; i < fh; i++) {
         for (int j = 0; j < fw; j++) {
           size_t e = off + (size_t)(ch * fh + i) * s.W + cw * fw + j;
-          float xh = (load(x, e) - st.x) * st.y;
-          float u = xh * ga + be;
-          float gz = load(dy, e);
-          if (s.silu) {
-            float z = u * sv + tv;
-            float sg = 1.f / (1.f + expf(-z));
-            gz *= sg * (1.f + z * (1.f - sg));
-          }
-          ds += gz * u;
-          dt += gz;
-          float gu = gz * sv;
-          gg += gu * xh;
-          gb += gu;
-          float gx = gu * ga;
-          s1 += gx;
-          s2 += gx * xh;
+          reduce_pixel((load(x, e) - st.x) * st.y, load(dy, e), ga, be, sv, tv, s.silu, ds, dt, gg, gb,
+                       s1, s2);
         }
       }
       if (s.spatial) {
@@ -216,34 +274,21 @@ __device__ void bwd_reduce(const T* x, const T* dy, const float* p, float* side,
       dbeta[(size_t)b * s.C + c] = r.y;
     }
   }
-  float2 r = block_sum2(s1, s2);
-  if (threadIdx.x == 0) {
-    stats[bg] = st.x;
-    stats[bgn + bg] = st.y;
-    stats[2 * bgn + bg] = r.x;
-    stats[3 * bgn + bg] = r.y;
-  }
+  write_group_stats(stats, bgn, bg, st, s1, s2);
 }
 
 // dx = rstd · (gx − mean(gx) − x̂ · mean(gx · x̂)) elementwise; ps = p ++ side. Blocks along y
 // walk the (b, c) planes, along x the pixels of a plane.
 template <typename T>
 __device__ void bwd_input(const T* x, const T* dy, const float* ps, T* dx, Shape s) {
-  size_t bc_all = (size_t)s.B * s.C, cells_all = bc_all * s.zh * s.zw;
-  const float* gamma = ps;
-  const float* beta = ps + s.C;
-  const float* S = ps + 2 * s.C;
-  const float* Tm = S + cells_all;
-  const float* stats = Tm + cells_all + 2 * bc_all + 2 * cells_all;  // past p, dgamma, dbeta, dS, dT
-  size_t bgn = (size_t)s.B * s.G;
-  int hw = s.H * s.W, cg = s.C / s.G;
-  float inv_n = 1.f / ((float)cg * (float)hw);
+  Params P(ps, s);
+  const float* stats = Side<const float>(ps + P.len(s), s).stats;
+  const float *S = P.S, *Tm = P.T;
+  int hw = s.H * s.W;
   for (int bc = blockIdx.y; bc < s.B * s.C; bc += gridDim.y) {
     int b = bc / s.C, c = bc - b * s.C;
-    size_t bg = (size_t)b * s.G + c / cg;
-    float mean = stats[bg], rstd = stats[bgn + bg];
-    float m1 = stats[2 * bgn + bg] * inv_n, m2 = stats[3 * bgn + bg] * inv_n;
-    float ga = gamma[c], be = beta[c];
+    PlaneGrad q(P, stats, s, bc);
+    float mean = q.mean, rstd = q.rstd, m1 = q.m1, m2 = q.m2, ga = q.ga, be = q.be;
     size_t off = (size_t)bc * hw;
     for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
       float xh = (load(x, off + pix) - mean) * rstd;
@@ -252,15 +297,9 @@ __device__ void bwd_input(const T* x, const T* dy, const float* ps, T* dx, Shape
       if (s.spatial) {
         size_t k = cell_of(s, b, c, pix);
         sv = S[k];
-        if (s.silu) {
-          float z = (xh * ga + be) * sv + Tm[k];
-          float sg = 1.f / (1.f + expf(-z));
-          gz *= sg * (1.f + z * (1.f - sg));
-        }
+        if (s.silu) gz *= silu_grad((xh * ga + be) * sv + Tm[k]);
       } else if (s.silu) {
-        float z = xh * ga + be;
-        float sg = 1.f / (1.f + expf(-z));
-        gz *= sg * (1.f + z * (1.f - sg));
+        gz *= silu_grad(xh * ga + be);
       }
       float gx = gz * sv * ga;
       store(dx, off + pix, rstd * (gx - m1 - xh * m2));
@@ -292,12 +331,6 @@ __device__ float2 group_stats8(const T* xg, size_t n, float eps) {
   }
   Welford t = block_welford(acc);
   return make_float2(t.mean, rsqrtf(t.m2 / t.n + eps));
-}
-
-__device__ __forceinline__ float silu(float z) { return z / (1.f + __expf(-z)); }
-__device__ __forceinline__ float silu_grad(float z) {
-  float sg = 1.f / (1.f + __expf(-z));
-  return sg * (1.f + z * (1.f - sg));
 }
 
 // The modulation cell (index inside a (b, c) plane's zh × zw cells) of pixel `pix` of a plane,
@@ -332,13 +365,11 @@ __device__ void fwd8(const T* x, const float* p, T* y, Shape s) {
   int cg = s.C / s.G, hw = s.H * s.W, cells = s.zh * s.zw;
   size_t n = (size_t)cg * hw, base = (size_t)bg * n;
   float2 st = group_stats8(x + base, n, s.eps);
-  const float* gamma = p;
-  const float* beta = p + s.C;
-  const float* S = p + 2 * s.C;
-  const float* Tm = S + (size_t)s.B * s.C * cells;
+  Params P(p, s);
+  const float *S = P.S, *Tm = P.T;
   for (int cc = 0; cc < cg; cc++) {
     int c = g * cg + cc;
-    float ga = gamma[c] * st.y, be = beta[c] - st.x * ga;  // u = x · ga + be
+    float ga = P.gamma[c] * st.y, be = P.beta[c] - st.x * ga;  // u = x · ga + be
     size_t off = base + (size_t)cc * hw, plane = (size_t)(b * s.C + c) * cells;
     for (int pix = threadIdx.x * 8; pix < hw; pix += blockDim.x * 8) {
       float v[8];
@@ -375,18 +406,11 @@ __device__ void bwd_reduce8(const T* x, const T* dy, const float* p, float* side
   int cg = s.C / s.G, hw = s.H * s.W;
   size_t n = (size_t)cg * hw, base = (size_t)bg * n;
   float2 st = group_stats8(x + base, n, s.eps);
-  size_t bc = (size_t)s.B * s.C;
-  int cells = s.spatial ? s.zh * s.zw : 0;
-  size_t cells_all = bc * cells;
-  const float* gamma = p;
-  const float* beta = p + s.C;
-  const float* S = p + 2 * s.C;
-  const float* Tm = S + cells_all;
-  float* dgamma = side;
-  float* dbeta = side + bc;
-  float* dS = side + 2 * bc;
-  float* dT = dS + cells_all;
-  float* stats = dT + cells_all;
+  int cells = s.zh * s.zw;  // 0 without modulation
+  Params P(p, s);
+  Side<float> R(side, s);
+  const float *gamma = P.gamma, *beta = P.beta, *S = P.S, *Tm = P.T;
+  float *dgamma = R.dgamma, *dbeta = R.dbeta, *dS = R.dS, *dT = R.dT, *stats = R.stats;
   size_t bgn = (size_t)s.B * s.G;
   float s1 = 0.f, s2 = 0.f;
   for (int cc = 0; cc < cg; cc++) {
@@ -418,18 +442,7 @@ __device__ void bwd_reduce8(const T* x, const T* dy, const float* p, float* side
           tv = Tm[plane + cur];
           cl.next();
         }
-        float xh = (xv[k] - st.x) * st.y;
-        float u = xh * ga + be;
-        float gz = gv[k];
-        if (s.silu) gz *= silu_grad(u * sv + tv);
-        ds += gz * u;
-        dt += gz;
-        float gu = gz * sv;
-        gg += gu * xh;
-        gb += gu;
-        float gx = gu * ga;
-        s1 += gx;
-        s2 += gx * xh;
+        reduce_pixel((xv[k] - st.x) * st.y, gv[k], ga, be, sv, tv, s.silu, ds, dt, gg, gb, s1, s2);
       }
       if (s.spatial) {
         atomicAdd(acc + cur, ds);
@@ -450,33 +463,19 @@ __device__ void bwd_reduce8(const T* x, const T* dy, const float* p, float* side
       __syncthreads();  // read before the next plane clears them
     }
   }
-  float2 r = block_sum2(s1, s2);
-  if (threadIdx.x == 0) {
-    stats[bg] = st.x;
-    stats[bgn + bg] = st.y;
-    stats[2 * bgn + bg] = r.x;
-    stats[3 * bgn + bg] = r.y;
-  }
+  write_group_stats(stats, bgn, bg, st, s1, s2);
 }
 
 template <typename T>
 __device__ void bwd_input8(const T* x, const T* dy, const float* ps, T* dx, Shape s) {
   int cells = s.zh * s.zw;
-  size_t bc_all = (size_t)s.B * s.C, cells_all = bc_all * cells;
-  const float* gamma = ps;
-  const float* beta = ps + s.C;
-  const float* S = ps + 2 * s.C;
-  const float* Tm = S + cells_all;
-  const float* stats = Tm + cells_all + 2 * bc_all + 2 * cells_all;  // past p, dgamma, dbeta, dS, dT
-  size_t bgn = (size_t)s.B * s.G;
-  int hw = s.H * s.W, cg = s.C / s.G;
-  float inv_n = 1.f / ((float)cg * (float)hw);
+  Params P(ps, s);
+  const float* stats = Side<const float>(ps + P.len(s), s).stats;
+  const float *S = P.S, *Tm = P.T;
+  int hw = s.H * s.W;
   for (int bc = blockIdx.y; bc < s.B * s.C; bc += gridDim.y) {
-    int b = bc / s.C, c = bc - b * s.C;
-    size_t bg = (size_t)b * s.G + c / cg;
-    float mean = stats[bg], rstd = stats[bgn + bg];
-    float m1 = stats[2 * bgn + bg] * inv_n, m2 = stats[3 * bgn + bg] * inv_n;
-    float ga = gamma[c], be = beta[c];
+    PlaneGrad q(P, stats, s, bc);
+    float mean = q.mean, rstd = q.rstd, m1 = q.m1, m2 = q.m2, ga = q.ga, be = q.be;
     size_t off = (size_t)bc * hw, plane = (size_t)bc * cells;
     for (int pix = (blockIdx.x * blockDim.x + threadIdx.x) * 8; pix < hw; pix += gridDim.x * blockDim.x * 8) {
       float xv[8], gv[8];

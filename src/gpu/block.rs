@@ -17,7 +17,7 @@ use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage,
 
 use super::attention::{attention_backward, attention_saving, Lse};
 use super::bias::{bias_act, bias_gelu_backward, column_sum, linear};
-use super::layer_norm::{layer_norm_backward, layer_norm_saving, Stats};
+use super::layer_norm::{layer_norm_backward, layer_norm_saving, InputGrad, Stats};
 use super::BlockWeights;
 use crate::nn::side_grads::SideGrads;
 
@@ -156,7 +156,7 @@ impl CustomOp2 for Node {
         grads.push((8, du.t()?.matmul(&s.y2)?));
         let dy2 = du.matmul(w1)?;
         drop((du, s.y2));
-        let (dx2, dw, db) = layer_norm_backward(&s.x2, &p[6], &s.st2, &dy2, true)?;
+        let (dx2, dw, db) = layer_norm_backward(&s.x2, &p[6], &s.st2, &dy2, InputGrad::Own)?;
         grads.extend([(6, dw), (7, db)]);
         let dx2 = match dx2 {
             Some(dx2) => (g + dx2)?,
@@ -180,7 +180,7 @@ impl CustomOp2 for Node {
         grads.push((2, dqkv.t()?.matmul(&s.y1)?));
         let dy1 = dqkv.matmul(wqkv)?;
         drop((dqkv, s.y1));
-        let (dx1, dw, db) = layer_norm_backward(&s.x, &p[0], &s.st1, &dy1, true)?;
+        let (dx1, dw, db) = layer_norm_backward(&s.x, &p[0], &s.st1, &dy1, InputGrad::Own)?;
         grads.extend([(0, dw), (1, db)]);
         let dx = match dx1 {
             Some(dx1) => (dx2 + dx1)?.reshape((b, t, d))?,

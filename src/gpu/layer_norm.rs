@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 
 use super::rows::{
     by_dtype, column_grid, function, launch_cfg, row_grid, storage, view, Elem, BLOCK,
@@ -56,28 +57,70 @@ pub fn layer_norm_saving(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result
     }
 }
 
-/// The gradients of LayerNorm's input (when `need_dx`), scale and shift (f32 `[D]` each) from
-/// the result's gradient `grad`, given the forward pass's input, scale and statistics.
+/// What [`layer_norm_backward`] gives for LayerNorm's input.
+#[derive(Clone, Copy)]
+pub enum InputGrad<'a> {
+    /// Nothing (the input is a constant).
+    Skip,
+    /// Its gradient.
+    Own,
+    /// Its gradient plus `r`, a gradient that reaches the same tensor by another path (a
+    /// residual connection), added in the same pass.
+    Plus(&'a Tensor),
+}
+
+/// The gradients of LayerNorm's input (as `input` asks), scale and shift (f32 `[D]` each) from
+/// the result's gradient `grad`, given the forward pass's input, scale and statistics. Rows of
+/// 256, 512, 768 or 1,024 values take one pass over `x` and `grad` for all three; other widths a
+/// row pass and a column pass.
 pub fn layer_norm_backward(
     x: &Tensor,
     w: &Tensor,
     stats: &Stats,
     grad: &Tensor,
-    need_dx: bool,
+    input: InputGrad,
 ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
     let grad = grad.to_dtype(x.dtype())?.contiguous()?;
-    let (x, w) = (x.detach(), w.detach().to_dtype(DType::F32)?);
-    let pass = |pass| LnBackward {
-        pass,
-        stats: stats.0.clone(),
+    let (x, w) = (
+        x.detach().contiguous()?,
+        w.detach().to_dtype(DType::F32)?.contiguous()?,
+    );
+    let residual = match input {
+        InputGrad::Plus(r) => Some(r.detach().to_dtype(x.dtype())?.contiguous()?),
+        _ => None,
     };
-    let dx = if need_dx {
-        Some(x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input))?)
-    } else {
-        None
-    };
-    let dp = x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?;
     let d = w.elem_count();
+    let aligned = |t: &Tensor| t.layout().start_offset().is_multiple_of(8);
+    let one_pass = d.is_multiple_of(256)
+        && d <= 1024
+        && [&x, &grad, &w].into_iter().chain(&residual).all(aligned);
+    let (dx, dp) = if one_pass {
+        let op = LnBackwardRows {
+            stats: stats.0.clone(),
+            want_dx: !matches!(input, InputGrad::Skip),
+            residual,
+            dx: Mutex::new(None),
+        };
+        let dp = x.apply_op3_no_bwd(&grad, &w, &op)?;
+        let dx = op
+            .dx
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|s| Tensor::from_storage(Storage::Cuda(s), x.shape(), BackpropOp::none(), false));
+        (dx, dp)
+    } else {
+        let pass = |pass| LnBackward {
+            pass,
+            stats: stats.0.clone(),
+        };
+        let own = |()| x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input));
+        let dx = match (input, residual) {
+            (InputGrad::Skip, _) => None,
+            (_, None) => Some(own(())?),
+            (_, Some(r)) => Some((own(())? + r)?),
+        };
+        (dx, x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?)
+    };
     Ok((dx, dp.narrow(0, 0, d)?, dp.narrow(0, d, d)?))
 }
 
@@ -112,6 +155,15 @@ enum LnPass {
 struct LnBackward {
     pass: LnPass,
     stats: Arc<CudaSlice<f32>>,
+}
+
+/// The one-pass backward kernel (`ln_bwd_rows*`): the op's result is the parameters' gradients
+/// `[2·D]`, the input's is left in `dx` (when `want_dx`).
+struct LnBackwardRows {
+    stats: Arc<CudaSlice<f32>>,
+    want_dx: bool,
+    residual: Option<Tensor>,
+    dx: Mutex<Option<CudaStorage>>,
 }
 
 impl CustomOp3 for LayerNorm {
@@ -176,7 +228,12 @@ impl CustomOp3 for LayerNorm {
         let Some(stats) = stats else {
             candle_core::bail!("fused LayerNorm: backward pass without a forward pass on CUDA")
         };
-        let (dx, dw, db) = layer_norm_backward(x, w, &Stats(stats), grad, x.track_op())?;
+        let input = if x.track_op() {
+            InputGrad::Own
+        } else {
+            InputGrad::Skip
+        };
+        let (dx, dw, db) = layer_norm_backward(x, w, &Stats(stats), grad, input)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }
@@ -241,5 +298,71 @@ impl CustomOp3 for LnBackward {
                 Ok((storage(CudaStorageSlice::F32(dp), &dev), Shape::from(2 * d)))
             }
         }
+    }
+}
+
+impl CustomOp3 for LnBackwardRows {
+    fn name(&self) -> &'static str {
+        "movq-layer-norm-backward-rows"
+    }
+
+    cuda_only!(3, "the fused row kernels");
+
+    /// `(x, dy, w)` → the parameters' gradients `[2·D]`; the input's into `self.dx`.
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let n = xl.shape().elem_count();
+        let d = wl.shape().elem_count();
+        let rows = n / d.max(1);
+        let rows_i = rows as i32;
+        let stats: &CudaSlice<f32> = &self.stats;
+        let wv = view::<f32>(w, wl, "the scale")?;
+        let dp = dev.alloc_zeros::<f32>(2 * d)?;
+        let residual = self.residual.as_ref().map(Tensor::storage_and_layout);
+        // a warp per row, at least 8 rows per warp where there are enough
+        let blocks = rows.div_ceil(8 * BLOCK / 32).clamp(1, 512);
+        let dx = by_dtype!(x.dtype(), T => {
+            let xv = view::<T>(x, xl, "x")?;
+            let gv = view::<T>(g, gl, "the gradient")?;
+            let rv = match &residual {
+                Some((rs, rl)) => {
+                    let Storage::Cuda(rs) = &**rs else {
+                        candle_core::bail!("fused LayerNorm: the residual gradient is not on the GPU")
+                    };
+                    Some(view::<T>(rs, rl, "the residual gradient")?)
+                }
+                None => None,
+            };
+            // SAFETY: the kernel writes every element when it is asked for dx.
+            let dx = if self.want_dx { Some(unsafe { dev.alloc::<T>(n)? }) } else { None };
+            let func = function(&dev, &format!("ln_bwd_rows{}_{}", d / 256, T::SUFFIX))?;
+            let stream = dev.cuda_stream();
+            let null = 0u64;
+            let mut a = stream.launch_builder(&func);
+            a.arg(&xv).arg(&wv).arg(&gv);
+            match &rv {
+                Some(rv) => a.arg(rv),
+                None => a.arg(&null),
+            };
+            a.arg(stats);
+            match &dx {
+                Some(dx) => a.arg(dx),
+                None => a.arg(&null),
+            };
+            a.arg(&dp).arg(&rows_i);
+            // SAFETY: the arguments of ln_bwd_rows*_* (null pointers for what is not there).
+            unsafe { a.launch(launch_cfg((blocks, 1), BLOCK)) }.w()?;
+            dx.map(T::wrap)
+        });
+        *self.dx.lock().unwrap_or_else(|e| e.into_inner()) = dx.map(|s| storage(s, &dev));
+        Ok((storage(CudaStorageSlice::F32(dp), &dev), Shape::from(2 * d)))
     }
 }

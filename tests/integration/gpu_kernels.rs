@@ -497,6 +497,59 @@ fn fused_layer_norm_matches_composed_ops() {
     }
 }
 
+/// LayerNorm's backward pass as the fused blocks call it, with the input's gradient plus a
+/// residual gradient (`InputGrad::Plus`) and without the input's (`Skip`): rows of 768 (the
+/// one-pass kernel) and 96 (row and column passes), f32 against candle's composed ops (1e-4),
+/// bf16 inputs against the same (3e-2).
+#[test]
+fn layer_norm_backward_adds_the_residual_gradient() {
+    use movq::gpu::layer_norm::{layer_norm_backward, layer_norm_saving, InputGrad};
+    let dev = cuda_device();
+    for n in [768, 96] {
+        let rows = 150;
+        let x = randn(&[rows, n], 81, &dev).affine(2.0, 0.5).unwrap();
+        let (w, b) = (
+            (randn(&[n], 82, &dev) + 1.0).unwrap(),
+            randn(&[n], 83, &dev),
+        );
+        let (dy, r) = (randn(&[rows, n], 84, &dev), randn(&[rows, n], 85, &dev));
+        // the reference: candle's ops in f32, the residual gradient added after
+        let xv = Var::from_tensor(&x).unwrap();
+        let (wv, bv) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+        let y = movq::nn::layers::standardize(xv.as_tensor(), 1e-5)
+            .unwrap()
+            .broadcast_mul(wv.as_tensor())
+            .unwrap()
+            .broadcast_add(bv.as_tensor())
+            .unwrap();
+        let g = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = [
+            (g.get(xv.as_tensor()).unwrap() + &r).unwrap(),
+            g.get(wv.as_tensor()).unwrap().clone(),
+            g.get(bv.as_tensor()).unwrap().clone(),
+        ];
+        for (dt, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+            let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+            let (_, stats) = layer_norm_saving(&c(&x), &w, &b, 1e-5).unwrap();
+            let (dx, dw, db) =
+                layer_norm_backward(&c(&x), &w, &stats, &c(&dy), InputGrad::Plus(&c(&r))).unwrap();
+            let got = [dx.expect("the input's gradient"), dw, db];
+            for (name, (a, b)) in ["x", "scale", "shift"].iter().zip(got.iter().zip(&want)) {
+                let e = rel_err(&a.to_dtype(DType::F32).unwrap(), b);
+                assert!(
+                    e < tol,
+                    "rows of {n} {dt:?}: gradient of {name} + residual: {e}"
+                );
+            }
+            let (none, dw, _) =
+                layer_norm_backward(&c(&x), &w, &stats, &c(&dy), InputGrad::Skip).unwrap();
+            assert!(none.is_none());
+            let e = rel_err(&dw, &want[1]);
+            assert!(e < tol, "rows of {n} {dt:?}, no input gradient: scale {e}");
+        }
+    }
+}
+
 /// The fused Adam / AdamW step on the GPU against the composed update on the CPU: parameters
 /// and both moments after three steps (weight decay and gradient clipping on), and the state
 /// handed out for a checkpoint stays as it was when the moments move on in place.

@@ -309,6 +309,71 @@ __device__ void ln_bwd_params(const T* x, const T* dy, const float* stats, float
     atomicAdd(dp + D + c, db);
 }
 
+// The LayerNorm backward pass in one pass over rows of D = 256·K values (16-byte aligned), a warp
+// per row, lane l holding columns 256k + 8l … 256k + 8l + 7: dx = r + (1/σ)·(g − mean(g) −
+// x̂·mean(g·x̂)) with g = dy·w, where r is a gradient reaching the same tensor by a residual path
+// (optional; dx skipped when null), and the scale's and shift's gradients dp[c] += Σ dy·x̂,
+// dp[D + c] += Σ dy, summed in registers over the warp's rows, in shared memory over the
+// block's warps, then one atomic per column and block (dp zeroed by the caller). x and dy are
+// read once, where the row kernel and the column pass above read them twice.
+template <typename T, int K>
+__device__ void ln_bwd_rows(const T* x, const float* w, const T* dy, const T* res, const float* stats, T* dx,
+                            float* dp, int rows) {
+    constexpr int D = 256 * K;
+    __shared__ float part[2 * D];
+    const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) part[i] = 0.f;
+    // (the scale is re-read from L1 per row: in registers it would cost the occupancy that
+    // keeps enough loads in flight)
+    float dw[K][8], db[K][8];
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) dw[k][j] = db[k][j] = 0.f;
+    for (int r = blockIdx.x * warps + threadIdx.x / 32; r < rows; r += gridDim.x * warps) {
+        const size_t at = (size_t)r * D + 8 * lane;
+        const float mean = stats[r], rstd = stats[rows + r];
+        float xh[K][8], g[K][8];
+        float sg = 0.f, sgx = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            load8(x, at + 256 * k, xh[k]);
+            load8(dy, at + 256 * k, g[k]);
+            float wv[8];
+            load8(w, 256 * k + 8 * lane, wv);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                xh[k][j] = (xh[k][j] - mean) * rstd;
+                dw[k][j] += g[k][j] * xh[k][j];
+                db[k][j] += g[k][j];
+                g[k][j] *= wv[j];
+                sg += g[k][j];
+                sgx += g[k][j] * xh[k][j];
+            }
+        }
+        if (dx == nullptr) continue;  // the same for the whole warp
+        const float mg = warp_sum(sg) / D, mgx = warp_sum(sgx) / D;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            if (res != nullptr) load8(res, at + 256 * k, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] += rstd * (g[k][j] - mg - xh[k][j] * mgx);
+            store8(dx, at + 256 * k, v);
+        }
+    }
+    __syncthreads();  // the block's sums are zeroed
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            atomicAdd(part + 256 * k + 8 * lane + j, dw[k][j]);
+            atomicAdd(part + D + 256 * k + 8 * lane + j, db[k][j]);
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) atomicAdd(dp + i, part[i]);
+}
+
 }  // namespace
 
 // out[i, :] = table[ids[i], :] (rows past the table's `V` rows read zeros), f32 tables
@@ -326,6 +391,16 @@ extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* 
         if (id < (uint32_t)V) atomicAdd(dtable + (size_t)id * D + i % D, g[i]);
     }
 }
+
+// two blocks of 256 per SM where the registers allow it without spilling (bf16 rows up to 768,
+// f32 up to 512)
+#define LN_BWD_BLOCKS(T, K) ((sizeof(T) == 2 ? (K) <= 3 : (K) <= 2) ? 2 : 1)
+#define LN_BWD_ROWS(T, S, K)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, LN_BWD_BLOCKS(T, K)) ln_bwd_rows##K##_##S(const T* x, const float* w, const T* dy,         \
+                                                   const T* res, const float* stats, T* dx,          \
+                                                   float* dp, int rows) {                            \
+        ln_bwd_rows<T, K>(x, w, dy, res, stats, dx, dp, rows);                                       \
+    }
 
 #define ROWS_ENTRY_POINTS(T, S)                                                                     \
     extern "C" __global__ void bias_act_fwd_##S(const T* x, const float* b, T* y, size_t n, int N,  \
@@ -375,7 +450,11 @@ extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* 
     extern "C" __global__ void ln_bwd_params_##S(const T* x, const T* dy, const float* stats,        \
                                                  float* dp, int rows, int D, int chunk) {           \
         ln_bwd_params(x, dy, stats, dp, rows, D, chunk);                                            \
-    }
+    }                                                                                               \
+    LN_BWD_ROWS(T, S, 1)                                                                            \
+    LN_BWD_ROWS(T, S, 2)                                                                            \
+    LN_BWD_ROWS(T, S, 3)                                                                            \
+    LN_BWD_ROWS(T, S, 4)
 
 ROWS_ENTRY_POINTS(float, f32)
 ROWS_ENTRY_POINTS(bf16, bf16)

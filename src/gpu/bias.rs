@@ -309,8 +309,8 @@ fn check_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// `residual + x Wᵀ + b` for [`linear`]'s `x`, `w`, `b` and `residual` `[rows, out]` in `x`'s
-/// dtype: bias and residual go onto the matmul's output in place, in one pass. Inference only:
-/// the result has no backward pass.
+/// dtype: bias and residual go onto the matmul's output in place, in one pass. The result has no
+/// backward pass: for inference, and for nodes that run their own ([`super::block`]).
 pub fn linear_residual(x: &Tensor, w: &Tensor, b: &Tensor, residual: &Tensor) -> Result<Tensor> {
     check_linear(x, w, b)?;
     let (rows, _) = x.dims2()?;

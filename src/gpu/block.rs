@@ -1,14 +1,17 @@
-//! The transformer's pre-LayerNorm block, `x + attn(ln1(x))` then `+ mlp(ln2(·))`, as one node
-//! of candle's graph on CUDA, with its backward pass written out over the kernels of this
+//! The transformer's pre-LayerNorm blocks, each `x + attn(ln1(x))` then `+ mlp(ln2(·))`, as one
+//! node of candle's graph on CUDA, with their backward pass written out over the kernels of this
 //! module.
 //!
 //! candle's backward pass adds each gradient that reaches a tensor onto a fresh zero tensor
 //! (`GradStore::or_insert`, then `add`): a full pass over an activation for every edge of the
 //! graph. Composed of ops, the 24-layer transformer at 64 × 1,025 tokens took 656 such adds per
-//! step, 198 of its 639 ms of GPU time (31 %). As one node per block, the graph has one edge per
-//! block; the parameters' gradients go to a [`SideGrads`] list that the model moves into the
-//! gradient store after the backward pass. The forward pass keeps what the backward pass needs
-//! (fewer tensors than the composed ops keep) and the backward pass frees it block by block.
+//! step, 198 of its 639 ms of GPU time (31 %). With a node per block there was still one such
+//! add per block (24, ~5 ms a step); with one node for the whole stack there is one. The
+//! residual adds ride along with other passes: forward on the linear layer's output (bias and
+//! residual in one pass), backward in LayerNorm's one-pass input gradient. The parameters'
+//! gradients go to a [`SideGrads`] list that the model moves into the gradient store after the
+//! backward pass. The forward pass keeps what the backward pass needs (fewer tensors than the
+//! composed ops keep) and the backward pass frees it block by block.
 
 use std::sync::Mutex;
 
@@ -16,62 +19,152 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
 use super::attention::{attention_backward, attention_saving, Lse};
-use super::bias::{bias_act, bias_gelu_backward, column_sum, linear};
+use super::bias::{bias_act, bias_gelu_backward, column_sum, linear, linear_residual};
 use super::layer_norm::{layer_norm_backward, layer_norm_saving, InputGrad, Stats};
 use super::BlockWeights;
 use crate::nn::side_grads::SideGrads;
 
-/// The block for `x` `[B, T, D]` (bf16 on CUDA; see [`super::fused_block`]).
-pub fn block(x: &Tensor, w: &BlockWeights, grads: &SideGrads) -> Result<Tensor> {
-    let dt = x.dtype();
-    let (b, t, d) = x.dims3()?;
-    let n = b * t;
-    let cast = |p: &Tensor| p.detach().to_dtype(dt);
-    let xd = x.detach().reshape((n, d))?.contiguous()?;
-    let (y1, st1) = layer_norm_saving(&xd, w.ln1.0, w.ln1.1, w.eps)?;
-    let wqkv = cast(w.qkv.0)?;
-    let qkv = linear(&y1, &wqkv, &w.qkv.1.detach())?;
-    let (a, lse) = attention_saving(&qkv.reshape((b, t, 3 * d))?, w.heads)?;
-    let a = a.reshape((n, d))?;
-    let wproj = cast(w.proj.0)?;
-    let x2 = (&xd + linear(&a, &wproj, &w.proj.1.detach())?)?;
-    let (y2, st2) = layer_norm_saving(&x2, w.ln2.0, w.ln2.1, w.eps)?;
-    let w1 = cast(w.fc1.0)?;
-    let m1 = y2.matmul(&w1.t()?)?;
-    let h = bias_act(&m1, &w.fc1.1.detach(), true)?;
-    let w2 = cast(w.fc2.0)?;
-    let out = (&x2 + linear(&h, &w2, &w.fc2.1.detach())?)?.reshape((b, t, d))?;
-    let params = [
-        w.ln1.0, w.ln1.1, w.qkv.0, w.qkv.1, w.proj.0, w.proj.1, w.ln2.0, w.ln2.1, w.fc1.0, w.fc1.1,
-        w.fc2.0, w.fc2.1,
-    ]
-    .map(|p| p.clone());
-    let saved = Saved {
-        x: xd,
-        y1,
-        st1,
-        qkv,
-        a,
-        lse,
-        x2,
-        y2,
-        st2,
-        m1,
-        h,
-        weights: [wqkv, wproj, w1, w2],
+/// The blocks `ws` one after the other for `x` `[B, T, D]` (bf16 on CUDA; see
+/// [`super::fused_blocks`]), as one node of the graph.
+pub fn blocks(x: &Tensor, ws: &[BlockWeights], grads: &SideGrads) -> Result<Tensor> {
+    let Some(first) = ws.first() else {
+        candle_core::bail!("fused transformer blocks: no blocks")
     };
+    let (b, t, d) = x.dims3()?;
+    let mut h = x.detach().reshape((b * t, d))?.contiguous()?;
+    let mut layers = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (out, layer) = Layer::forward(&h, w, (b, t))?;
+        layers.push(layer);
+        h = out;
+    }
     // the node's second input is a parameter, so that it is on the graph's path to the
     // parameters even where `x` is not (its gradient goes to the side list with the others)
     x.apply_op2(
-        w.ln1.0,
+        first.ln1.0,
         Node {
-            out: Mutex::new(Some(out)),
-            saved: Mutex::new(Some(saved)),
-            params,
-            heads: w.heads,
+            out: Mutex::new(Some(h.reshape((b, t, d))?)),
+            layers: Mutex::new(Some(layers)),
             grads: grads.clone(),
         },
     )
+}
+
+/// One block's parameters and what its backward pass takes from its forward pass.
+struct Layer {
+    saved: Saved,
+    /// ln1 (scale, shift), qkv, proj (weight, bias), ln2, fc1, fc2: the gradients' keys.
+    params: [Tensor; 12],
+    heads: usize,
+}
+
+impl Layer {
+    /// The block for rows `x` `[B·T, D]` (`bt` = (B, T)): its output rows, and what its
+    /// backward pass needs. The linear layers that feed the residual stream add bias and
+    /// residual on their matmul's output in one pass.
+    fn forward(x: &Tensor, w: &BlockWeights, bt: (usize, usize)) -> Result<(Tensor, Self)> {
+        let dt = x.dtype();
+        let (b, t) = bt;
+        let d = x.dim(1)?;
+        let cast = |p: &Tensor| p.detach().to_dtype(dt);
+        let (y1, st1) = layer_norm_saving(x, w.ln1.0, w.ln1.1, w.eps)?;
+        let wqkv = cast(w.qkv.0)?;
+        let qkv = linear(&y1, &wqkv, &w.qkv.1.detach())?;
+        let (a, lse) = attention_saving(&qkv.reshape((b, t, 3 * d))?, w.heads)?;
+        let a = a.reshape((b * t, d))?;
+        let wproj = cast(w.proj.0)?;
+        let x2 = linear_residual(&a, &wproj, &w.proj.1.detach(), x)?;
+        let (y2, st2) = layer_norm_saving(&x2, w.ln2.0, w.ln2.1, w.eps)?;
+        let w1 = cast(w.fc1.0)?;
+        let m1 = y2.matmul(&w1.t()?)?;
+        let h = bias_act(&m1, &w.fc1.1.detach(), true)?;
+        let w2 = cast(w.fc2.0)?;
+        let out = linear_residual(&h, &w2, &w.fc2.1.detach(), &x2)?;
+        let params = [
+            w.ln1.0, w.ln1.1, w.qkv.0, w.qkv.1, w.proj.0, w.proj.1, w.ln2.0, w.ln2.1, w.fc1.0,
+            w.fc1.1, w.fc2.0, w.fc2.1,
+        ]
+        .map(|p| p.clone());
+        let saved = Saved {
+            x: x.clone(),
+            y1,
+            st1,
+            qkv,
+            a,
+            lse,
+            x2,
+            y2,
+            st2,
+            m1,
+            h,
+            weights: [wqkv, wproj, w1, w2],
+        };
+        let layer = Self {
+            saved,
+            params,
+            heads: w.heads,
+        };
+        Ok((out, layer))
+    }
+
+    /// The gradient of the block's input rows from its output rows' `g` `[B·T, D]` (`bt` =
+    /// (B, T)); the parameters' gradients (f32) go to `side`. Consumes what the forward pass
+    /// kept, so that it is freed block by block.
+    fn backward(self, g: Tensor, bt: (usize, usize), side: &SideGrads) -> Result<Tensor> {
+        let Self {
+            saved: s,
+            params: p,
+            heads,
+        } = self;
+        let (b, t) = bt;
+        let d = g.dim(1)?;
+        let [wqkv, wproj, w1, w2] = &s.weights;
+        let mut grads: Vec<(usize, Tensor)> = Vec::with_capacity(12);
+        // out = x2 + fc2(h), h = gelu(m1 + b1), m1 = y2 W1ᵀ
+        grads.push((11, column_sum(&g)?));
+        grads.push((10, g.t()?.matmul(&s.h)?));
+        let dh = g.matmul(w2)?;
+        drop(s.h);
+        let du = bias_gelu_backward(&s.m1, &p[9], &dh)?;
+        drop((dh, s.m1));
+        grads.push((9, column_sum(&du)?));
+        grads.push((8, du.t()?.matmul(&s.y2)?));
+        let dy2 = du.matmul(w1)?;
+        drop((du, s.y2));
+        // the residual path's g joins LayerNorm's input gradient in its pass
+        let (dx2, dw, db) = layer_norm_backward(&s.x2, &p[6], &s.st2, &dy2, InputGrad::Plus(&g))?;
+        grads.extend([(6, dw), (7, db)]);
+        let Some(dx2) = dx2 else {
+            candle_core::bail!("fused transformer block: LayerNorm gave no input gradient")
+        };
+        drop((g, dy2, s.x2));
+        // x2 = x + a Wprojᵀ + bproj, a = attention(qkv), qkv = y1 Wqkvᵀ + bqkv
+        grads.push((5, column_sum(&dx2)?));
+        grads.push((4, dx2.t()?.matmul(&s.a)?));
+        let da = dx2.matmul(wproj)?;
+        let dqkv = attention_backward(
+            &s.qkv.reshape((b, t, 3 * d))?,
+            &s.a.reshape((b, t, d))?,
+            &da.reshape((b, t, d))?,
+            heads,
+            &s.lse,
+        )?
+        .reshape((b * t, 3 * d))?;
+        drop((da, s.a, s.qkv));
+        grads.push((3, column_sum(&dqkv)?));
+        grads.push((2, dqkv.t()?.matmul(&s.y1)?));
+        let dy1 = dqkv.matmul(wqkv)?;
+        drop((dqkv, s.y1));
+        let (dx, dw, db) = layer_norm_backward(&s.x, &p[0], &s.st1, &dy1, InputGrad::Plus(&dx2))?;
+        grads.extend([(0, dw), (1, db)]);
+        let Some(dx) = dx else {
+            candle_core::bail!("fused transformer block: LayerNorm gave no input gradient")
+        };
+        for (i, g) in grads {
+            side.push(&p[i], g.to_dtype(DType::F32)?);
+        }
+        Ok(dx)
+    }
 }
 
 /// What the backward pass takes from the forward pass: rows are `[B·T, ·]`.
@@ -93,22 +186,19 @@ struct Saved {
 }
 
 struct Node {
-    /// The block's output, handed over by the first (only) forward call.
+    /// The last block's output, handed over by the first (only) forward call.
     out: Mutex<Option<Tensor>>,
-    /// Taken by the backward pass (a second backward pass through the block is an error).
-    saved: Mutex<Option<Saved>>,
-    /// ln1 (scale, shift), qkv, proj (weight, bias), ln2, fc1, fc2: the gradients' keys.
-    params: [Tensor; 12],
-    heads: usize,
+    /// Taken by the backward pass (a second backward pass through the blocks is an error).
+    layers: Mutex<Option<Vec<Layer>>>,
     grads: SideGrads,
 }
 
 impl CustomOp2 for Node {
     fn name(&self) -> &'static str {
-        "movq-transformer-block"
+        "movq-transformer-blocks"
     }
 
-    cuda_only!(2, "the fused transformer block");
+    cuda_only!(2, "the fused transformer blocks");
 
     fn cuda_fwd(
         &self,
@@ -119,12 +209,12 @@ impl CustomOp2 for Node {
     ) -> Result<(CudaStorage, Shape)> {
         let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(out) = out else {
-            candle_core::bail!("fused transformer block: the output was already handed over")
+            candle_core::bail!("fused transformer blocks: the output was already handed over")
         };
         let (s, l) = out.storage_and_layout();
         match &*s {
             Storage::Cuda(s) => Ok((s.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("fused transformer block: the output is not on the GPU"),
+            _ => candle_core::bail!("fused transformer blocks: the output is not on the GPU"),
         }
     }
 
@@ -135,60 +225,18 @@ impl CustomOp2 for Node {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(s) = saved else {
-            candle_core::bail!("fused transformer block: a second backward pass through it")
+        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(layers) = layers else {
+            candle_core::bail!("fused transformer blocks: a second backward pass through them")
         };
         let (b, t, d) = x.dims3()?;
-        let n = b * t;
-        let [wqkv, wproj, w1, w2] = &s.weights;
-        let p = &self.params;
-        let mut grads: Vec<(usize, Tensor)> = Vec::with_capacity(12);
-        let g = grad.to_dtype(x.dtype())?.reshape((n, d))?.contiguous()?;
-        // out = x2 + fc2(h), h = gelu(m1 + b1), m1 = y2 W1ᵀ
-        grads.push((11, column_sum(&g)?));
-        grads.push((10, g.t()?.matmul(&s.h)?));
-        let dh = g.matmul(w2)?;
-        drop(s.h);
-        let du = bias_gelu_backward(&s.m1, &p[9], &dh)?;
-        drop((dh, s.m1));
-        grads.push((9, column_sum(&du)?));
-        grads.push((8, du.t()?.matmul(&s.y2)?));
-        let dy2 = du.matmul(w1)?;
-        drop((du, s.y2));
-        let (dx2, dw, db) = layer_norm_backward(&s.x2, &p[6], &s.st2, &dy2, InputGrad::Own)?;
-        grads.extend([(6, dw), (7, db)]);
-        let dx2 = match dx2 {
-            Some(dx2) => (g + dx2)?,
-            None => candle_core::bail!("fused transformer block: LayerNorm gave no input gradient"),
-        };
-        drop(s.x2);
-        // x2 = x + a Wprojᵀ + bproj, a = attention(qkv), qkv = y1 Wqkvᵀ + bqkv
-        grads.push((5, column_sum(&dx2)?));
-        grads.push((4, dx2.t()?.matmul(&s.a)?));
-        let da = dx2.matmul(wproj)?;
-        let dqkv = attention_backward(
-            &s.qkv.reshape((b, t, 3 * d))?,
-            &s.a.reshape((b, t, d))?,
-            &da.reshape((b, t, d))?,
-            self.heads,
-            &s.lse,
-        )?
-        .reshape((n, 3 * d))?;
-        drop((da, s.a, s.qkv));
-        grads.push((3, column_sum(&dqkv)?));
-        grads.push((2, dqkv.t()?.matmul(&s.y1)?));
-        let dy1 = dqkv.matmul(wqkv)?;
-        drop((dqkv, s.y1));
-        let (dx1, dw, db) = layer_norm_backward(&s.x, &p[0], &s.st1, &dy1, InputGrad::Own)?;
-        grads.extend([(0, dw), (1, db)]);
-        let dx = match dx1 {
-            Some(dx1) => (dx2 + dx1)?.reshape((b, t, d))?,
-            None => candle_core::bail!("fused transformer block: LayerNorm gave no input gradient"),
-        };
-        for (i, g) in grads {
-            self.grads.push(&p[i], g.to_dtype(DType::F32)?);
+        let mut g = grad
+            .to_dtype(x.dtype())?
+            .reshape((b * t, d))?
+            .contiguous()?;
+        for layer in layers.into_iter().rev() {
+            g = layer.backward(g, (b, t), &self.grads)?;
         }
-        Ok((Some(dx), None))
+        Ok((Some(g.reshape((b, t, d))?), None))
     }
 }

@@ -219,23 +219,26 @@ pub struct BlockWeights<'a> {
     pub heads: usize,
 }
 
-/// The transformer block `x + attn(ln1(x))`, then `+ mlp(ln2(·))`, as one graph node with its
-/// own backward pass (parameter gradients to `grads`) when it runs for `x` (`[B, T, D]` bf16 on
-/// a CUDA device, kernels on, a head width the fused attention takes) and a backward pass can
-/// reach the parameters; `None` otherwise. See [`block::block`].
-pub fn fused_block(
+/// The transformer blocks `ws`, each `x + attn(ln1(x))` then `+ mlp(ln2(·))`, one after the
+/// other as one graph node with its own backward pass (parameter gradients to `grads`) when it
+/// runs for `x` (`[B, T, D]` bf16 on a CUDA device, kernels on, head widths the fused attention
+/// takes) and a backward pass can reach the parameters; `None` otherwise. See [`block::blocks`].
+pub fn fused_blocks(
     x: &candle_core::Tensor,
-    w: &BlockWeights,
+    ws: &[BlockWeights],
     grads: &crate::nn::side_grads::SideGrads,
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
-    if enabled(x.device()) && x.dtype() == DType::BF16 && x.rank() == 3 && w.ln1.0.track_op() {
+    if enabled(x.device()) && x.dtype() == DType::BF16 && x.rank() == 3 {
         let (b, t, d) = x.dims3()?;
-        if attention::supported_dims(b, t, 3 * d, w.heads) {
-            return block::block(x, w, grads).map(Some);
+        let fits = |w: &BlockWeights| {
+            w.ln1.0.track_op() && attention::supported_dims(b, t, 3 * d, w.heads)
+        };
+        if !ws.is_empty() && ws.iter().all(fits) {
+            return block::blocks(x, ws, grads).map(Some);
         }
     }
-    let _ = (x, w, grads);
+    let _ = (x, ws, grads);
     Ok(None)
 }
 

@@ -1,5 +1,5 @@
 //! Parameter gradients that reach the optimizer beside candle's graph: an op that runs its own
-//! backward pass for a whole sub-network (the fused transformer block on the GPU,
+//! backward pass for a whole sub-network (the fused transformer blocks on the GPU,
 //! `gpu::block`) hands back only its input's gradient through the graph and leaves its
 //! parameters' gradients here; the model moves them into the backward pass's gradient store
 //! ([`SideGrads::drain_into`]).

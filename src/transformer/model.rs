@@ -138,14 +138,8 @@ impl Block {
         })
     }
 
-    /// The block; while training on the GPU in bf16, one graph node with its own backward pass
-    /// (its parameters' gradients go to `side`).
-    fn forward(&self, x: &Tensor, side: &SideGrads) -> Result<Tensor> {
-        if let Some(w) = self.weights() {
-            if let Some(y) = crate::gpu::fused_block(x, &w, side)? {
-                return Ok(y);
-            }
-        }
+    /// The block composed of its layers (see [`MaskTransformer::hidden`] for the fused stack).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.attn.forward_residual(&self.ln1.forward(x)?, x)?;
         let h = self.fc1.forward_gelu(&self.ln2.forward(&x)?)?;
         self.fc2.forward_residual(&h, &x)
@@ -280,8 +274,16 @@ impl MaskTransformer {
             .broadcast_add(&self.cond_pos)?
             .unsqueeze(1)?; // [B, 1, D]
         let mut h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
+                                                                      // while training on the GPU in bf16, the whole stack is one graph node with its own
+                                                                      // backward pass (the parameters' gradients go to `side`)
+        let weights: Option<Vec<_>> = self.blocks.iter().map(Block::weights).collect();
+        if let Some(ws) = weights {
+            if let Some(y) = crate::gpu::fused_blocks(&h, &ws, &self.side)? {
+                return Ok(y);
+            }
+        }
         for block in &self.blocks {
-            h = block.forward(&h, &self.side)?;
+            h = block.forward(&h)?;
         }
         Ok(h)
     }

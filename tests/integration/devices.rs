@@ -483,9 +483,9 @@ mod cuda_against_cpu {
         }
     }
 
-    /// Mean reconstruction loss over the last 20 of `steps` training steps on four images
-    /// (the tiny preset's settings, without the discriminator).
-    fn vq_training_loss(precision: movq::nn::precision::Precision, steps: usize) -> f64 {
+    /// The first step's reconstruction loss and the mean over the last 20 of `steps` training
+    /// steps on four images (the tiny preset's settings, without the discriminator).
+    fn vq_training_loss(precision: movq::nn::precision::Precision, steps: usize) -> (f64, f64) {
         let mut cfg = RunConfig::resolve("tiny").unwrap();
         cfg.loss.discriminator = None;
         cfg.train.precision = precision;
@@ -504,7 +504,7 @@ mod cuda_against_cpu {
         };
         let gpu = crate::harness::cuda_device();
         let mut stage = movq::vq::stage::VqStage::new(&cfg, 0, &gpu, images, None).unwrap();
-        let mut tail = Vec::new();
+        let (mut first, mut tail) = (0.0, Vec::new());
         for step in 0..steps {
             let ctx = StepContext {
                 step,
@@ -512,23 +512,33 @@ mod cuda_against_cpu {
                 rng: movq::rng::rng_for(0, movq::rng::Stream::Step, &[step as u64]),
             };
             let m = stage.train_step(batch.clone(), ctx).unwrap();
+            let rec = m.get("rec").unwrap();
+            if step == 0 {
+                first = rec;
+            }
             if step + 20 >= steps {
-                tail.push(m.get("rec").unwrap());
+                tail.push(rec);
             }
         }
-        tail.iter().sum::<f64>() / tail.len() as f64
+        (first, tail.iter().sum::<f64>() / tail.len() as f64)
     }
 
     #[test]
     fn bf16_training_reaches_the_f32_loss() {
         use movq::nn::precision::Precision;
-        let f32_loss = vq_training_loss(Precision::F32, 200);
-        let bf16_loss = vq_training_loss(Precision::Bf16, 200);
+        let (_, f32_loss) = vq_training_loss(Precision::F32, 200);
+        let (bf16_first, bf16_loss) = vq_training_loss(Precision::Bf16, 200);
         println!(
-            "stage 1, 200 seeded steps: reconstruction loss (mean of the last 20) f32 {f32_loss:.5}, bf16 {bf16_loss:.5}"
+            "stage 1, 200 seeded steps: reconstruction loss (mean of the last 20) f32 {f32_loss:.5}, bf16 {bf16_loss:.5} (first step {bf16_first:.5})"
         );
+        // the GPU's reductions (atomics) make either run vary: over eight runs on the H200 the
+        // f32 loss alone ranged 0.0445-0.0517 and bf16 0.0442-0.0514, their gap up to 12 %
         let rel = (bf16_loss - f32_loss).abs() / f32_loss;
-        assert!(rel < 0.1, "f32 {f32_loss} vs bf16 {bf16_loss}");
+        assert!(rel < 0.2, "f32 {f32_loss} vs bf16 {bf16_loss}");
+        assert!(
+            bf16_loss < 0.5 * bf16_first,
+            "bf16 did not train: {bf16_first} → {bf16_loss}"
+        );
     }
 
     /// One step's gradient in bf16 points the same way as in f32, for every weight tensor.

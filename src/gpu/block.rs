@@ -119,29 +119,19 @@ impl Layer {
         let (b, t) = bt;
         let d = g.dim(1)?;
         let [wqkv, wproj, w1, w2] = &s.weights;
-        let mut grads: Vec<(usize, Tensor)> = Vec::with_capacity(12);
+        let mut grads: Grads = Vec::with_capacity(12);
         // out = x2 + fc2(h), h = gelu(m1 + b1), m1 = y2 W1ᵀ
-        grads.push((11, column_sum(&g)?));
-        grads.push((10, g.t()?.matmul(&s.h)?));
-        let dh = g.matmul(w2)?;
+        let dh = linear_back(&g, &s.h, w2, 10, &mut grads)?;
         drop(s.h);
         let du = bias_gelu_backward(&s.m1, &p[9], &dh)?;
         drop((dh, s.m1));
-        grads.push((9, column_sum(&du)?));
-        grads.push((8, du.t()?.matmul(&s.y2)?));
-        let dy2 = du.matmul(w1)?;
+        let dy2 = linear_back(&du, &s.y2, w1, 8, &mut grads)?;
         drop((du, s.y2));
         // the residual path's g joins LayerNorm's input gradient in its pass
-        let (dx2, dw, db) = layer_norm_backward(&s.x2, &p[6], &s.st2, &dy2, InputGrad::Plus(&g))?;
-        grads.extend([(6, dw), (7, db)]);
-        let Some(dx2) = dx2 else {
-            candle_core::bail!("fused transformer block: LayerNorm gave no input gradient")
-        };
+        let dx2 = layer_norm_back(&s.x2, &p[6], &s.st2, &dy2, &g, 6, &mut grads)?;
         drop((g, dy2, s.x2));
         // x2 = x + a Wprojᵀ + bproj, a = attention(qkv), qkv = y1 Wqkvᵀ + bqkv
-        grads.push((5, column_sum(&dx2)?));
-        grads.push((4, dx2.t()?.matmul(&s.a)?));
-        let da = dx2.matmul(wproj)?;
+        let da = linear_back(&dx2, &s.a, wproj, 4, &mut grads)?;
         let dqkv = attention_backward(
             &s.qkv.reshape((b, t, 3 * d))?,
             &s.a.reshape((b, t, d))?,
@@ -151,19 +141,45 @@ impl Layer {
         )?
         .reshape((b * t, 3 * d))?;
         drop((da, s.a, s.qkv));
-        grads.push((3, column_sum(&dqkv)?));
-        grads.push((2, dqkv.t()?.matmul(&s.y1)?));
-        let dy1 = dqkv.matmul(wqkv)?;
+        let dy1 = linear_back(&dqkv, &s.y1, wqkv, 2, &mut grads)?;
         drop((dqkv, s.y1));
-        let (dx, dw, db) = layer_norm_backward(&s.x, &p[0], &s.st1, &dy1, InputGrad::Plus(&dx2))?;
-        grads.extend([(0, dw), (1, db)]);
-        let Some(dx) = dx else {
-            candle_core::bail!("fused transformer block: LayerNorm gave no input gradient")
-        };
+        let dx = layer_norm_back(&s.x, &p[0], &s.st1, &dy1, &dx2, 0, &mut grads)?;
         for (i, g) in grads {
             side.push(&p[i], g.to_dtype(DType::F32)?);
         }
         Ok(dx)
+    }
+}
+
+/// Gradients of a block's parameters by their index in [`Layer::params`], in the compute dtype.
+type Grads = Vec<(usize, Tensor)>;
+
+/// Backward through the linear layer `x Wᵀ + b` (`w` in the compute dtype) from its output's
+/// gradient `g`: the weight's and bias's gradients into `grads` at `i` and `i + 1`, the input's
+/// returned.
+fn linear_back(g: &Tensor, x: &Tensor, w: &Tensor, i: usize, grads: &mut Grads) -> Result<Tensor> {
+    grads.push((i + 1, column_sum(g)?));
+    grads.push((i, g.t()?.matmul(x)?));
+    g.matmul(w)
+}
+
+/// Backward through a block's LayerNorm (scale `w`, statistics `st`) from its output's gradient
+/// `dy`, where its input also feeds the residual path that brings the gradient `r`: the scale's
+/// and shift's gradients into `grads` at `i` and `i + 1`, the input's (with `r`) returned.
+fn layer_norm_back(
+    x: &Tensor,
+    w: &Tensor,
+    st: &Stats,
+    dy: &Tensor,
+    r: &Tensor,
+    i: usize,
+    grads: &mut Grads,
+) -> Result<Tensor> {
+    let (dx, dw, db) = layer_norm_backward(x, w, st, dy, InputGrad::Plus(r))?;
+    grads.extend([(i, dw), (i + 1, db)]);
+    match dx {
+        Some(dx) => Ok(dx),
+        None => candle_core::bail!("fused transformer block: LayerNorm gave no input gradient"),
     }
 }
 

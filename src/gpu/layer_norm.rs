@@ -124,6 +124,13 @@ pub fn layer_norm_backward(
     Ok((dx, dp.narrow(0, 0, d)?, dp.narrow(0, d, d)?))
 }
 
+/// (elements, rows, row width) of `x` under `xl` with one parameter per column (`wl`).
+fn extent(xl: &Layout, wl: &Layout) -> (usize, usize, usize) {
+    let n = xl.shape().elem_count();
+    let d = wl.shape().elem_count();
+    (n, n / d.max(1), d)
+}
+
 /// An error unless `w` and `b` are `[D]` for `x` `[…, D]`.
 fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<()> {
     let n = x.dim(D::Minus1)?;
@@ -183,9 +190,7 @@ impl CustomOp3 for LayerNorm {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
-        let n = xl.shape().elem_count();
-        let d = wl.shape().elem_count();
-        let rows = n / d.max(1);
+        let (n, rows, d) = extent(xl, wl);
         let (wv, bv) = (
             view::<f32>(w, wl, "the scale")?,
             view::<f32>(b, bl, "the shift")?,
@@ -259,9 +264,7 @@ impl CustomOp3 for LnBackward {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
-        let n = xl.shape().elem_count();
-        let d = wl.shape().elem_count();
-        let rows = n / d.max(1);
+        let (n, rows, d) = extent(xl, wl);
         let (rows_i, d_i) = (rows as i32, d as i32);
         let stats: &CudaSlice<f32> = &self.stats;
         let stream = dev.cuda_stream();
@@ -319,9 +322,7 @@ impl CustomOp3 for LnBackwardRows {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
-        let n = xl.shape().elem_count();
-        let d = wl.shape().elem_count();
-        let rows = n / d.max(1);
+        let (n, rows, d) = extent(xl, wl);
         let rows_i = rows as i32;
         let stats: &CudaSlice<f32> = &self.stats;
         let wv = view::<f32>(w, wl, "the scale")?;

@@ -113,11 +113,11 @@ pub fn layer_norm_backward(
             pass,
             stats: stats.0.clone(),
         };
-        let own = |()| x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input));
+        let own = || x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Input));
         let dx = match (input, residual) {
             (InputGrad::Skip, _) => None,
-            (_, None) => Some(own(())?),
-            (_, Some(r)) => Some((own(())? + r)?),
+            (_, None) => Some(own()?),
+            (_, Some(r)) => Some((own()? + r)?),
         };
         (dx, x.apply_op3_no_bwd(&grad, &w, &pass(LnPass::Params))?)
     };

@@ -5,6 +5,7 @@ mod codec;
 mod common;
 mod compare;
 mod eval;
+mod eval_samples;
 mod fid;
 mod import;
 mod masked;
@@ -26,6 +27,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::device::configure_cpu_threads();
     match cli.command {
         Command::TrainVq(a) => train_vq::run(a),
         Command::TrainTransformer(a) => train_transformer::run(a),
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fid(a) => fid::run(a),
+        Command::EvalSamples(a) => eval_samples::run(a),
         Command::Import(a) => import::run(a),
         Command::Encode(a) => codec::encode(a),
         Command::Decode(a) => codec::decode(a),

@@ -70,6 +70,10 @@ impl Conv2d {
                 return Ok(y);
             }
         }
+        if c.dilation == 1 && c.groups == 1 && !candle_conv() && crate::nn::cpu_conv::supports(x) {
+            // the CPU's unfolded-window convolution, the bias added in the same pass
+            return crate::nn::cpu_conv::conv2d(x, &w, self.bias.as_ref(), c.padding, c.stride);
+        }
         let y = if plain && !candle_conv() {
             conv2d_gemm(x, &w, c.padding)?
         } else {
@@ -268,10 +272,21 @@ impl GroupNorm {
                 let (w, b) = (&self.weight, &self.bias);
                 let fused =
                     crate::gpu::fused_group_norm(x, w, b, self.groups, self.eps, modulation, silu)?;
-                let y = match fused {
-                    Some(y) => return Ok(y),
-                    None => self.forward_inner(x)?,
-                };
+                if let Some(y) = fused {
+                    return Ok(y);
+                }
+                if crate::nn::cpu_group_norm::supports(x) {
+                    return crate::nn::cpu_group_norm::group_norm(
+                        x,
+                        w,
+                        b,
+                        self.groups,
+                        self.eps,
+                        modulation,
+                        silu,
+                    );
+                }
+                let y = self.forward_inner(x)?;
                 let y = match modulation {
                     None => y,
                     Some((scale, shift)) => modulate(&y, scale, shift)?,

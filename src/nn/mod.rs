@@ -2,6 +2,8 @@
 
 pub mod attention;
 pub mod conv;
+pub mod cpu_conv;
+pub mod cpu_group_norm;
 pub mod custom_grad;
 pub mod layers;
 pub mod params;

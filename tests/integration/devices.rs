@@ -213,6 +213,59 @@ fn gemm_convolution_matches_candle_forward_and_backward(dev: &Device) {
     assert!(g.get(wt.as_tensor()).is_some());
 }
 
+/// The CPU's unfolded-window convolution equals candle's `conv2d` and autograd, forward and
+/// gradients of input, weight and bias, at strides 1 and 2 and several paddings.
+#[test]
+fn cpu_convolution_matches_candle_forward_and_backward() {
+    use candle_core::Var;
+    let dev = &Device::Cpu;
+    for (k, p, s, c, o, h, w) in [
+        (3, 1, 1, 5, 7, 6, 9),
+        (1, 0, 1, 6, 4, 5, 5),
+        // (candle's own strided backward, the reference, needs (H + 2p − k) divisible by s)
+        (3, 0, 2, 3, 4, 9, 7),
+        (3, 1, 2, 4, 3, 9, 9),
+        (4, 2, 1, 2, 3, 7, 7),
+    ] {
+        let x = Var::from_tensor(&randn(&[3, c, h, w], 1, dev)).unwrap();
+        let wt = Var::from_tensor(&randn(&[o, c, k, k], 2, dev)).unwrap();
+        let b = Var::from_tensor(&randn(&[o], 6, dev)).unwrap();
+        let ours =
+            movq::nn::cpu_conv::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), p, s)
+                .unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap();
+        let case = format!("k {k} p {p} s {s}");
+        assert_eq!(ours.dims(), theirs.dims(), "{case}");
+        let e = rel_err(&ours, &theirs);
+        assert!(e < 1e-5, "{case}: forward relative error {e}");
+        let r = randn(ours.dims(), 3, dev);
+        let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (grads(&ours), grads(&theirs));
+        for (what, t) in [
+            ("input", x.as_tensor()),
+            ("weight", wt.as_tensor()),
+            ("bias", b.as_tensor()),
+        ] {
+            let e = rel_err(g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(e < 1e-5, "{case}: {what} gradient relative error {e}");
+        }
+    }
+    // no bias; an input that needs no gradient gets none
+    let x = randn(&[2, 3, 5, 5], 4, dev);
+    let wt = Var::from_tensor(&randn(&[2, 3, 3, 3], 5, dev)).unwrap();
+    let y = movq::nn::cpu_conv::conv2d(&x, wt.as_tensor(), None, 1, 1).unwrap();
+    let e = rel_err(&y, &x.conv2d(wt.as_tensor(), 1, 1, 1, 1).unwrap());
+    assert!(e < 1e-5, "without bias: relative error {e}");
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(g.get(wt.as_tensor()).is_some());
+}
+
 device_test!(bf16_transformer_follows_f32);
 fn bf16_transformer_follows_f32(dev: &Device) {
     let l = layout();
@@ -429,9 +482,12 @@ mod cuda_against_cpu {
             "Discriminator",
             &|s| {
                 let cfg = RunConfig::resolve("tiny").unwrap();
-                let d =
-                    Discriminator::new(cfg.loss.discriminator.as_ref().unwrap(), s.var_builder())
-                        .unwrap();
+                let d = Discriminator::new(
+                    cfg.loss.discriminator.as_ref().unwrap(),
+                    3,
+                    s.var_builder(),
+                )
+                .unwrap();
                 Box::new(move |x| d.forward(x))
             },
             &[2, 3, 32, 32],

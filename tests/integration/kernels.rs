@@ -1,0 +1,292 @@
+//! Fused kernels against candle's composed ops, on any device: forward values and the gradients
+//! of every input, in f32 (relative error < 1e-4) and, on CUDA, in bf16 (against the f32
+//! reference on the same bf16-rounded inputs: < 1.5e-2 forward, < 3e-2 gradients, about four
+//! bf16 roundings). The CPU kernels are tested here; the CUDA ones in `gpu_kernels.rs`.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::devices::{randn, rel_err};
+
+/// f32 and bf16 tolerances on (forward, gradients), relative to the reference's norm.
+pub const F32_TOL: (f64, f64) = (1e-4, 1e-4);
+pub const BF16_TOL: (f64, f64) = (1.5e-2, 3e-2);
+
+/// Runs `f` on fresh variables made from `inputs` (cast to `dt`), backpropagates `sum(y · r)`
+/// and returns the output and every input's gradient, in f32.
+pub fn value_and_grads(
+    inputs: &[Tensor],
+    dt: DType,
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts).unwrap();
+    let r = randn(y.dims(), 99, y.device()).to_dtype(y.dtype()).unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = ts
+        .iter()
+        .map(|t| {
+            grads
+                .get(t)
+                .expect("a gradient for every input")
+                .to_dtype(DType::F32)
+                .unwrap()
+        })
+        .collect();
+    (y.to_dtype(DType::F32).unwrap(), gs)
+}
+
+/// `fused` against `reference` in f32, and `fused` in bf16 against `reference` in f32 on the
+/// same bf16-rounded inputs.
+pub fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    fused: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    reference: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    bf16_inputs: &[bool],
+) {
+    // bf16 where the device computes in it (CUDA); the CPU computes in f32
+    let bf16 = inputs.first().is_some_and(|t| t.device().is_cuda());
+    let dtypes: &[(DType, (f64, f64))] = if bf16 {
+        &[(DType::F32, F32_TOL), (DType::BF16, BF16_TOL)]
+    } else {
+        &[(DType::F32, F32_TOL)]
+    };
+    for &(dt, (fwd_tol, grad_tol)) in dtypes {
+        // inputs marked for bf16 are rounded to it, so that both sides see the same values
+        let rounded: Vec<Tensor> = inputs
+            .iter()
+            .zip(bf16_inputs)
+            .map(|(t, &b)| {
+                if b && dt == DType::BF16 {
+                    t.to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        let (y0, g0) = value_and_grads(&rounded, DType::F32, reference);
+        let cast = |ts: &[Tensor]| -> Vec<Tensor> {
+            ts.iter()
+                .zip(bf16_inputs)
+                .map(|(t, &b)| {
+                    if b {
+                        t.to_dtype(dt).unwrap()
+                    } else {
+                        t.to_dtype(DType::F32).unwrap()
+                    }
+                })
+                .collect()
+        };
+        let (y1, g1) = value_and_grads(&rounded, DType::F32, &|ts| fused(&cast(ts)));
+        let e = rel_err(&y1, &y0);
+        assert!(e < fwd_tol, "{name} {dt:?}: forward relative error {e}");
+        for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+            let e = rel_err(a, b);
+            assert!(
+                e < grad_tol,
+                "{name} {dt:?}: gradient of input {i}: relative error {e}"
+            );
+        }
+        println!(
+            "{name} {dt:?}: matches candle's composed ops (forward and {} gradients)",
+            g0.len()
+        );
+    }
+}
+
+/// GroupNorm, (× scale↑ + shift↑), (SiLU) written with candle ops, in f32.
+pub fn group_norm_reference(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    modulation: Option<(&Tensor, &Tensor)>,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let xg = x.reshape((b, groups, ()))?;
+    let mean = xg.mean_keepdim(2)?;
+    let xc = xg.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(2)?;
+    let xh = xc
+        .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+        .reshape((b, c, h, w))?;
+    let mut y = xh
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+    if let Some((s, t)) = modulation {
+        y = y
+            .mul(&s.upsample_nearest2d(h, w)?)?
+            .add(&t.upsample_nearest2d(h, w)?)?;
+    }
+    if silu {
+        y = y.silu()?;
+    }
+    Ok(y)
+}
+
+/// The signature of a fused GroupNorm: `(x, gamma, beta, groups, eps, modulation, silu)`.
+pub type GroupNormOp = fn(
+    &Tensor,
+    &Tensor,
+    &Tensor,
+    usize,
+    f64,
+    Option<(&Tensor, &Tensor)>,
+    bool,
+) -> candle_core::Result<Tensor>;
+
+/// `op` against [`group_norm_reference`] on `dev` for one shape.
+pub fn group_norm_case(
+    op: GroupNormOp,
+    dev: &Device,
+    name: &str,
+    x: &[usize],
+    groups: usize,
+    latent: Option<(usize, usize)>,
+    silu: bool,
+) {
+    let dev = dev.clone();
+    let c = x[1];
+    let mut inputs = vec![
+        randn(x, 1, &dev),
+        (randn(&[c], 2, &dev) + 1.0).unwrap(),
+        randn(&[c], 3, &dev),
+    ];
+    if let Some((zh, zw)) = latent {
+        inputs.push((randn(&[x[0], c, zh, zw], 4, &dev) + 1.0).unwrap());
+        inputs.push(randn(&[x[0], c, zh, zw], 5, &dev));
+    }
+    let modulation = |t: &[Tensor]| -> Option<(Tensor, Tensor)> {
+        (t.len() == 5).then(|| (t[3].clone(), t[4].clone()))
+    };
+    let fused = |t: &[Tensor]| {
+        let m = modulation(t);
+        op(
+            &t[0],
+            &t[1],
+            &t[2],
+            groups,
+            1e-6,
+            m.as_ref().map(|(s, t)| (s, t)),
+            silu,
+        )
+    };
+    let reference = |t: &[Tensor]| {
+        let m = modulation(t);
+        group_norm_reference(
+            &t[0],
+            &t[1],
+            &t[2],
+            groups,
+            m.as_ref().map(|(s, t)| (s, t)),
+            silu,
+        )
+    };
+    // only x travels in bf16; the parameters stay f32 (as the model's master weights do)
+    let bf16: Vec<bool> = (0..inputs.len()).map(|i| i == 0).collect();
+    compare(name, &inputs, &fused, &reference, &bf16);
+}
+
+/// The GroupNorm shapes every fused GroupNorm is tested on.
+pub fn group_norm_cases(op: GroupNormOp, dev: &Device) {
+    group_norm_case(op, dev, "GroupNorm", &[2, 16, 8, 8], 4, None, false);
+    group_norm_case(op, dev, "GroupNorm + SiLU", &[3, 32, 16, 16], 8, None, true);
+    // groups of 2 × 64 × 64 = 8,192 elements: many passes of each block's threads
+    group_norm_case(
+        op,
+        dev,
+        "GroupNorm + SiLU, large groups",
+        &[2, 64, 64, 64],
+        32,
+        None,
+        true,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm",
+        &[2, 16, 16, 16],
+        8,
+        Some((4, 4)),
+        false,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm + SiLU",
+        &[2, 16, 16, 16],
+        8,
+        Some((4, 4)),
+        true,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm + SiLU, 16× blocks",
+        &[1, 8, 64, 64],
+        4,
+        Some((4, 4)),
+        true,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm, full resolution",
+        &[2, 8, 6, 10],
+        2,
+        Some((6, 10)),
+        false,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm, unequal blocks",
+        &[2, 8, 12, 8],
+        4,
+        Some((3, 2)),
+        true,
+    );
+    // the vectorised CUDA kernels (rows a multiple of 8 wide): cells 16 and 2 pixels wide (a
+    // thread's 8 pixels in one cell, or across four; candle's reference upsamples by equal
+    // factors only)
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm + SiLU, 8 × 8 cells of 16 × 16",
+        &[2, 8, 128, 128],
+        4,
+        Some((8, 8)),
+        true,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "SpatialNorm, cells of 2 × 2",
+        &[2, 16, 32, 32],
+        8,
+        Some((16, 16)),
+        false,
+    );
+    group_norm_case(
+        op,
+        dev,
+        "GroupNorm + SiLU, rows of 24",
+        &[3, 12, 10, 24],
+        3,
+        None,
+        true,
+    );
+}
+
+#[test]
+fn cpu_group_norm_matches_composed_ops() {
+    group_norm_cases(movq::nn::cpu_group_norm::group_norm, &Device::Cpu);
+}

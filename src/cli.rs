@@ -24,7 +24,8 @@ pub struct Common {
     /// Where to run: auto (CUDA when built with it and a GPU is present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", global = true)]
     pub device: String,
-    /// Seed of every random choice (weights, data order, augmentation).
+    /// Seed of every random choice: a new run's weights, data order and augmentation; the
+    /// sampler's and masks' draws of the inference commands (default 0).
     #[arg(long, global = true)]
     pub seed: Option<u64>,
     /// Numeric precision: f32, or bf16 mixed precision (CUDA; f32 on the CPU). Default: the
@@ -106,6 +107,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Fréchet Inception Distance between two image sets or saved statistics.
     Fid(FidArgs),
+    /// Class fidelity of samples: accuracy on builtin:shapes, per-class FID on labelled data.
+    EvalSamples(EvalSamplesArgs),
     /// Import weights trained elsewhere as a movq run directory.
     Import(ImportArgs),
     /// Images → continuous latents and code indices (one safetensors file).
@@ -221,6 +224,32 @@ pub struct FidArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EvalSamplesArgs {
+    /// Folder of samples: one subfolder per class, named after it (as `movq sample --class all`
+    /// writes), or any folder of images with --class. grid.png files are skipped.
+    pub samples: PathBuf,
+    /// The data the samples imitate: builtin:shapes (scored by an analytic classifier, no
+    /// weights needed), or a labelled image folder or idx: set (per-class FID against its
+    /// images; needs the Inception weights).
+    #[arg(long)]
+    pub data: String,
+    /// Every sample was asked to be this class (name or index).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per Inception forward pass (FID).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Inception weights (default: fid-inception.safetensors in the movq cache).
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Precisions to measure, comma separated (bf16 is skipped on the CPU).
     #[arg(long, default_value = "f32,bf16")]
@@ -311,10 +340,11 @@ pub struct SampleArgs {
     /// Decoding steps T.
     #[arg(long, default_value_t = 12)]
     pub steps: usize,
-    /// Class index or name (default: unconditional, the "no class" token).
+    /// Class index or name (default: unconditional, the "no class" token); `all`: every class in
+    /// turn, each into a subfolder named after it, with a grid of one row per class.
     #[arg(long)]
     pub class: Option<String>,
-    /// Number of images.
+    /// Number of images (per class with --class all).
     #[arg(long, default_value_t = 16)]
     pub num: usize,
     /// Images generated together.

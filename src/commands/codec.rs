@@ -11,8 +11,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use crate::cli::{DecodeLatentsArgs, EncodeArgs};
-use crate::commands::common::{compute_dtype, is_transformer_run, load_vq, Inputs};
+use crate::commands::common::{compute_dtype, is_transformer_run, load_vq};
 use crate::data::image::{images_to_tensor, save_png, square_grid, tensor_to_images};
+use crate::data::inputs::Inputs;
 use crate::device;
 use crate::fsutil;
 use crate::nn::safetensors_io;

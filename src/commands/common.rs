@@ -1,6 +1,6 @@
 //! Helpers shared by the commands: loading a trained model, interrupt handling, input images.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,9 +11,6 @@ use std::process::ExitCode;
 
 use crate::cli::{Common, TrainFlags};
 use crate::config::{RunConfig, TrainConfig, TransformerRunConfig};
-use crate::data::image::open_rgb;
-use crate::data::transform::eval_view;
-use crate::data::Dataset;
 use crate::nn::params::ParamStore;
 use crate::nn::precision::set_tf32;
 use crate::train::run_dir::Checkpoint;
@@ -63,66 +60,6 @@ pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(flag)
-}
-
-/// The images named by `--input`: one file, a folder (recursive) or a built-in set.
-pub enum Inputs {
-    File(PathBuf),
-    Set(Dataset),
-}
-
-impl Inputs {
-    pub fn open(spec: &str) -> Result<Self> {
-        let path = Path::new(spec);
-        if path.is_file() {
-            Ok(Inputs::File(path.to_path_buf()))
-        } else if path.is_dir() || spec.starts_with("builtin:") {
-            Ok(Inputs::Set(Dataset::open(spec, 0)?))
-        } else {
-            anyhow::bail!("--input {spec}: no such file or folder")
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Inputs::File(_) => 1,
-            Inputs::Set(ds) => ds.len(),
-        }
-    }
-
-    /// A name for image `i` (its path, or the built-in item's name).
-    pub fn name(&self, i: usize) -> String {
-        match self {
-            Inputs::File(p) => p.display().to_string(),
-            Inputs::Set(ds) => ds.name(i),
-        }
-    }
-
-    /// Image `i` as the model sees it: shorter side resized to `side`, centre crop.
-    pub fn load(&self, i: usize, side: u32) -> Result<RgbImage> {
-        Ok(match self {
-            Inputs::File(p) => eval_view(&open_rgb(p)?, side),
-            Inputs::Set(ds) => eval_view(ds.load_resized(i, side)?.as_ref(), side),
-        })
-    }
-
-    /// The images in order, `batch_size` at a time (the last batch may be smaller), each with
-    /// the indices it holds.
-    pub fn batches(
-        &self,
-        batch_size: usize,
-        side: u32,
-    ) -> impl Iterator<Item = Result<(std::ops::Range<usize>, Vec<RgbImage>)>> + '_ {
-        let n = batch_size.max(1);
-        (0..self.len()).step_by(n).map(move |start| {
-            let range = start..(start + n).min(self.len());
-            let images = range
-                .clone()
-                .map(|i| self.load(i, side))
-                .collect::<Result<Vec<_>>>()?;
-            Ok((range, images))
-        })
-    }
 }
 
 /// Output file names from input names: the file stem, made unique.
@@ -237,37 +174,6 @@ pub fn load_transformer(run_path: &Path, device: &Device) -> Result<TransformerR
         model,
         checkpoint,
     })
-}
-
-/// `--class` as a conditioning id: an index or a name of the run's classes; none = "no class".
-pub fn resolve_class(spec: Option<&str>, classes: &[String]) -> Result<u32> {
-    let Some(spec) = spec else {
-        return Ok(classes.len() as u32);
-    };
-    if classes.is_empty() {
-        anyhow::bail!(
-            "--class {spec}: this model is unconditional (it was trained without classes)"
-        );
-    }
-    if let Some(i) = classes.iter().position(|c| c == spec) {
-        return Ok(i as u32);
-    }
-    match spec.parse::<usize>() {
-        Ok(i) if i < classes.len() => Ok(i as u32),
-        Ok(i) => anyhow::bail!(
-            "--class {i}: out of range; the model has {} classes (0..{})",
-            classes.len(),
-            classes.len() - 1
-        ),
-        Err(_) => {
-            let shown: Vec<&str> = classes.iter().take(20).map(String::as_str).collect();
-            anyhow::bail!(
-                "--class {spec}: unknown class name (classes: {}{})",
-                shown.join(", "),
-                if classes.len() > 20 { ", ..." } else { "" }
-            )
-        }
-    }
 }
 
 /// Applies `--steps`, `--batch-size` and `--lr` to a training section; true if anything changed.

@@ -8,12 +8,11 @@ use serde_json::json;
 
 use crate::cli::EvalArgs;
 use crate::commands::common::{compute_dtype, load_lpips, load_vq};
-use crate::commands::fid::{load_inception, stats_of_source};
 use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
 use crate::device;
-use crate::metrics::fid::{frechet_distance, FeatureStats};
+use crate::metrics::fid::{frechet_distance, load_inception, stats_of_source, FeatureStats};
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {

@@ -12,9 +12,11 @@ use serde_json::{json, Value};
 
 use crate::cli::ReconstructArgs;
 use crate::commands::common::{
-    load_lpips, load_transformer, lpips_pair, output_names, resolve_class, Inputs, TransformerRun,
+    load_lpips, load_transformer, lpips_pair, output_names, TransformerRun,
 };
+use crate::data::classes::resolve_class;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
+use crate::data::inputs::Inputs;
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, PairScores};

@@ -7,9 +7,10 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{compute_dtype, is_transformer_run, load_vq, output_names, Inputs};
+use crate::commands::common::{compute_dtype, is_transformer_run, load_vq, output_names};
 use crate::commands::masked;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
+use crate::data::inputs::Inputs;
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, CodebookStats};

@@ -46,6 +46,11 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Whether `spec` names a data set by prefix (`idx:…`, `builtin:…`) rather than a path.
+    pub fn is_spec(spec: &str) -> bool {
+        spec.starts_with("idx:") || spec.starts_with("builtin:")
+    }
+
     /// Opens `spec`: `builtin:shapes` (optionally `builtin:shapes:N` images), `idx:PATH` (see
     /// [`IdxSet::open`]) or a folder.
     pub fn open(spec: &str, seed: u64) -> Result<Self> {
@@ -97,6 +102,21 @@ impl Dataset {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether every image is greyscale (IDX sets, folders of greyscale files): a new model of
+    /// this data reads and writes one channel.
+    pub fn greyscale(&self) -> bool {
+        match &self.source {
+            Source::Folder(f) => f.greyscale,
+            Source::Shapes(_) => false,
+            Source::Idx(_) => true,
+        }
+    }
+
+    /// Whether this is `builtin:shapes`, whose images an analytic classifier can label.
+    pub fn is_builtin_shapes(&self) -> bool {
+        matches!(self.source, Source::Shapes(_))
     }
 
     /// Class names (empty for unlabelled folders).

@@ -21,6 +21,8 @@ pub struct ImageFolder {
     pub classes: Vec<String>,
     /// Files with an image extension whose header could not be read, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Every usable image is greyscale.
+    pub greyscale: bool,
 }
 
 fn is_image(path: &Path) -> bool {
@@ -30,7 +32,7 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// Image files under `dir`, recursively, sorted.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -46,16 +48,25 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Checks that a file's header decodes as an image of non-zero size.
-fn check_header(path: &Path) -> std::result::Result<(), String> {
-    let reader = image::ImageReader::open(path)
+/// Checks that a file's header decodes as an image of non-zero size; true when it is
+/// greyscale (with or without alpha).
+fn check_header(path: &Path) -> std::result::Result<bool, String> {
+    use image::ImageDecoder;
+    let decoder = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_decoder()
         .map_err(|e| e.to_string())?;
-    match reader.into_dimensions() {
-        Ok((w, h)) if w > 0 && h > 0 => Ok(()),
-        Ok(_) => Err("image has zero size".into()),
-        Err(e) => Err(e.to_string()),
+    match decoder.dimensions() {
+        (w, h) if w > 0 && h > 0 => Ok(matches!(
+            decoder.color_type(),
+            image::ColorType::L8
+                | image::ColorType::L16
+                | image::ColorType::La8
+                | image::ColorType::La16
+        )),
+        _ => Err("image has zero size".into()),
     }
 }
 
@@ -84,14 +95,18 @@ impl ImageFolder {
         }
         let mut items = Vec::with_capacity(files.len());
         let mut skipped = Vec::new();
+        let mut greyscale = true;
         for path in files {
-            if let Err(why) = check_header(&path) {
-                eprintln!(
-                    "warning: skipping unreadable image {}: {why}",
-                    path.display()
-                );
-                skipped.push((path, why));
-                continue;
+            match check_header(&path) {
+                Ok(grey) => greyscale &= grey,
+                Err(why) => {
+                    eprintln!(
+                        "warning: skipping unreadable image {}: {why}",
+                        path.display()
+                    );
+                    skipped.push((path, why));
+                    continue;
+                }
             }
             let label = if classes.is_empty() {
                 None
@@ -131,6 +146,7 @@ impl ImageFolder {
             items,
             classes,
             skipped,
+            greyscale,
         })
     }
 }

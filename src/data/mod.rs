@@ -1,11 +1,14 @@
 //! Data: image folders, the built-in procedural set, transforms, loaders and image I/O.
 
+pub mod classes;
 pub mod dataset;
 pub mod folder;
 pub mod idx;
 pub mod image;
+pub mod inputs;
 pub mod loader;
 pub mod order;
+pub mod samples;
 pub mod shapes;
 pub mod transform;
 

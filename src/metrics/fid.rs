@@ -4,11 +4,16 @@
 //! from a symmetric eigendecomposition; tiny negative eigenvalues from rounding count as 0.
 //! Covariances use `N − 1` (as `numpy.cov` in the reference tools).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use indicatif::ProgressBar;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+use crate::data::Dataset;
+use crate::metrics::cache_dir;
+use crate::metrics::inception::FidInception;
 
 /// Mean and covariance of a feature set.
 #[derive(Debug, Clone)]
@@ -120,4 +125,78 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
         .map(|l| l.max(0.0).sqrt())
         .sum();
     Ok(diff + a.cov.trace() + b.cov.trace() - 2.0 * trace_sqrt)
+}
+
+/// The Inception network: `explicit`, or `fid-inception.safetensors` in the movq cache.
+pub fn load_inception(explicit: Option<&Path>, device: &Device) -> Result<FidInception> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => cache_dir().join("fid-inception.safetensors"),
+    };
+    if !path.is_file() {
+        bail!(
+            "FID needs the Inception weights, not found at {} (run `bash scripts/get-weights`, or pass --inception-weights FILE)",
+            path.display()
+        );
+    }
+    FidInception::load(&path, device)
+}
+
+/// Inception features `[N, 2048]` of uint8 images, computed `batch` at a time.
+pub fn features_of_images(
+    net: &FidInception,
+    images: impl Iterator<Item = Result<image::RgbImage>>,
+    total: usize,
+    batch: usize,
+) -> Result<Tensor> {
+    let bar = ProgressBar::new(total as u64);
+    let mut features = Vec::new();
+    let mut pending = Vec::with_capacity(batch);
+    let mut flush = |pending: &mut Vec<image::RgbImage>| -> Result<()> {
+        if !pending.is_empty() {
+            features.push(net.features(pending)?.to_device(&Device::Cpu)?);
+            bar.inc(pending.len() as u64);
+            pending.clear();
+        }
+        Ok(())
+    };
+    for img in images {
+        pending.push(img?);
+        if pending.len() == batch {
+            flush(&mut pending)?;
+        }
+    }
+    flush(&mut pending)?;
+    bar.finish_and_clear();
+    if features.is_empty() {
+        bail!("no images to compute FID statistics of");
+    }
+    Ok(Tensor::cat(&features, 0)?)
+}
+
+/// Inception statistics of uint8 images, computed `batch` at a time.
+pub fn stats_of_images(
+    net: &FidInception,
+    images: impl Iterator<Item = Result<image::RgbImage>>,
+    total: usize,
+    batch: usize,
+) -> Result<FeatureStats> {
+    FeatureStats::from_features(&features_of_images(net, images, total, batch)?)
+}
+
+/// Statistics of `source`: a saved `.safetensors` statistics file, or a dataset spec.
+pub fn stats_of_source(
+    source: &str,
+    net: &FidInception,
+    limit: Option<usize>,
+    batch: usize,
+) -> Result<FeatureStats> {
+    let path = PathBuf::from(source);
+    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+        return FeatureStats::load(&path);
+    }
+    let ds = Dataset::open(source, 0)?;
+    let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
+    stats_of_images(net, (0..n).map(|i| ds.load_native(i)), n, batch)
+        .with_context(|| format!("FID statistics of {source}"))
 }

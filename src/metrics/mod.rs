@@ -1,10 +1,12 @@
 //! Image and codebook metrics with the fixed definitions of the specification.
 
+pub mod class_fidelity;
 pub mod codebook;
 pub mod fid;
 pub mod inception;
 pub mod lpips;
 pub mod psnr;
+pub mod shape_classifier;
 pub mod ssim;
 
 pub use codebook::{CodebookReport, CodebookStats};

@@ -3,6 +3,7 @@
 #[macro_use]
 mod harness;
 
+mod class_fidelity;
 mod cli;
 mod devices;
 mod diffusers;
@@ -10,9 +11,11 @@ mod dist;
 mod fid;
 mod gpu_kernels;
 mod idx;
+mod kernels;
 mod lpips;
 mod metrics;
 mod model;
+mod model_options;
 mod movqgan;
 mod stage2;
 mod training;

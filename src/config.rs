@@ -155,7 +155,27 @@ pub struct VqConfig {
     /// (diffusers' SpatialNorm always uses 32; set by `movq import diffusers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spatial_norm_groups: Option<usize>,
+    /// The decoder's normalizations: `spatial` (MoVQ: modulated by the quantized latent) or
+    /// `group` (VQGAN: plain GroupNorm, for the paper's ablation).
+    #[serde(default)]
+    pub decoder_norm: DecoderNorm,
+    /// Channels of the images the model reads and writes: 3 (RGB) or 1 (greyscale). Absent in
+    /// a preset: set from the data when a run starts (1 for IDX sets and all-greyscale
+    /// folders) and recorded in the run's config; absent in an older run's config: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_channels: Option<usize>,
     pub quantizer: QuantizerConfig,
+}
+
+/// The normalization of the decoder's blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderNorm {
+    /// GroupNorm modulated by the quantized latent (MoVQ).
+    #[default]
+    Spatial,
+    /// Plain GroupNorm (VQGAN).
+    Group,
 }
 
 fn default_norm_groups() -> usize {
@@ -210,6 +230,11 @@ pub struct DeadCodeRestart {
 }
 
 impl VqConfig {
+    /// Image channels: 3 unless the config says otherwise.
+    pub fn image_channels(&self) -> usize {
+        self.image_channels.unwrap_or(3)
+    }
+
     /// GroupNorm groups of the decoder's SpatialNorms.
     pub fn decoder_norm_groups(&self) -> usize {
         self.spatial_norm_groups.unwrap_or(self.norm_groups)
@@ -278,6 +303,11 @@ impl VqConfig {
                         "model.spatial_norm_groups ({g}) must divide every block width, but not {width}"
                     );
                 }
+            }
+        }
+        if let Some(c) = self.image_channels {
+            if c != 1 && c != 3 {
+                bail!("model.image_channels must be 1 (greyscale) or 3 (RGB), got {c}");
             }
         }
         let q = &self.quantizer;

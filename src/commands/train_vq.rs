@@ -64,7 +64,17 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         (cfg, None)
     };
     let side = cfg.model.resolution as u32;
-    let ds = Arc::new(Dataset::open(&a.data, cfg.seed)?.with_cache(side, cfg.data.cache_mib));
+    let ds = Dataset::open(&a.data, cfg.seed)?.with_cache(side, cfg.data.cache_mib);
+    let mut cfg = cfg;
+    if cfg.model.image_channels.is_none() {
+        // a new run's model follows its data; an old run's config without the field is RGB
+        cfg.model.image_channels = Some(if existing.is_none() && ds.greyscale() {
+            1
+        } else {
+            3
+        });
+    }
+    let ds = Arc::new(ds);
     let (train_items, val_items) = ds.split(cfg.data.val_fraction);
     if train_items.is_empty() {
         bail!(

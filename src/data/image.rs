@@ -41,10 +41,15 @@ pub fn images_to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor> 
     )?)
 }
 
-/// `[B, 3, H, W]` in [-1, 1] → images.
+/// `[B, 3, H, W]` in [-1, 1] → images; `[B, 1, H, W]` → grey images (R = G = B).
 pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
     let (b, c, h, w) = t.dims4()?;
-    anyhow::ensure!(c == 3, "expected 3 channels, got {c}");
+    anyhow::ensure!(c == 3 || c == 1, "expected 1 or 3 channels, got {c}");
+    let t = if c == 1 {
+        t.repeat((1, 3, 1, 1))?
+    } else {
+        t.clone()
+    };
     let data: Vec<f32> = t
         .to_device(&Device::Cpu)?
         .to_dtype(candle_core::DType::F32)?

@@ -158,7 +158,13 @@ impl Lpips {
     /// LPIPS between `x` and `y` (`[B, 3, H, W]` in [-1, 1]) → `[B]`; differentiable in the
     /// images (for the perceptual loss).
     pub fn distance(&self, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+        // a greyscale image is seen as RGB with three equal channels
         let prep = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let t = if t.dim(1)? == 1 {
+                t.repeat((1, 3, 1, 1))?
+            } else {
+                t.clone()
+            };
             t.to_dtype(DType::F32)?
                 .broadcast_sub(&self.shift)?
                 .broadcast_div(&self.scale)

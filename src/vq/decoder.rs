@@ -1,9 +1,10 @@
-//! The MoVQ decoder: every normalization is a SpatialNorm conditioned on the quantized latent.
+//! The MoVQ decoder: every normalization is a SpatialNorm conditioned on the quantized latent
+//! (or, with `model.decoder_norm: "group"`, a plain GroupNorm as in VQGAN).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::VqConfig;
+use crate::config::{DecoderNorm, VqConfig};
 use crate::nn::layers::{conv3x3, Conv2d};
 use crate::nn::resample::Upsample;
 use crate::nn::spatial_norm::{Norm, NormKind};
@@ -32,9 +33,14 @@ pub const LAST_LAYER: &str = "decoder.conv_out.weight";
 
 impl Decoder {
     pub fn new(cfg: &VqConfig, vb: VarBuilder) -> Result<Self> {
-        let norm = NormKind::Spatial {
-            groups: cfg.decoder_norm_groups(),
-            zq_channels: cfg.embed_dim(),
+        let norm = match cfg.decoder_norm {
+            DecoderNorm::Spatial => NormKind::Spatial {
+                groups: cfg.decoder_norm_groups(),
+                zq_channels: cfg.embed_dim(),
+            },
+            DecoderNorm::Group => NormKind::Group {
+                groups: cfg.norm_groups,
+            },
         };
         let levels = cfg.ch_mult.len();
         let mut block_in = cfg.ch * cfg.ch_mult[levels - 1];
@@ -68,12 +74,12 @@ impl Decoder {
             mid,
             up: up.into_iter().flatten().collect(),
             norm_out: norm.build(block_in, vb.pp("norm_out"))?,
-            conv_out: conv3x3(block_in, 3, vb.pp("conv_out"))?,
+            conv_out: conv3x3(block_in, cfg.image_channels(), vb.pp("conv_out"))?,
         })
     }
 
     /// `z`: `[B, z_channels, h, w]` (after post_quant_conv), `zq`: `[B, embed_dim, h, w]` (before
-    /// it) → image `[B, 3, h·f, w·f]`.
+    /// it) → image `[B, image_channels, h·f, w·f]`.
     pub fn forward(&self, z: &Tensor, zq: &Tensor) -> Result<Tensor> {
         let zq = Some(zq);
         let mut h = self.conv_in.forward(z)?;

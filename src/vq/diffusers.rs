@@ -154,6 +154,8 @@ pub fn vq_config(cfg: &Value) -> Result<VqConfig> {
         norm_groups: usize_of("norm_num_groups")?,
         // diffusers' SpatialNorm hard-codes 32 groups whatever norm_num_groups says
         spatial_norm_groups: Some(32),
+        decoder_norm: Default::default(),
+        image_channels: None,
         quantizer: single_codebook(usize_of("num_vq_embeddings")?, code_dim),
     };
     cfg.validate()

@@ -33,7 +33,8 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Discriminator {
-    pub fn new(cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
+    /// A critic of `image_channels`-channel images.
+    pub fn new(cfg: &DiscriminatorConfig, image_channels: usize, vb: VarBuilder) -> Result<Self> {
         let stride2 = Conv2dConfig {
             stride: 2,
             padding: 1,
@@ -45,7 +46,7 @@ impl Discriminator {
         };
         let ndf = cfg.ch;
         let mut layers = vec![Layer {
-            conv: conv2d(3, ndf, 4, stride2, vb.pp("main.0"))?,
+            conv: conv2d(image_channels, ndf, 4, stride2, vb.pp("main.0"))?,
             norm: None,
             act: true,
         }];
@@ -92,7 +93,7 @@ impl Discriminator {
 }
 
 impl Module for Discriminator {
-    /// `[B, 3, H, W]` → patch logits `[B, 1, h', w']` (f32).
+    /// `[B, image_channels, H, W]` → patch logits `[B, 1, h', w']` (f32).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.to_dtype(self.dtype)?;
         for layer in &self.layers {

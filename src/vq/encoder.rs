@@ -56,7 +56,7 @@ impl Encoder {
         let norm = NormKind::Group {
             groups: cfg.norm_groups,
         };
-        let conv_in = conv3x3(3, cfg.ch, vb.pp("conv_in"))?;
+        let conv_in = conv3x3(cfg.image_channels(), cfg.ch, vb.pp("conv_in"))?;
         let mut res = cfg.resolution;
         let mut block_in = cfg.ch;
         let mut down = Vec::with_capacity(cfg.ch_mult.len());
@@ -92,7 +92,7 @@ impl Encoder {
 }
 
 impl Module for Encoder {
-    /// `[B, 3, H, W]` → `[B, z_channels, H/f, W/f]`
+    /// `[B, image_channels, H, W]` → `[B, z_channels, H/f, W/f]`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
         for level in &self.down {

@@ -53,18 +53,32 @@ impl MoVq {
         &self.quantize
     }
 
-    /// Image `[B, 3, H, W]` in [-1, 1] → continuous latent `[B, embed_dim, h, w]`.
-    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+    /// RGB images `[B, 3, H, W]` as the model reads them: unchanged for an RGB model, the mean
+    /// of the three channels for a greyscale one (greyscale data arrives with R = G = B).
+    pub fn image_input(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
-        let r = self.cfg.resolution;
-        if c != 3 || h != r || w != r {
-            candle_core::bail!("the model takes [B, 3, {r}, {r}] images, got [_, {c}, {h}, {w}]");
+        let (r, ic) = (self.cfg.resolution, self.cfg.image_channels());
+        if h != r || w != r || (c != 3 && c != ic) {
+            candle_core::bail!(
+                "the model takes [B, {ic}, {r}, {r}] images, got [_, {c}, {h}, {w}]"
+            );
         }
+        if c == ic {
+            Ok(x.clone())
+        } else {
+            x.mean_keepdim(1)
+        }
+    }
+
+    /// Image `[B, 3 or image_channels, H, W]` in [-1, 1] → continuous latent
+    /// `[B, embed_dim, h, w]`.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.image_input(x)?;
         let h = self.encoder.forward(&x.to_dtype(self.dtype)?)?;
         self.quant_conv.forward(&h)?.to_dtype(DType::F32)
     }
 
-    /// Quantized latent `[B, embed_dim, h, w]` → image `[B, 3, H, W]` (f32).
+    /// Quantized latent `[B, embed_dim, h, w]` → image `[B, image_channels, H, W]` (f32).
     pub fn decode(&self, zq: &Tensor) -> Result<Tensor> {
         let zq = zq.to_dtype(self.dtype)?;
         self.decoder

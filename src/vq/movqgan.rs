@@ -80,6 +80,8 @@ pub fn vq_config(
         z_channels,
         norm_groups,
         spatial_norm_groups: None,
+        decoder_norm: Default::default(),
+        image_channels: None,
         quantizer: single_codebook(codebook_size, code_dim),
     };
     cfg.validate()

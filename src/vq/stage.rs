@@ -60,7 +60,12 @@ impl VqStage {
         let critic = match &cfg.loss.discriminator {
             Some(d) => {
                 let dstore = ParamStore::new(mix(&[seed, Stream::Init as u64, 1]), device);
-                let net = Discriminator::new(d, dstore.var_builder().pp("disc"))?.with_dtype(dtype);
+                let net = Discriminator::new(
+                    d,
+                    cfg.model.image_channels(),
+                    dstore.var_builder().pp("disc"),
+                )?
+                .with_dtype(dtype);
                 let opt = Adam::new(dstore.trainable(), &cfg.train)?;
                 Some(Critic {
                     store: dstore,
@@ -118,7 +123,7 @@ impl Stage for VqStage {
     type Batch = ImageBatch;
 
     fn train_step(&mut self, batch: ImageBatch, mut ctx: StepContext) -> Result<Metrics> {
-        let x = batch.tensor(&self.device)?;
+        let x = self.model.image_input(&batch.tensor(&self.device)?)?;
         let (xrec, q) = self.model.forward(&x)?;
         let loss_cfg = &self.cfg.loss;
         let rec = losses::reconstruction(&x, &xrec, loss_cfg.reconstruction)?;

@@ -11,7 +11,9 @@
 //!    compared with the four class colours by cosine similarity.
 //! 4. **Silhouette.** From the coverage's area and centroid, each of the four shapes is placed
 //!    with the size that gives that area, rendered (3×3 supersampling) at small shifts and
-//!    scales, and compared with the coverage; the shape with the smallest difference wins.
+//!    scales, sharp and blurred (a decoder's edges are soft: a blurred square is still a square,
+//!    and must not match a sharp circle better), and compared with the coverage; the shape with
+//!    the smallest difference wins.
 //!
 //! An image with no shape-like blob (too small or large an area, a colour far from every class
 //! colour, or a silhouette that matches no shape well) gets no class: noise is not classified.
@@ -145,6 +147,40 @@ fn template(shape: Shape, side: usize, r: f32, cx: f32, cy: f32) -> Vec<f32> {
     out
 }
 
+/// Gaussian blurs (σ in pixels) the templates are also compared at.
+const BLURS: [f32; 2] = [0.7, 1.3];
+
+/// `img` (`side × side`) blurred by a separable Gaussian of `sigma` pixels (edges clamped).
+fn blur(img: &[f32], side: usize, sigma: f32) -> Vec<f32> {
+    let r = (2.5 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0f32; side * side];
+        for y in 0..side {
+            for x in 0..side {
+                let mut acc = 0f32;
+                for (j, w) in k.iter().enumerate() {
+                    let d = j as isize - r;
+                    let (sx, sy) = if horizontal {
+                        (x as isize + d, y as isize)
+                    } else {
+                        (x as isize, y as isize + d)
+                    };
+                    let clamp = |v: isize| v.clamp(0, side as isize - 1) as usize;
+                    acc += w * src[clamp(sy) * side + clamp(sx)];
+                }
+                out[y * side + x] = acc;
+            }
+        }
+        out
+    };
+    pass(&pass(img, true), false)
+}
+
 /// The best silhouette difference of `shape` against the coverage `alpha` with area `area`
 /// (pixels) and centroid `(mx, my)` (units of the side).
 fn silhouette_error(shape: Shape, alpha: &[f32], side: usize, area: f32, mx: f32, my: f32) -> f32 {
@@ -157,9 +193,12 @@ fn silhouette_error(shape: Shape, alpha: &[f32], side: usize, area: f32, mx: f32
             for ox in [-0.5f32, 0.0, 0.5] {
                 let cx = mx + ox / s;
                 let cy = my - shape.centroid_dy() * r + oy / s;
-                let t = template(shape, side, r, cx, cy);
-                let diff: f32 = alpha.iter().zip(&t).map(|(a, b)| (a - b).abs()).sum();
-                best = best.min(diff / area.max(1.0));
+                let sharp = template(shape, side, r, cx, cy);
+                let blurred = BLURS.iter().map(|&sigma| blur(&sharp, side, sigma));
+                for t in std::iter::once(sharp.clone()).chain(blurred) {
+                    let diff: f32 = alpha.iter().zip(&t).map(|(a, b)| (a - b).abs()).sum();
+                    best = best.min(diff / area.max(1.0));
+                }
             }
         }
     }

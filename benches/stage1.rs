@@ -35,7 +35,13 @@ fn bench(name: &str, cfg: &RunConfig, batch_size: usize, iters: usize) -> Result
     let dev = Device::Cpu;
     let side = cfg.model.resolution as u32;
     let b = batch(side, batch_size)?;
-    let mut stage = VqStage::new(cfg, 0, &dev, vec![], None)?;
+    let mut stage = VqStage::new(
+        cfg,
+        0,
+        &movq::compute::Compute::from_config(&dev, &cfg.train),
+        vec![],
+        None,
+    )?;
     let x = b.tensor(&dev)?;
     let report = |kind: &str, secs: f64| {
         println!(

@@ -41,7 +41,13 @@ fn bench(
         tokens,
         labels: vec![0; batch],
     };
-    let mut stage = TransformerStage::new(&section, layout, 0, &Device::Cpu, b.clone())?;
+    let mut stage = TransformerStage::new(
+        &section,
+        layout,
+        0,
+        &movq::compute::Compute::from_config(&Device::Cpu, &section.train),
+        b.clone(),
+    )?;
     let l = layout.seq_len();
     let secs = median_time(iters, |i| {
         let ctx = StepContext {

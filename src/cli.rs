@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::nn::precision::Precision;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "movq",
@@ -31,7 +29,7 @@ pub struct Common {
     /// Numeric precision: f32, or bf16 mixed precision (CUDA; f32 on the CPU). Default: the
     /// config's train.precision.
     #[arg(long, global = true, value_enum)]
-    pub precision: Option<Precision>,
+    pub precision: Option<PrecisionArg>,
     /// Allow TF32 tensor cores for f32 matmuls on CUDA (also `train.tf32` in the config).
     #[arg(long, global = true)]
     pub tf32: bool,
@@ -53,6 +51,22 @@ pub struct LpipsFlags {
 pub enum LpipsNet {
     Alex,
     Vgg,
+}
+
+impl LpipsFlags {
+    /// The LPIPS network these flags ask for, on `device` (`None`, with a note, when its weights
+    /// are not installed and no file was named).
+    pub fn load(
+        &self,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<Option<crate::metrics::lpips::Lpips>> {
+        use crate::metrics::lpips::Backbone;
+        let backbone = match self.lpips {
+            LpipsNet::Alex => Backbone::Alex,
+            LpipsNet::Vgg => Backbone::Vgg,
+        };
+        crate::metrics::lpips::load_optional(backbone, self.lpips_weights.as_deref(), device)
+    }
 }
 
 /// Flags of both training commands.
@@ -322,8 +336,8 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = 4.5)]
     pub choice_temperature: f64,
     /// Mask schedule γ.
-    #[arg(long, value_enum, default_value_t = crate::transformer::schedule::MaskSchedule::Cosine)]
-    pub schedule: crate::transformer::schedule::MaskSchedule,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
     /// Classifier-free guidance scale s: logits = (1+s)·cond − s·uncond.
     #[arg(long, default_value_t = 0.0)]
     pub cfg_scale: f64,
@@ -435,4 +449,91 @@ pub struct CompareArgs {
     /// Where LPIPS runs: auto (CUDA when built with it and a GPU is present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 everywhere.
+    F32,
+    /// bf16 compute for convolutions, matmuls and attention; f32 weights, optimizer state,
+    /// statistics and losses.
+    Bf16,
+}
+
+impl From<PrecisionArg> for crate::compute::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Self::F32,
+            PrecisionArg::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+impl Common {
+    /// `--precision` as the domain's precision.
+    pub fn precision(&self) -> Option<crate::compute::Precision> {
+        self.precision.map(Into::into)
+    }
+
+    /// What these flags ask of the compute policy.
+    pub fn compute(&self) -> crate::compute::ComputeFlags {
+        crate::compute::ComputeFlags {
+            device: self.device.clone(),
+            precision: self.precision(),
+            tf32: self.tf32,
+        }
+    }
+}
+
+/// `--schedule`: the mask schedule γ of MaskGIT decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// γ(r) = cos(πr/2)
+    Cosine,
+    /// γ(r) = 1 − r
+    Linear,
+    /// γ(r) = 1 − r²
+    Square,
+    /// γ(r) = 1 − r³
+    Cubic,
+}
+
+impl From<ScheduleArg> for crate::transformer::schedule::MaskSchedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Cosine => Self::Cosine,
+            ScheduleArg::Linear => Self::Linear,
+            ScheduleArg::Square => Self::Square,
+            ScheduleArg::Cubic => Self::Cubic,
+        }
+    }
+}
+
+impl TrainFlags {
+    /// The training request these flags make, for a run in `out` with `--config` `config`.
+    pub fn request<'a>(
+        &self,
+        out: &'a std::path::Path,
+        config: Option<&'a str>,
+        common: &Common,
+    ) -> anyhow::Result<crate::train::setup::TrainRequest<'a>> {
+        Ok(crate::train::setup::TrainRequest {
+            out,
+            config,
+            resume: self.resume,
+            seed: common.seed,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            compute: common.compute(),
+            placement: crate::parallel::Placement::new(
+                self.ranks,
+                self.world_size,
+                self.first_rank,
+                self.nccl_id.clone(),
+            )?,
+            ranks: self.ranks,
+        })
+    }
 }

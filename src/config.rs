@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::precision::Precision;
+use crate::compute::Precision;
 
 /// Built-in presets (the files of `configs/`), usable by name as `--config NAME`.
 pub const PRESETS: &[(&str, &str)] = &[
@@ -701,5 +701,60 @@ impl TransformerRunConfig {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// A run's `config.json`, as the run directory and the shared training setup see it: parsed
+/// and validated from text, written back, with a seed and a training section.
+pub trait RunSettings: Sized + Clone {
+    /// Parses and validates config text; `origin` names it in errors.
+    fn parse(text: &str, origin: &str) -> Result<Self>;
+    fn to_json(&self) -> String;
+    fn validate(&self) -> Result<()>;
+    fn seed(&self) -> u64;
+    /// The section that trains this run's model.
+    fn train(&self) -> &TrainConfig;
+    fn train_mut(&mut self) -> &mut TrainConfig;
+}
+
+impl RunSettings for RunConfig {
+    fn parse(text: &str, origin: &str) -> Result<Self> {
+        RunConfig::parse(text, origin)
+    }
+    fn to_json(&self) -> String {
+        RunConfig::to_json(self)
+    }
+    fn validate(&self) -> Result<()> {
+        RunConfig::validate(self)
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+    fn train_mut(&mut self) -> &mut TrainConfig {
+        &mut self.train
+    }
+}
+
+impl RunSettings for TransformerRunConfig {
+    fn parse(text: &str, origin: &str) -> Result<Self> {
+        TransformerRunConfig::parse(text, origin)
+    }
+    fn to_json(&self) -> String {
+        TransformerRunConfig::to_json(self)
+    }
+    fn validate(&self) -> Result<()> {
+        self.transformer.validate()
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+    fn train(&self) -> &TrainConfig {
+        &self.transformer.train
+    }
+    fn train_mut(&mut self) -> &mut TrainConfig {
+        &mut self.transformer.train
     }
 }

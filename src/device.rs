@@ -3,17 +3,6 @@
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-/// Settles how many threads candle's CPU kernels use, once, before any of them runs: the
-/// `RAYON_NUM_THREADS` the user set, else one per core the process may use. candle reads this
-/// variable at every matrix product and, when it is unset, parses `/proc/cpuinfo` each time.
-pub fn configure_cpu_threads() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // called at start-up, before any other thread exists
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device.
 pub fn select(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
@@ -164,9 +153,14 @@ fn pool_bytes(dev: &Device, high: bool) -> Option<usize> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(n: usize) -> Result<Device> {
+    let asked = if n == 0 {
+        "cuda".to_string()
+    } else {
+        format!("cuda:{n}")
+    };
     bail!(
-        "--device cuda:{n}: this movq binary was built without CUDA support; rebuild it with \
-         `cargo build --release --features cuda` (see the README's GPU section) or use --device cpu"
+        "--device {asked}: this movq binary was built without CUDA; build it with \
+         `cargo build --release --features cudnn` (docs/gpu.md) or use --device cpu"
     )
 }
 

@@ -3,14 +3,17 @@
 
 pub mod cli;
 pub mod commands;
+pub mod compute;
 pub mod config;
+pub mod cpu;
 pub mod data;
 pub mod device;
-pub mod dist;
 pub mod fsutil;
 pub mod gpu;
 pub mod metrics;
 pub mod nn;
+pub mod ops;
+pub mod parallel;
 pub mod profile;
 pub mod rng;
 pub mod train;

@@ -1,28 +1,18 @@
 //! Opt-in timing of where a step's time goes: `MOVQ_PROFILE=1` makes every instrumented op
 //! synchronise the device before and after itself and add its wall time to a per-name total.
 //! Synchronising serialises the GPU, so profiled runs are slower; the shares are what count.
-//! Off (the default), a scope is one relaxed atomic load.
+//! Off (the default), a scope is one load of the process's switches.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{Device, Result};
 
-/// 0 = not yet read from the environment, 1 = off, 2 = on.
-static STATE: AtomicU8 = AtomicU8::new(0);
 static TOTALS: Mutex<BTreeMap<String, (f64, usize)>> = Mutex::new(BTreeMap::new());
 
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("MOVQ_PROFILE").is_ok_and(|v| v != "0" && !v.is_empty());
-            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 2,
-    }
+    crate::compute::switches().profile
 }
 
 /// Runs `f`, adding its synchronised wall time to `name()`'s total when profiling is on.

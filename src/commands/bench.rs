@@ -16,11 +16,11 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::cli::BenchArgs;
+use crate::compute::{set_tf32, Precision};
 use crate::config::{OptimizerKind, RunConfig, TransformerConfig, TransformerSection};
 use crate::data::loader::ImageBatch;
 use crate::device::{self, PeakMemory};
 use crate::nn::params::ParamStore;
-use crate::nn::precision::{set_tf32, Precision};
 use crate::rng::{rng_for, Stream};
 use crate::train::{Stage, StepContext};
 use crate::transformer::maskgit::{step_counts, steps_on_device, SamplerOptions};
@@ -195,7 +195,13 @@ fn run_workload(
             cfg.train.weight_decay = 0.01;
             cfg.train.grad_clip = None;
             cfg.train.precision = precision;
-            let mut stage = VqStage::new(&cfg, 0, device, vec![], None)?;
+            let mut stage = VqStage::new(
+                &cfg,
+                0,
+                &crate::compute::Compute::from_config(device, &cfg.train),
+                vec![],
+                None,
+            )?;
             let side = cfg.model.resolution;
             let batches = [
                 random_images(w.batch, side, 1),
@@ -261,7 +267,13 @@ fn run_workload(
                 random_tokens(&layout, w.batch, 1),
                 random_tokens(&layout, w.batch, 2),
             ];
-            let mut stage = TransformerStage::new(&section, layout, 0, device, batches[0].clone())?;
+            let mut stage = TransformerStage::new(
+                &section,
+                layout,
+                0,
+                &crate::compute::Compute::from_config(device, &section.train),
+                batches[0].clone(),
+            )?;
             let (s, n) = time_calls(device, a, |i, _| {
                 stage.train_step(batches[i % 2].clone(), step_ctx(i))?;
                 Ok(())

@@ -11,29 +11,23 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use crate::cli::{DecodeLatentsArgs, EncodeArgs};
-use crate::commands::common::{compute_dtype, is_transformer_run, load_vq};
 use crate::data::image::{images_to_tensor, save_png, square_grid, tensor_to_images};
 use crate::data::inputs::Inputs;
-use crate::device;
 use crate::fsutil;
 use crate::nn::safetensors_io;
-
-/// The stage-1 run of `model` (a stage-2 run's own `vq/`).
-fn vq_run(model: &Path) -> std::path::PathBuf {
-    if is_transformer_run(model) {
-        model.join("vq")
-    } else {
-        model.to_path_buf()
-    }
-}
+use crate::train::runs::VqRun;
 
 pub fn encode(a: EncodeArgs) -> Result<ExitCode> {
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let device = device::select(&a.common.device)?;
-    let (cfg, model, _) = load_vq(&vq_run(&a.model), &device)?;
-    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
+    let VqRun {
+        cfg,
+        model,
+        compute,
+        ..
+    } = VqRun::open(&a.model, &a.common.compute())?;
+    let device = compute.device;
     let inputs = Inputs::open(&a.input)?;
     let side = cfg.model.resolution as u32;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
@@ -98,9 +92,13 @@ fn read_codes(path: &Path) -> Result<Codes> {
 }
 
 pub fn decode(a: DecodeLatentsArgs) -> Result<ExitCode> {
-    let device = device::select(&a.common.device)?;
-    let (cfg, model, _) = load_vq(&vq_run(&a.model), &device)?;
-    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
+    let VqRun {
+        cfg,
+        model,
+        compute,
+        ..
+    } = VqRun::open(&a.model, &a.common.compute())?;
+    let device = compute.device;
     let m = &cfg.model;
     let (e, g, c) = (m.embed_dim(), m.latent_size(), m.quantizer.channels);
     let codes = read_codes(&a.latents)?;

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::cli::CompareArgs;
-use crate::commands::common::{load_lpips, lpips_pair};
 use crate::data::image::open_rgb;
 use crate::metrics::{pair_scores, ssim};
 
@@ -32,8 +31,10 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
     }
     let s = pair_scores(&img_a, &img_b);
     let device = crate::device::select(&a.device)?;
-    let lpips = match load_lpips(&a.lpips, &device)? {
-        Some(net) => json!(lpips_pair(&net, &img_a, &img_b, &device)?),
+    let lpips = match a.lpips.load(&device)? {
+        Some(net) => json!(crate::metrics::lpips::image_distance(
+            &net, &img_a, &img_b, &device
+        )?),
         None => json!(null),
     };
     let out = json!({

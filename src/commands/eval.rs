@@ -7,26 +7,27 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
-use crate::commands::common::{compute_dtype, load_lpips, load_vq};
-use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::load_eval;
 use crate::data::Dataset;
 use crate::device;
-use crate::metrics::fid::{frechet_distance, load_inception, stats_of_source, FeatureStats};
-use crate::metrics::{mean_scores, pair_scores, CodebookStats};
+use crate::metrics::fid::{load_inception, stats_of_source};
+use crate::metrics::reconstruction::{Extras, Reconstruction};
+use crate::train::runs::VqRun;
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let device = device::select(&a.common.device)?;
-    let (cfg, model, ckpt) = load_vq(&a.model, &device)?;
-    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
+    let VqRun {
+        cfg,
+        model,
+        checkpoint: ckpt,
+        compute,
+    } = VqRun::open(&a.model, &a.common.compute())?;
+    let device = compute.device;
     let ds = Dataset::open(&a.data, a.common.seed.unwrap_or(cfg.seed))?;
     let side = cfg.model.resolution as u32;
     let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));
-    let q = &cfg.model.quantizer;
-    let mut stats = CodebookStats::new(q.channels, q.codebook_size);
     // the Inception network and reference statistics first: a missing file fails fast
     let fid_ref = match &a.fid_ref {
         Some(src) => {
@@ -36,72 +37,52 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let mut rec_features = Vec::new();
-    let mut scores = Vec::with_capacity(n);
-    let lpips_net = load_lpips(&a.lpips, &device)?;
-    let mut lpips_sum = 0.0;
+    let lpips = a.lpips.load(&device)?;
+    let mut metrics = Reconstruction::new(
+        &model,
+        Extras {
+            lpips: lpips.as_ref(),
+            fid: fid_ref.as_ref().map(|(net, stats)| (net, stats)),
+            shapes: ds.is_builtin_shapes(),
+        },
+    );
     let workers = cfg.data.worker_threads();
     let bar = ProgressBar::new(n as u64);
     let items: Vec<usize> = (0..n).collect();
     for chunk in items.chunks(a.batch_size) {
-        let (_, images) = load_eval(&ds, chunk, side, workers)?;
+        let (loaded, images) = load_eval(&ds, chunk, side, workers)?;
         if !images.is_empty() {
-            let x = images_to_tensor(&images, &device)?;
-            let (xrec, qo) = model.reconstruct(&x)?;
-            stats.add(&qo.indices)?;
-            let recs = tensor_to_images(&xrec)?;
-            if let Some((net, _)) = &fid_ref {
-                rec_features.push(net.features(&recs)?.to_device(&candle_core::Device::Cpu)?);
-            }
-            if let Some(net) = &lpips_net {
-                // on the uint8 images, like PSNR and SSIM
-                let d = net.distance(&x, &images_to_tensor(&recs, &device)?)?;
-                lpips_sum += d.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-            for (orig, rec) in images.iter().zip(&recs) {
-                scores.push(pair_scores(orig, rec));
-            }
+            let labels: Vec<Option<u32>> = loaded.iter().map(|&i| ds.label(i)).collect();
+            metrics.add(&model, &images, &labels, &device)?;
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    if scores.is_empty() {
+    if metrics.is_empty() {
         bail!("--data {}: none of the images could be decoded", a.data);
     }
-    let mean = mean_scores(&scores);
-    let lpips = lpips_net.as_ref().map(|_| lpips_sum / scores.len() as f64);
-    let rfid = match &fid_ref {
-        Some((_, reference)) => {
-            let stats = FeatureStats::from_features(&candle_core::Tensor::cat(&rec_features, 0)?)?;
-            Some(frechet_distance(&stats, reference)?)
-        }
-        None => None,
-    };
-    let cb = stats.report();
+    let r = metrics.report()?;
     if a.json {
-        let out = json!({
-            "model": a.model.display().to_string(),
-            "checkpoint_step": ckpt.step,
-            "data": a.data,
-            "images": scores.len(),
-            "psnr": mean.psnr,
-            "ssim": mean.ssim,
-            "lpips": lpips,
-            "rfid": rfid,
-            "fid_ref": a.fid_ref,
-            "codebook": cb,
-        });
+        let mut out = serde_json::to_value(&r)?;
+        out["model"] = json!(a.model.display().to_string());
+        out["checkpoint_step"] = json!(ckpt.step);
+        out["data"] = json!(a.data);
+        out["fid_ref"] = json!(a.fid_ref);
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("images              {}", scores.len());
-        println!("psnr                {:.3} dB", mean.psnr);
-        println!("ssim                {:.4}", mean.ssim);
-        if let Some(l) = lpips {
+        println!("images              {}", r.images);
+        println!("psnr                {:.3} dB", r.psnr);
+        println!("ssim                {:.4}", r.ssim);
+        if let Some(l) = r.lpips {
             println!("lpips               {l:.4}");
         }
-        if let Some(f) = rfid {
+        if let Some(f) = r.rfid {
             println!("rfid                {f:.3}");
         }
+        if let Some(a) = r.class_accuracy {
+            println!("class accuracy      {a:.4}");
+        }
+        let cb = &r.codebook;
         println!("codebook usage      {:.4}", cb.usage);
         println!("perplexity          {:.2}", cb.perplexity);
         for (c, (u, p)) in cb

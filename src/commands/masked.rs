@@ -11,16 +11,15 @@ use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{
-    load_lpips, load_transformer, lpips_pair, output_names, TransformerRun,
-};
 use crate::data::classes::resolve_class;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
+use crate::data::inputs::output_names;
 use crate::data::inputs::Inputs;
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, PairScores};
 use crate::rng::{rng_for, Stream};
+use crate::train::runs::TransformerRun;
 use crate::transformer::maskgit::complete;
 use crate::transformer::masking::{hidden_per_channel, per_channel_mask};
 use crate::transformer::TokenLayout;
@@ -61,7 +60,7 @@ fn scores_json(s: &PairScores) -> Value {
 
 /// Decodes token rows one at a time (so equal rows decode to identical pixels).
 fn decode(tr: &TransformerRun, rows: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
-    let dev = tr.vq_device();
+    let dev = tr.compute.device.clone();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let idx = tr
@@ -86,14 +85,23 @@ struct Completion {
     random_vs_original: Vec<PairScores>,
 }
 
-pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
+/// `reconstruct --mask-ratio R[,R…]`.
+pub fn run(a: &ReconstructArgs) -> Result<ExitCode> {
+    let spec = a.mask_ratio.as_deref().unwrap_or("1");
+    let ratios: &[f64] = &parse_ratios(spec)?;
+    if !crate::train::runs::is_transformer_run(&a.model) {
+        bail!(
+            "--mask-ratio {spec}: masked-token reconstruction needs a stage-2 run (from `movq train-transformer`), and {} is a stage-1 run",
+            a.model.display()
+        );
+    }
     if a.steps == 0 || a.samples == 0 {
         bail!("--steps and --samples must be positive");
     }
     let random_opts = a.decode.options(a.steps, false)?;
     let top1_opts = a.decode.options(1, true)?;
-    let device = device::select(&a.common.device)?;
-    let tr = load_transformer(&a.model, &device)?.with_precision(&a.common);
+    let tr = TransformerRun::open(&a.model, &a.common.compute())?;
+    let device = tr.compute.device.clone();
     let layout = *tr.model.layout();
     let cond = resolve_class(a.class.as_deref(), &tr.cfg.classes)?;
     let seed = a.common.seed.unwrap_or(0);
@@ -106,7 +114,7 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
     let mut records = Vec::new();
     let mut per_ratio: Vec<Vec<PairScores>> = vec![Vec::new(); ratios.len()];
     // LPIPS between each random completion and the top-1 one, as in the paper's table
-    let lpips_net = load_lpips(&a.lpips, &device)?;
+    let lpips_net = a.lpips.load(&device)?;
     let mut per_ratio_lpips: Vec<Vec<f64>> = vec![Vec::new(); ratios.len()];
     let mut all_rows: Vec<Vec<RgbImage>> = Vec::new();
     for i in 0..inputs.len() {
@@ -156,7 +164,7 @@ pub fn run(a: &ReconstructArgs, ratios: &[f64]) -> Result<ExitCode> {
             let random_vs_top1_lpips = match &lpips_net {
                 Some(net) => random
                     .iter()
-                    .map(|r| lpips_pair(net, &top1, r, &device))
+                    .map(|r| crate::metrics::lpips::image_distance(net, &top1, r, &device))
                     .collect::<Result<Vec<_>>>()?,
                 None => Vec::new(),
             };

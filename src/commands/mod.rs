@@ -2,7 +2,6 @@
 
 mod bench;
 mod codec;
-mod common;
 mod compare;
 mod eval;
 mod eval_samples;
@@ -20,18 +19,16 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 
-pub use common::load_vq;
-
-/// Exit code of a run stopped by Ctrl-C after saving a checkpoint.
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub use crate::train::setup::EXIT_INTERRUPTED;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    crate::device::configure_cpu_threads();
+    crate::compute::configure_cpu_threads();
     match cli.command {
         Command::TrainVq(a) => train_vq::run(a),
         Command::TrainTransformer(a) => train_transformer::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Reconstruct(a) if a.mask_ratio.is_some() => masked::run(&a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),

@@ -7,81 +7,61 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::ReconstructArgs;
-use crate::commands::common::{compute_dtype, is_transformer_run, load_vq, output_names};
-use crate::commands::masked;
-use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
+use crate::data::image::{grid, save_png};
+use crate::data::inputs::output_names;
 use crate::data::inputs::Inputs;
 use crate::device;
 use crate::fsutil;
-use crate::metrics::{mean_scores, pair_scores, CodebookStats};
+use crate::metrics::reconstruction::{Extras, Reconstruction};
+use crate::train::runs::VqRun;
 
+/// Stage-1 reconstruction (`reconstruct` without `--mask-ratio`; with it, see `masked`).
 pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
-    if let Some(spec) = &a.mask_ratio {
-        let ratios = masked::parse_ratios(spec)?;
-        if !is_transformer_run(&a.model) {
-            bail!(
-                "--mask-ratio {spec}: masked-token reconstruction needs a stage-2 run (from `movq train-transformer`), and {} is a stage-1 run",
-                a.model.display()
-            );
-        }
-        return masked::run(&a, &ratios);
-    }
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let device = device::select(&a.common.device)?;
-    // A stage-2 run reconstructs with the stage-1 model it holds.
-    let vq_path = if is_transformer_run(&a.model) {
-        a.model.join("vq")
-    } else {
-        a.model.clone()
-    };
-    let (cfg, model, ckpt) = load_vq(&vq_path, &device)?;
-    let model = model.with_dtype(compute_dtype(&a.common, &cfg.train, &device));
+    // a stage-2 run reconstructs with the stage-1 model it holds
+    let VqRun {
+        cfg,
+        model,
+        checkpoint: ckpt,
+        compute,
+    } = VqRun::open(&a.model, &a.common.compute())?;
+    let device = compute.device;
     let inputs = Inputs::open(&a.input)?;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
     let names = output_names(&sources);
     fsutil::create_dir(&a.out)?;
     let side = cfg.model.resolution as u32;
-    let q = &cfg.model.quantizer;
-    let mut stats = CodebookStats::new(q.channels, q.codebook_size);
+    let mut metrics = Reconstruction::new(&model, Extras::default());
     let mut rows = Vec::new();
     let mut records = Vec::new();
-    let mut scores = Vec::new();
     let bar = ProgressBar::new(inputs.len() as u64);
     for batch in inputs.batches(a.batch_size, side) {
         let (range, originals) = batch?;
-        let x = images_to_tensor(&originals, &device)?;
-        let (xrec, qo) = model.reconstruct(&x)?;
-        stats.add(&qo.indices)?;
-        for ((orig, rec), (path, name)) in originals
-            .iter()
-            .zip(tensor_to_images(&xrec)?)
-            .zip(range.clone().map(|i| (&sources[i], &names[i])))
-        {
-            save_png(&rec, &a.out.join(name))?;
-            let s = pair_scores(orig, &rec);
+        let recs = metrics.add(&model, &originals, &[], &device)?;
+        for ((orig, (rec, s)), i) in originals.iter().zip(recs).zip(range.clone()) {
+            save_png(&rec, &a.out.join(&names[i]))?;
             records.push(json!({
-                "input": path,
-                "output": name,
+                "input": sources[i],
+                "output": names[i],
                 "psnr": s.psnr,
                 "ssim": s.ssim,
             }));
-            scores.push(s);
             rows.push(vec![orig.clone(), rec]);
         }
         bar.inc(range.len() as u64);
     }
     bar.finish_and_clear();
     save_png(&grid(&rows, 2), &a.out.join("grid.png"))?;
-    let mean = mean_scores(&scores);
+    let mean = metrics.report()?;
     let report = json!({
         "model": a.model.display().to_string(),
         "checkpoint_step": ckpt.step,
         "resolution": side,
         "images": records,
         "mean": { "psnr": mean.psnr, "ssim": mean.ssim },
-        "codebook": stats.report(),
+        "codebook": mean.codebook,
     });
     fsutil::write_atomic(
         &a.out.join("metrics.json"),
@@ -89,11 +69,11 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
     )?;
     println!(
         "{}",
-        json!({ "out": a.out.display().to_string(), "images": scores.len(), "psnr": mean.psnr, "ssim": mean.ssim })
+        json!({ "out": a.out.display().to_string(), "images": mean.images, "psnr": mean.psnr, "ssim": mean.ssim })
     );
     eprintln!(
         "reconstructed {} images on {} → {}",
-        scores.len(),
+        mean.images,
         device::describe(&device),
         a.out.display()
     );

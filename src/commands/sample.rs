@@ -8,12 +8,12 @@ use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::cli::{DecodeArgs, SampleArgs};
-use crate::commands::common::{load_transformer, TransformerRun};
 use crate::data::classes::resolve_class;
 use crate::data::image::{grid, save_png, square_grid, tensor_to_images};
 use crate::device;
 use crate::fsutil;
 use crate::rng::{rng_for, Stream};
+use crate::train::runs::TransformerRun;
 use crate::transformer::maskgit::{complete, SamplerOptions};
 use image::RgbImage;
 
@@ -42,7 +42,7 @@ impl DecodeArgs {
             steps,
             temperature: self.temperature,
             choice_temperature: self.choice_temperature,
-            schedule: self.schedule,
+            schedule: self.schedule.into(),
             top1,
             cfg_scale: self.cfg_scale,
         })
@@ -95,8 +95,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         }
     }
     let opts = a.decode.options(a.steps, a.top1)?;
-    let device = device::select(&a.common.device)?;
-    let tr = load_transformer(&a.model, &device)?.with_precision(&a.common);
+    let tr = TransformerRun::open(&a.model, &a.common.compute())?;
+    let device = tr.compute.device.clone();
     let classes = tr.cfg.classes.clone();
     let seed = a.common.seed.unwrap_or(0);
     let every = wants_every_class(a.class.as_deref(), &classes);

@@ -6,73 +6,36 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainVqArgs;
-use crate::commands::common::{
-    compute_dtype, describe_ranks, interrupt_flag, override_train, report_outcome, starting_step,
-};
 use crate::config::RunConfig;
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
-use crate::device;
-use crate::dist::{check_batch, rank_devices, run_ranks, Placement};
-use crate::fsutil;
 use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
-use crate::train::{self, LoopOptions, RunDir};
+use crate::train::setup::{self, Rank};
 use crate::vq::losses::PerceptualLoss;
 use crate::vq::stage::VqStage;
 
-/// Applies `--steps`, `--batch-size`, `--lr`; returns whether anything changed.
-fn apply_overrides(cfg: &mut RunConfig, a: &TrainVqArgs) -> Result<bool> {
-    let changed = override_train(&mut cfg.train, &a.train, &a.common);
-    cfg.validate().context("invalid command-line override")?;
-    Ok(changed)
-}
-
 pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
-    let device = device::select(&a.common.device)?;
-    let t = &a.train;
-    let placement = Placement::new(t.ranks, t.world_size, t.first_rank, t.nccl_id.clone())?;
-    // Resolve the config and open the data before anything is written.
-    let (cfg, existing) = if a.train.resume {
-        if a.config.is_some() {
-            bail!("--config cannot be combined with --resume: the run's own config.json is used");
-        }
-        let run = RunDir::open(&a.out)?;
-        let mut cfg = RunConfig::parse(
-            &run.read_config()?,
-            &run.config_path().display().to_string(),
+    let mut prepared = setup::prepare(
+        a.train.request(&a.out, a.config.as_deref(), &a.common)?,
+        |seed| {
+            let spec = a.config.as_deref().context(
+            "--config is required for a new run (a file or a preset name such as tiny); --resume continues an existing one",
         )?;
-        if let Some(seed) = a.common.seed {
-            if seed != cfg.seed {
-                bail!(
-                    "--seed {seed} differs from the run's seed {}; a resumed run keeps its seed",
-                    cfg.seed
-                );
-            }
-        }
-        let changed = apply_overrides(&mut cfg, &a)?;
-        (cfg, Some((run, changed)))
-    } else {
-        let spec = a
-            .config
-            .as_deref()
-            .context("--config is required for a new run (a file or a preset name such as tiny)")?;
-        let mut cfg = RunConfig::resolve(spec)?;
-        if let Some(seed) = a.common.seed {
-            cfg.seed = seed;
-        }
-        apply_overrides(&mut cfg, &a)?;
-        (cfg, None)
-    };
+            let mut cfg = RunConfig::resolve(spec)?;
+            cfg.seed = seed.unwrap_or(cfg.seed);
+            Ok(cfg)
+        },
+    )?;
+    // the data, its validation images and the perceptual network's weights, before anything is
+    // written
+    let resuming = prepared.resuming();
+    let cfg = &mut prepared.cfg;
     let side = cfg.model.resolution as u32;
     let ds = Dataset::open(&a.data, cfg.seed)?.with_cache(side, cfg.data.cache_mib);
-    let mut cfg = cfg;
     if cfg.model.image_channels.is_none() {
-        // a new run's model follows its data; an old run's config without the field is RGB
-        cfg.model.image_channels = Some(if existing.is_none() && ds.greyscale() {
-            1
-        } else {
-            3
-        });
+        // a new run's model follows its data; an older run's config without the field is RGB
+        let grey = !resuming && ds.greyscale();
+        cfg.model.image_channels = Some(if grey { 1 } else { 3 });
     }
     let ds = Arc::new(ds);
     let (train_items, val_items) = ds.split(cfg.data.val_fraction);
@@ -99,9 +62,6 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
             a.data
         );
     }
-
-    // The perceptual term: LPIPS with the VGG16 network, frozen (found before anything is
-    // written; loaded by each rank on its device).
     let perceptual_weights = if cfg.loss.perceptual_weight > 0.0 {
         Some(locate(None, Backbone::Vgg)?.with_context(|| {
             format!(
@@ -113,83 +73,58 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let devices = rank_devices(&device, a.train.ranks)?;
-    // checked before anything is written (a new run's directory, a resumed run's new config)
-    check_batch(cfg.train.batch_size, placement.world)?;
-    let run = match existing {
-        Some((run, changed)) => {
-            if changed {
-                fsutil::write_atomic(&run.config_path(), cfg.to_json().as_bytes())?;
-            }
-            run
-        }
-        None => RunDir::create(&a.out, &cfg.to_json())?,
-    };
-    compute_dtype(&a.common, &cfg.train, &device);
-    let interrupt = interrupt_flag()?;
-    let outcome = run_ranks(&devices, &placement, |shard, dev| {
-        let perceptual: Option<Box<dyn PerceptualLoss>> = match &perceptual_weights {
-            Some(path) => Some(Box::new(Lpips::load(path, dev)?)),
-            None => None,
-        };
-        let val = if shard.is_main() {
-            val_images.clone()
-        } else {
-            vec![]
-        };
-        let mut stage =
-            VqStage::new(&cfg, cfg.seed, dev, val, perceptual)?.with_shard(shard.clone());
-        let start = starting_step(
-            &mut stage,
-            &run,
-            a.train.resume,
-            cfg.train.steps,
-            shard.is_main(),
-        )?;
-        if shard.is_main() {
-            eprintln!(
-                "train-vq: {} parameters, {} training / {} validation images{}, {} classes, {}, steps {}..{}",
+
+    let session = prepared.create(|_| Ok(()))?;
+    let cfg = &session.cfg;
+    let hint = format!(
+        "movq train-vq --data {} --out {} --resume",
+        a.data,
+        a.out.display()
+    );
+    let code = session.train(
+        |shard, compute| {
+            let perceptual: Option<Box<dyn PerceptualLoss>> = match &perceptual_weights {
+                Some(path) => Some(Box::new(Lpips::load(path, &compute.device)?)),
+                None => None,
+            };
+            let val = if shard.is_main() { val_images.clone() } else { vec![] };
+            let stage = VqStage::new(cfg, cfg.seed, compute, val, perceptual)?.with_shard(shard.clone());
+            let opts = LoaderOptions {
+                batch_size: cfg.train.batch_size,
+                side,
+                flip: cfg.data.flip,
+                workers,
+                prefetch: cfg.data.prefetch,
+                seed: cfg.seed,
+                rows: Some(shard.rows(cfg.train.batch_size)),
+            };
+            let (ds, items) = (ds.clone(), train_items.clone());
+            Ok(Rank {
+                stage,
+                batches: Box::new(move |start| Ok(Box::new(spawn_train_loader(ds, items, opts, start)?))),
+            })
+        },
+        |stage, start, devices| {
+            let skipped = match ds.skipped() {
+                0 => String::new(),
+                n => format!(" ({n} unreadable skipped)"),
+            };
+            format!(
+                "train-vq: {} parameters, {} training / {} validation images{skipped}, {} classes, {devices}, steps {start}..{}",
                 stage.store().num_parameters(),
                 train_items.len(),
                 val_items.len(),
-                if ds.skipped() > 0 { format!(" ({} unreadable skipped)", ds.skipped()) } else { String::new() },
                 ds.classes().len(),
-                describe_ranks(&devices, &placement),
-                start,
                 cfg.train.steps
-            );
-        }
-        let opts = LoaderOptions {
-            batch_size: cfg.train.batch_size,
-            side,
-            flip: cfg.data.flip,
-            workers,
-            prefetch: cfg.data.prefetch,
-            seed: cfg.seed,
-            rows: Some(shard.rows(cfg.train.batch_size)),
-        };
-        let mut loader = spawn_train_loader(ds.clone(), train_items.clone(), opts, start)?;
-        let loop_opts = LoopOptions::new(&cfg.train, cfg.seed);
-        train::run(
-            &mut stage,
-            &mut loader,
-            &run,
-            &loop_opts,
-            start,
-            &interrupt,
-            &shard,
-        )
-    })?;
+            )
+        },
+        &hint,
+    )?;
     if ds.failures() > 0 {
         eprintln!(
             "warning: {} images failed to decode during training and were replaced",
             ds.failures()
         );
     }
-    let hint = format!(
-        "movq train-vq --data {} --out {} --resume",
-        a.data,
-        run.root().display()
-    );
-    Ok(report_outcome(outcome, &run, &hint))
+    Ok(code)
 }

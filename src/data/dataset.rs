@@ -10,11 +10,11 @@ use image::RgbImage;
 use crate::data::folder::ImageFolder;
 use crate::data::idx::IdxSet;
 use crate::data::shapes::{self, Shapes};
-use crate::data::transform::resize_shorter;
+use crate::data::source::ImageSource;
 use crate::rng::mix;
 
 /// A file's identity for fingerprints: a hash of its path, its size and its modification time.
-fn file_words(path: &Path) -> [u64; 3] {
+pub(crate) fn file_words(path: &Path) -> [u64; 3] {
     let name = mix(&path
         .to_string_lossy()
         .bytes()
@@ -29,15 +29,8 @@ fn file_words(path: &Path) -> [u64; 3] {
     [name, size, mtime]
 }
 
-#[derive(Debug, Clone)]
-enum Source {
-    Folder(ImageFolder),
-    Shapes(Shapes),
-    Idx(IdxSet),
-}
-
 pub struct Dataset {
-    source: Source,
+    source: Box<dyn ImageSource>,
     classes: Vec<String>,
     /// Resized images by index, filled on first use when caching is on.
     cache: Option<(u32, Vec<OnceLock<Arc<RgbImage>>>)>,
@@ -54,29 +47,24 @@ impl Dataset {
     /// Opens `spec`: `builtin:shapes` (optionally `builtin:shapes:N` images), `idx:PATH` (see
     /// [`IdxSet::open`]) or a folder.
     pub fn open(spec: &str, seed: u64) -> Result<Self> {
-        let source = if let Some(rest) = spec.strip_prefix("idx:") {
-            Source::Idx(IdxSet::open(rest)?)
+        let source: Box<dyn ImageSource> = if let Some(rest) = spec.strip_prefix("idx:") {
+            Box::new(IdxSet::open(rest)?)
         } else if let Some(rest) = spec.strip_prefix("builtin:") {
             let mut parts = rest.split(':');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some("shapes"), None, None) => Source::Shapes(Shapes { count: shapes::DEFAULT_COUNT, seed }),
+                (Some("shapes"), None, None) => Box::new(Shapes { count: shapes::DEFAULT_COUNT, seed }),
                 (Some("shapes"), Some(n), None) => match n.parse::<usize>() {
-                    Ok(count) if count > 0 => Source::Shapes(Shapes { count, seed }),
+                    Ok(count) if count > 0 => Box::new(Shapes { count, seed }),
                     _ => bail!("--data {spec}: the image count must be a positive integer, got {n:?}"),
                 },
                 _ => bail!("--data {spec}: unknown built-in dataset (available: builtin:shapes, builtin:shapes:N)"),
             }
         } else {
-            Source::Folder(ImageFolder::scan(Path::new(spec))?)
-        };
-        let classes = match &source {
-            Source::Folder(f) => f.classes.clone(),
-            Source::Shapes(_) => Shapes::class_names(),
-            Source::Idx(s) => s.classes.clone(),
+            Box::new(ImageFolder::scan(Path::new(spec))?)
         };
         Ok(Self {
+            classes: source.classes(),
             source,
-            classes,
             cache: None,
             failed: Mutex::new(Vec::new()),
         })
@@ -86,18 +74,14 @@ impl Dataset {
     pub fn with_cache(mut self, side: u32, budget_mib: usize) -> Self {
         // Non-square photos keep some margin for the crop; assume 1.5× the square size.
         let bytes = self.len() as f64 * (side as f64).powi(2) * 3.0 * 1.5;
-        if matches!(self.source, Source::Folder(_)) && bytes <= budget_mib as f64 * 1048576.0 {
+        if self.source.cacheable() && bytes <= budget_mib as f64 * 1048576.0 {
             self.cache = Some((side, (0..self.len()).map(|_| OnceLock::new()).collect()));
         }
         self
     }
 
     pub fn len(&self) -> usize {
-        match &self.source {
-            Source::Folder(f) => f.items.len(),
-            Source::Shapes(s) => s.count,
-            Source::Idx(s) => s.len(),
-        }
+        self.source.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,16 +91,12 @@ impl Dataset {
     /// Whether every image is greyscale (IDX sets, folders of greyscale files): a new model of
     /// this data reads and writes one channel.
     pub fn greyscale(&self) -> bool {
-        match &self.source {
-            Source::Folder(f) => f.greyscale,
-            Source::Shapes(_) => false,
-            Source::Idx(_) => true,
-        }
+        self.source.greyscale()
     }
 
     /// Whether this is `builtin:shapes`, whose images an analytic classifier can label.
     pub fn is_builtin_shapes(&self) -> bool {
-        matches!(self.source, Source::Shapes(_))
+        self.source.analytic_classes()
     }
 
     /// Class names (empty for unlabelled folders).
@@ -125,60 +105,28 @@ impl Dataset {
     }
 
     pub fn label(&self, i: usize) -> Option<u32> {
-        match &self.source {
-            Source::Folder(f) => f.items[i].label,
-            Source::Shapes(s) => Some(s.label(i)),
-            Source::Idx(s) => s.label(i),
-        }
+        self.source.label(i)
     }
 
     /// A stable name for item `i` (its path, or `shapes/NNNNNN`).
     pub fn name(&self, i: usize) -> String {
-        match &self.source {
-            Source::Folder(f) => f.items[i].path.display().to_string(),
-            Source::Shapes(_) => format!("shapes/{i:06}"),
-            Source::Idx(s) => format!("{}#{i:05}", s.path.display()),
-        }
+        self.source.name(i)
     }
 
     /// A hash of what the dataset holds: names, and for folders each file's size and
     /// modification time, so that a changed image changes the fingerprint.
     pub fn fingerprint(&self) -> u64 {
-        let mut words: Vec<u64> = Vec::with_capacity(3 * self.len() + 2);
-        match &self.source {
-            Source::Folder(f) => {
-                for item in &f.items {
-                    words.extend(file_words(&item.path));
-                }
-            }
-            Source::Shapes(s) => words.extend([s.count as u64, s.seed]),
-            Source::Idx(s) => {
-                words.extend(file_words(&s.path));
-                words.push(s.len() as u64);
-            }
-        }
-        mix(&words)
+        mix(&self.source.fingerprint())
     }
 
     /// Files skipped at scan time.
     pub fn skipped(&self) -> usize {
-        match &self.source {
-            Source::Folder(f) => f.skipped.len(),
-            Source::Shapes(_) | Source::Idx(_) => 0,
-        }
+        self.source.skipped()
     }
 
     /// Image `i` with its shorter side resized to `side`.
     pub fn load_resized(&self, i: usize, side: u32) -> Result<Arc<RgbImage>> {
-        let load = || -> Result<Arc<RgbImage>> {
-            Ok(Arc::new(match &self.source {
-                Source::Folder(f) => {
-                    resize_shorter(&crate::data::image::open_rgb(&f.items[i].path)?, side)
-                }
-                Source::Shapes(s) => s.render(i, side),
-                Source::Idx(s) => s.render(i, side),
-            }))
-        };
+        let load = || -> Result<Arc<RgbImage>> { Ok(Arc::new(self.source.load_resized(i, side)?)) };
         match &self.cache {
             Some((s, slots)) if *s == side => {
                 if let Some(img) = slots[i].get() {
@@ -193,11 +141,7 @@ impl Dataset {
 
     /// Image `i` at its own size (folders), 32×32 (IDX sets) or 256×256 (built-in shapes).
     pub fn load_native(&self, i: usize) -> Result<RgbImage> {
-        Ok(match &self.source {
-            Source::Folder(f) => crate::data::image::open_rgb(&f.items[i].path)?,
-            Source::Shapes(s) => s.render(i, 256),
-            Source::Idx(s) => s.render(i, 32),
-        })
+        self.source.load_native(i)
     }
 
     /// Records a load failure; returns true the first time for that item (to report it once).

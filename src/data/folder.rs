@@ -150,3 +150,40 @@ impl ImageFolder {
         })
     }
 }
+
+impl crate::data::source::ImageSource for ImageFolder {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+    fn classes(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+    fn label(&self, i: usize) -> Option<u32> {
+        self.items[i].label
+    }
+    fn name(&self, i: usize) -> String {
+        self.items[i].path.display().to_string()
+    }
+    fn fingerprint(&self) -> Vec<u64> {
+        self.items
+            .iter()
+            .flat_map(|item| crate::data::dataset::file_words(&item.path))
+            .collect()
+    }
+    fn load_resized(&self, i: usize, side: u32) -> Result<image::RgbImage> {
+        let img = crate::data::image::open_rgb(&self.items[i].path)?;
+        Ok(crate::data::transform::resize_shorter(&img, side))
+    }
+    fn load_native(&self, i: usize) -> Result<image::RgbImage> {
+        crate::data::image::open_rgb(&self.items[i].path)
+    }
+    fn greyscale(&self) -> bool {
+        self.greyscale
+    }
+    fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+    fn cacheable(&self) -> bool {
+        true
+    }
+}

@@ -254,3 +254,32 @@ fn class_names(dir: &Path, images: &Path, n: usize) -> Result<Vec<String>> {
         (0..n).map(|i| i.to_string()).collect()
     })
 }
+
+impl crate::data::source::ImageSource for IdxSet {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn classes(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+    fn label(&self, i: usize) -> Option<u32> {
+        IdxSet::label(self, i)
+    }
+    fn name(&self, i: usize) -> String {
+        format!("{}#{i:05}", self.path.display())
+    }
+    fn fingerprint(&self) -> Vec<u64> {
+        let mut w = crate::data::dataset::file_words(&self.path).to_vec();
+        w.push(self.count as u64);
+        w
+    }
+    fn load_resized(&self, i: usize, side: u32) -> Result<RgbImage> {
+        Ok(self.render(i, side))
+    }
+    fn load_native(&self, i: usize) -> Result<RgbImage> {
+        Ok(self.render(i, 32))
+    }
+    fn greyscale(&self) -> bool {
+        true
+    }
+}

@@ -35,6 +35,10 @@ impl Inputs {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A name for image `i` (its path, or the built-in item's name).
     pub fn name(&self, i: usize) -> String {
         match self {
@@ -68,4 +72,26 @@ impl Inputs {
             Ok((range, images))
         })
     }
+}
+
+/// Output file names from input names: the file stem, made unique.
+pub fn output_names(names: &[String]) -> Vec<String> {
+    let mut used = std::collections::HashSet::new();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let stem = Path::new(p).file_stem().map_or_else(
+                || format!("image-{i}"),
+                |s| s.to_string_lossy().into_owned(),
+            );
+            let mut name = format!("{stem}.png");
+            let mut k = 1;
+            while !used.insert(name.clone()) {
+                name = format!("{stem}-{k}.png");
+                k += 1;
+            }
+            name
+        })
+        .collect()
 }

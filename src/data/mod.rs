@@ -10,6 +10,7 @@ pub mod loader;
 pub mod order;
 pub mod samples;
 pub mod shapes;
+pub mod source;
 pub mod transform;
 
 pub use dataset::Dataset;

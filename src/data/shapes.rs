@@ -193,3 +193,30 @@ impl Shapes {
         self.scene(i).render(side)
     }
 }
+
+impl crate::data::source::ImageSource for Shapes {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn classes(&self) -> Vec<String> {
+        Shapes::class_names()
+    }
+    fn label(&self, i: usize) -> Option<u32> {
+        Some(Shapes::label(self, i))
+    }
+    fn name(&self, i: usize) -> String {
+        format!("shapes/{i:06}")
+    }
+    fn fingerprint(&self) -> Vec<u64> {
+        vec![self.count as u64, self.seed]
+    }
+    fn load_resized(&self, i: usize, side: u32) -> anyhow::Result<RgbImage> {
+        Ok(self.render(i, side))
+    }
+    fn load_native(&self, i: usize) -> anyhow::Result<RgbImage> {
+        Ok(self.render(i, 256))
+    }
+    fn analytic_classes(&self) -> bool {
+        true
+    }
+}

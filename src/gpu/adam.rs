@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKer
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 
-use super::AdamStep;
+use crate::ops::adam::AdamStep;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adam.ptx"));
 const MODULE: &str = "movq_adam";

@@ -21,12 +21,12 @@ use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage,
 use super::attention::{attention_backward, attention_saving, Lse};
 use super::bias::{bias_act, bias_gelu_backward, column_sum, linear, linear_residual};
 use super::layer_norm::{layer_norm_backward, layer_norm_saving, InputGrad, Stats};
-use super::BlockWeights;
-use crate::nn::side_grads::SideGrads;
+use super::side_grads::SideGrads;
+use crate::ops::block::Block;
 
 /// The blocks `ws` one after the other for `x` `[B, T, D]` (bf16 on CUDA; see
-/// [`super::fused_blocks`]), as one node of the graph.
-pub fn blocks(x: &Tensor, ws: &[BlockWeights], grads: &SideGrads) -> Result<Tensor> {
+/// [`crate::ops::block::stack`]), as one node of the graph.
+pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
     let Some(first) = ws.first() else {
         candle_core::bail!("fused transformer blocks: no blocks")
     };
@@ -41,7 +41,7 @@ pub fn blocks(x: &Tensor, ws: &[BlockWeights], grads: &SideGrads) -> Result<Tens
     // the node's second input is a parameter, so that it is on the graph's path to the
     // parameters even where `x` is not (its gradient goes to the side list with the others)
     x.apply_op2(
-        first.ln1.0,
+        first.ln1.parts().0,
         Node {
             out: Mutex::new(Some(h.reshape((b, t, d))?)),
             layers: Mutex::new(Some(layers)),
@@ -62,29 +62,26 @@ impl Layer {
     /// The block for rows `x` `[B·T, D]` (`bt` = (B, T)): its output rows, and what its
     /// backward pass needs. The linear layers that feed the residual stream add bias and
     /// residual on their matmul's output in one pass.
-    fn forward(x: &Tensor, w: &BlockWeights, bt: (usize, usize)) -> Result<(Tensor, Self)> {
+    fn forward(x: &Tensor, blk: &Block, bt: (usize, usize)) -> Result<(Tensor, Self)> {
+        let (p, eps) = blk.parameters()?;
         let dt = x.dtype();
         let (b, t) = bt;
         let d = x.dim(1)?;
         let cast = |p: &Tensor| p.detach().to_dtype(dt);
-        let (y1, st1) = layer_norm_saving(x, w.ln1.0, w.ln1.1, w.eps)?;
-        let wqkv = cast(w.qkv.0)?;
-        let qkv = linear(&y1, &wqkv, &w.qkv.1.detach())?;
-        let (a, lse) = attention_saving(&qkv.reshape((b, t, 3 * d))?, w.heads)?;
+        let (y1, st1) = layer_norm_saving(x, p[0], p[1], eps)?;
+        let wqkv = cast(p[2])?;
+        let qkv = linear(&y1, &wqkv, &p[3].detach())?;
+        let (a, lse) = attention_saving(&qkv.reshape((b, t, 3 * d))?, blk.heads)?;
         let a = a.reshape((b * t, d))?;
-        let wproj = cast(w.proj.0)?;
-        let x2 = linear_residual(&a, &wproj, &w.proj.1.detach(), x)?;
-        let (y2, st2) = layer_norm_saving(&x2, w.ln2.0, w.ln2.1, w.eps)?;
-        let w1 = cast(w.fc1.0)?;
+        let wproj = cast(p[4])?;
+        let x2 = linear_residual(&a, &wproj, &p[5].detach(), x)?;
+        let (y2, st2) = layer_norm_saving(&x2, p[6], p[7], eps)?;
+        let w1 = cast(p[8])?;
         let m1 = y2.matmul(&w1.t()?)?;
-        let h = bias_act(&m1, &w.fc1.1.detach(), true)?;
-        let w2 = cast(w.fc2.0)?;
-        let out = linear_residual(&h, &w2, &w.fc2.1.detach(), &x2)?;
-        let params = [
-            w.ln1.0, w.ln1.1, w.qkv.0, w.qkv.1, w.proj.0, w.proj.1, w.ln2.0, w.ln2.1, w.fc1.0,
-            w.fc1.1, w.fc2.0, w.fc2.1,
-        ]
-        .map(|p| p.clone());
+        let h = bias_act(&m1, &p[9].detach(), true)?;
+        let w2 = cast(p[10])?;
+        let out = linear_residual(&h, &w2, &p[11].detach(), &x2)?;
+        let params = p.map(|p| p.clone());
         let saved = Saved {
             x: x.clone(),
             y1,
@@ -102,7 +99,7 @@ impl Layer {
         let layer = Self {
             saved,
             params,
-            heads: w.heads,
+            heads: blk.heads,
         };
         Ok((out, layer))
     }

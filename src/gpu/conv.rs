@@ -80,8 +80,7 @@ struct Choice {
 const FIND_WORKSPACE: usize = 512 << 20;
 
 fn find_enabled() -> bool {
-    static FIND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FIND.get_or_init(|| std::env::var("MOVQ_CUDNN_FIND").is_ok_and(|v| v == "1"))
+    crate::compute::switches().cudnn_find
 }
 
 struct Handle(sys::cudnnHandle_t);

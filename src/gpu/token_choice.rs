@@ -12,99 +12,59 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CudaStorage, Layout, Result, Shape};
 
 use super::rows::{by_dtype, function, launch_cfg, row_grid, storage, Elem, BLOCK};
-use super::TokenChoice;
+use crate::ops::token_choice::TokenChoice;
 
-/// See [`super::fused_choose_tokens`]: (tokens u32 `[B, L]`, confidence f32 `[B, L]`).
-pub fn choose_tokens(
-    logits: &Tensor,
-    tokens: &Tensor,
-    choice: &TokenChoice,
-) -> Result<(Tensor, Tensor)> {
-    let (b, l, k) = logits.dims3()?;
-    if tokens.dims() != [b, l] || tokens.dtype() != DType::U32 {
-        candle_core::bail!(
-            "choose_tokens: tokens {:?} {:?} do not fit logits {:?}",
-            tokens.dims(),
-            tokens.dtype(),
-            logits.dims()
-        );
-    }
-    if k as u64 > 1 << 24 {
-        candle_core::bail!("choose_tokens: {k} codes (at most 2^24)");
-    }
-    // the kernel takes any batch stride (the logits of a longer sequence, narrowed) but rows of
-    // K contiguous values, one after the other
-    let logits = match logits.stride() {
-        [_, s1, 1] if *s1 == k => logits.clone(),
-        _ => logits.contiguous()?,
+/// `(logits [B, L, K], tokens [B, L])` → `[2, B, L]` f32: the confidences, then the chosen
+/// tokens (the `cuda_fwd` of [`crate::ops::token_choice`]'s op).
+pub fn launch(
+    logits: &CudaStorage,
+    ll: &Layout,
+    tokens: &CudaStorage,
+    tl: &Layout,
+    c: &TokenChoice,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = logits.device().clone();
+    let (b, l, k) = ll.shape().dims3()?;
+    let batch_stride = ll.stride()[0];
+    let rows = b * l;
+    let tv = match (&tokens.slice, tl.contiguous_offsets()) {
+        (CudaStorageSlice::U32(p), Some((a, e))) => p.slice(a..e),
+        _ => candle_core::bail!("choose_tokens: the tokens must be contiguous u32"),
     };
-    let out = logits.apply_op2_no_bwd(&tokens.contiguous()?, &Choose(*choice))?;
-    let conf = out.get(0)?;
-    let chosen = out.get(1)?.to_dtype(DType::U32)?;
-    Ok((chosen, conf))
-}
-
-/// `(logits, tokens)` → `[2, B, L]` f32: the confidences, then the chosen tokens.
-struct Choose(TokenChoice);
-
-impl CustomOp2 for Choose {
-    fn name(&self) -> &'static str {
-        "movq-choose-tokens"
-    }
-
-    cuda_only!(2, "the token choice kernel");
-
-    fn cuda_fwd(
-        &self,
-        logits: &CudaStorage,
-        ll: &Layout,
-        tokens: &CudaStorage,
-        tl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = logits.device().clone();
-        let (b, l, k) = ll.shape().dims3()?;
-        let batch_stride = ll.stride()[0];
-        let rows = b * l;
-        let tv = match (&tokens.slice, tl.contiguous_offsets()) {
-            (CudaStorageSlice::U32(p), Some((a, e))) => p.slice(a..e),
-            _ => candle_core::bail!("choose_tokens: the tokens must be contiguous u32"),
+    // SAFETY: the kernel writes both values of every row.
+    let out = unsafe { dev.alloc::<f32>(2 * rows)? };
+    let (rows_i, l_i, k_i, top1) = (rows as i32, l as i32, k as i32, c.top1 as i32);
+    // the logits' elements from the first row's start to the last row's end
+    let start = ll.start_offset();
+    let end = start + (b - 1) * batch_stride + l * k;
+    by_dtype!(logits.dtype(), T => {
+        let Some(all) = T::of(&logits.slice) else {
+            candle_core::bail!("choose_tokens: the logits' storage has another dtype")
         };
-        // SAFETY: the kernel writes both values of every row.
-        let out = unsafe { dev.alloc::<f32>(2 * rows)? };
-        let c = &self.0;
-        let (rows_i, l_i, k_i, top1) = (rows as i32, l as i32, k as i32, c.top1 as i32);
-        // the logits' elements from the first row's start to the last row's end
-        let start = ll.start_offset();
-        let end = start + (b - 1) * batch_stride + l * k;
-        by_dtype!(logits.dtype(), T => {
-            let Some(all) = T::of(&logits.slice) else {
-                candle_core::bail!("choose_tokens: the logits' storage has another dtype")
-            };
-            let lv = all.slice(start..end);
-            let func = function(&dev, &format!("choose_tokens_{}", T::SUFFIX))?;
-            let stream = dev.cuda_stream();
-            let mut a = stream.launch_builder(&func);
-            a.arg(&lv)
-                .arg(&tv)
-                .arg(&out)
-                .arg(&rows_i)
-                .arg(&l_i)
-                .arg(&k_i)
-                .arg(&batch_stride)
-                .arg(&c.mask)
-                .arg(&c.inv_temp)
-                .arg(&top1)
-                .arg(&c.noise)
-                .arg(&c.seed);
-            // SAFETY: the arguments of choose_tokens_* in rows.cu; a warp per row.
-            unsafe { a.launch(launch_cfg(row_grid(rows), BLOCK)) }.w()?;
-        });
-        Ok((
-            storage(CudaStorageSlice::F32(out), &dev),
-            Shape::from((2, b, l)),
-        ))
-    }
+        let lv = all.slice(start..end);
+        let func = function(&dev, &format!("choose_tokens_{}", T::SUFFIX))?;
+        let stream = dev.cuda_stream();
+        let mut a = stream.launch_builder(&func);
+        a.arg(&lv)
+            .arg(&tv)
+            .arg(&out)
+            .arg(&rows_i)
+            .arg(&l_i)
+            .arg(&k_i)
+            .arg(&batch_stride)
+            .arg(&c.mask)
+            .arg(&c.inv_temp)
+            .arg(&top1)
+            .arg(&c.noise)
+            .arg(&c.seed);
+        // SAFETY: the arguments of choose_tokens_* in rows.cu; a warp per row.
+        unsafe { a.launch(launch_cfg(row_grid(rows), BLOCK)) }.w()?;
+    });
+    Ok((
+        storage(CudaStorageSlice::F32(out), &dev),
+        Shape::from((2, b, l)),
+    ))
 }

@@ -193,3 +193,34 @@ impl Lpips {
         total.ok_or_else(|| candle_core::Error::Msg("LPIPS has no layers".into()))
     }
 }
+
+/// The LPIPS network of `backbone` on `device`, from `explicit` or the movq cache; `None` (with
+/// a note on stderr) when its weights are not installed and no file was named.
+pub fn load_optional(
+    backbone: Backbone,
+    explicit: Option<&Path>,
+    device: &Device,
+) -> Result<Option<Lpips>> {
+    match locate(explicit, backbone)? {
+        Some(path) => Ok(Some(Lpips::load(&path, device)?)),
+        None => {
+            eprintln!("note: LPIPS left out: {}", missing_note(backbone));
+            Ok(None)
+        }
+    }
+}
+
+/// LPIPS between two same-sized images (uint8, as the other metrics see them).
+pub fn image_distance(
+    net: &Lpips,
+    a: &image::RgbImage,
+    b: &image::RgbImage,
+    device: &Device,
+) -> Result<f64> {
+    use crate::data::image::images_to_tensor;
+    let d = net.distance(
+        &images_to_tensor(std::slice::from_ref(a), device)?,
+        &images_to_tensor(std::slice::from_ref(b), device)?,
+    )?;
+    Ok(d.to_vec1::<f32>()?[0] as f64)
+}

@@ -6,6 +6,7 @@ pub mod fid;
 pub mod inception;
 pub mod lpips;
 pub mod psnr;
+pub mod reconstruction;
 pub mod shape_classifier;
 pub mod ssim;
 
@@ -50,11 +51,5 @@ pub fn mean_scores(scores: &[PairScores]) -> PairScores {
 /// Where pretrained metric networks live (`scripts/get-weights` writes there): `MOVQ_CACHE`,
 /// else `~/.cache/movq`.
 pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("MOVQ_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".cache/movq"),
-    }
+    crate::compute::switches().cache_dir.clone()
 }

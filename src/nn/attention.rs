@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::layers::{conv1x1, Conv2d};
-use crate::nn::softmax::softmax_last_dim;
 use crate::nn::spatial_norm::{Norm, NormKind};
+use crate::ops::softmax::softmax_last_dim;
 
 #[derive(Debug, Clone)]
 pub struct AttnBlock {

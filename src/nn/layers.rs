@@ -6,10 +6,10 @@
 //! are differentiable, so gradients reach the f32 weights. Normalizations compute their
 //! statistics in f32 whatever the input dtype.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
-use crate::nn::conv::conv2d_gemm;
+use crate::ops::linear::{linear_rows, Act};
 use crate::profile;
 
 /// PyTorch's default initialisation for a layer with `fan_in` inputs: uniform ±1/√fan_in.
@@ -21,16 +21,7 @@ fn default_init(fan_in: usize) -> Init {
     }
 }
 
-/// `MOVQ_CONV=candle` routes every convolution through candle's own `conv2d` (for comparison)
-/// instead of cuDNN ([`crate::gpu::cudnn_conv2d`], `cudnn` builds) or [`conv2d_gemm`].
-fn candle_conv() -> bool {
-    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CANDLE.get_or_init(|| std::env::var("MOVQ_CONV").is_ok_and(|v| v == "candle"))
-}
-
-/// A 2-D convolution computed in its input's dtype: through cuDNN on the GPU in a `cudnn` build,
-/// else stride-1 convolutions as matrix products ([`conv2d_gemm`]) and strided ones through
-/// candle.
+/// A 2-D convolution computed in its input's dtype ([`crate::ops::conv`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -57,53 +48,13 @@ impl Module for Conv2d {
 
 impl Conv2d {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
-        let dt = x.dtype();
         let c = self.cfg;
-        let w = self.weight.to_dtype(dt)?;
-        let k = w.dim(2)?;
-        let plain = c.stride == 1 && c.dilation == 1 && c.groups == 1 && c.padding < k;
-        if c.dilation == 1 && c.groups == 1 && !candle_conv() {
-            // cuDNN, the bias added in the same graph node
-            if let Some(y) =
-                crate::gpu::cudnn_conv2d(x, &w, self.bias.as_ref(), c.padding, c.stride)?
-            {
-                return Ok(y);
-            }
+        if c.dilation != 1 || c.groups != 1 {
+            candle_core::bail!("convolutions are undilated and ungrouped");
         }
-        if c.dilation == 1 && c.groups == 1 && !candle_conv() && crate::nn::cpu_conv::supports(x) {
-            // the CPU's unfolded-window convolution, the bias added in the same pass
-            return crate::nn::cpu_conv::conv2d(x, &w, self.bias.as_ref(), c.padding, c.stride);
-        }
-        let y = if plain && !candle_conv() {
-            conv2d_gemm(x, &w, c.padding)?
-        } else {
-            x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
-        };
-        match &self.bias {
-            None => Ok(y),
-            Some(b) => match crate::gpu::fused_channel_bias(&y, b)? {
-                Some(y) => Ok(y),
-                None => {
-                    let n = b.dim(0)?;
-                    y.broadcast_add(&b.to_dtype(dt)?.reshape((1, n, 1, 1))?)
-                }
-            },
-        }
+        let w = self.weight.to_dtype(x.dtype())?;
+        crate::ops::conv::conv2d(x, &w, self.bias.as_ref(), c.padding, c.stride)
     }
-}
-
-/// The rows of `table` `[V, D]` at `ids` (u32, any shape) → `ids`' shape + `[D]`: an embedding
-/// lookup, through the gather kernel on the GPU (its gradient by an atomic scatter-add, where
-/// candle's `index_add` walks every id per column).
-pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let flat = ids.flatten_all()?;
-    let rows = match crate::gpu::fused_gather_rows(table, &flat)? {
-        Some(rows) => rows,
-        None => table.index_select(&flat, 0)?,
-    };
-    let mut dims = ids.dims().to_vec();
-    dims.push(table.dim(1)?);
-    rows.reshape(dims)
 }
 
 /// `y = x·Wᵀ + b` over the last dimension, computed in its input's dtype.
@@ -184,7 +135,7 @@ impl Linear {
     }
 
     /// `act(x Wᵀ + b)` over the last dimension of `x`, plus `residual` (`x`'s shape with `out`
-    /// last) when given.
+    /// last) when given ([`crate::ops::linear`]).
     fn forward_act(&self, x: &Tensor, gelu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
@@ -192,51 +143,13 @@ impl Linear {
         let w = self.weight.to_dtype(x.dtype())?;
         let x = x.reshape((rows, inp))?;
         let residual = residual.map(|r| r.reshape((rows, out))).transpose()?;
-        let fused = match (&residual, &self.bias) {
-            (Some(r), Some(b)) if !gelu => crate::gpu::fused_linear_residual(&x, &w, b, r)?,
-            _ => None,
-        };
-        let y = match (fused, residual) {
-            (Some(y), _) => y,
-            (None, Some(r)) => (r + self.rows_forward(&x, &w, gelu)?)?,
-            (None, None) => self.rows_forward(&x, &w, gelu)?,
-        };
+        let act = if gelu { Act::Gelu } else { Act::None };
+        let y = linear_rows(&x, &w, self.bias.as_ref(), act, residual.as_ref())?;
         *dims
             .last_mut()
             .expect("a linear layer's input has a last dimension") = out;
         y.reshape(dims)
     }
-
-    /// `act(x Wᵀ + b)` for `x` `[rows, in]` and `w` the weight in `x`'s dtype: on the GPU the
-    /// bias goes in place onto the matmul's output (no pre-bias tensor kept for the backward
-    /// pass) or, with GELU, bias and activation run as one kernel.
-    fn rows_forward(&self, x: &Tensor, w: &Tensor, gelu: bool) -> Result<Tensor> {
-        let act = |y: Tensor| if gelu { y.gelu_erf() } else { Ok(y) };
-        let Some(b) = &self.bias else {
-            return act(x.matmul(&w.t()?)?);
-        };
-        if !gelu {
-            if let Some(y) = crate::gpu::fused_linear(x, w, b)? {
-                return Ok(y);
-            }
-        }
-        let y = x.matmul(&w.t()?)?;
-        match crate::gpu::fused_bias_act(&y, b, gelu)? {
-            Some(y) => Ok(y),
-            None => act(y.broadcast_add(&b.to_dtype(y.dtype())?)?),
-        }
-    }
-}
-
-/// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance), composed
-/// of differentiable ops (GroupNorm's rows; the reference for the fused LayerNorm's gradient).
-pub fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let n = x.dim(D::Minus1)? as f64;
-    let mean = (x.sum_keepdim(D::Minus1)? / n)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)
 }
 
 /// GroupNorm over `[B, C, ...]`: statistics in f32, affine in f32, result in the input's dtype.
@@ -257,8 +170,7 @@ impl Module for GroupNorm {
 impl GroupNorm {
     /// `silu?(GroupNorm(x) · scale↑ + shift↑)`: with `modulation` (scale, shift) `[B, C, h, w]`,
     /// `h | H`, `w | W`, broadcast over each `H/h × W/w` block (SpatialNorm), and SiLU when
-    /// `silu`. One fused kernel on the GPU ([`crate::gpu::fused_group_norm`]), composed ops
-    /// elsewhere.
+    /// `silu` ([`crate::ops::group_norm`]).
     pub fn forward_modulated(
         &self,
         x: &Tensor,
@@ -269,69 +181,18 @@ impl GroupNorm {
             || "group_norm".into(),
             x.device(),
             || {
-                let (w, b) = (&self.weight, &self.bias);
-                let fused =
-                    crate::gpu::fused_group_norm(x, w, b, self.groups, self.eps, modulation, silu)?;
-                if let Some(y) = fused {
-                    return Ok(y);
-                }
-                if crate::nn::cpu_group_norm::supports(x) {
-                    return crate::nn::cpu_group_norm::group_norm(
-                        x,
-                        w,
-                        b,
-                        self.groups,
-                        self.eps,
-                        modulation,
-                        silu,
-                    );
-                }
-                let y = self.forward_inner(x)?;
-                let y = match modulation {
-                    None => y,
-                    Some((scale, shift)) => modulate(&y, scale, shift)?,
-                };
-                if silu {
-                    y.silu()
-                } else {
-                    Ok(y)
-                }
+                crate::ops::group_norm::group_norm(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.groups,
+                    self.eps,
+                    modulation,
+                    silu,
+                )
             },
         )
     }
-
-    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
-        let dt = x.dtype();
-        let shape = x.dims().to_vec();
-        let (b, c) = (shape[0], shape[1]);
-        if !c.is_multiple_of(self.groups) {
-            candle_core::bail!(
-                "GroupNorm: {c} channels do not split into {} groups",
-                self.groups
-            );
-        }
-        let n = x.elem_count() / (b * self.groups);
-        let normed = standardize(&x.reshape((b, self.groups, n))?, self.eps)?;
-        let mut wdims = vec![1; shape.len()];
-        wdims[1] = c;
-        normed
-            .reshape(shape)?
-            .broadcast_mul(&self.weight.reshape(wdims.clone())?)?
-            .broadcast_add(&self.bias.reshape(wdims)?)?
-            .to_dtype(dt)
-    }
-}
-
-/// `y · scale↑ + shift↑` with `scale`, `shift` `[B, C, h, w]` broadcast over each `H/h × W/w`
-/// block of `y` `[B, C, H, W]` (nearest-neighbour upsampling without materialising it).
-fn modulate(y: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = y.dims4()?;
-    let (_, _, zh, zw) = scale.dims4()?;
-    let blocks = |t: &Tensor| t.reshape((b, c, zh, 1, zw, 1));
-    y.reshape((b, c, zh, h / zh, zw, w / zw))?
-        .broadcast_mul(&blocks(scale)?)?
-        .broadcast_add(&blocks(shift)?)?
-        .reshape((b, c, h, w))
 }
 
 /// LayerNorm over the last dimension: computed in f32, result in the input's dtype.
@@ -359,8 +220,7 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
-    /// candle's fused `ops::layer_norm` kernel with a backward pass of our own
-    /// ([`crate::nn::standardize`]; candle's has none), then the affine in f32.
+    /// [`crate::ops::layer_norm`].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         profile::scope(|| "layer_norm".into(), x.device(), || self.forward_inner(x))
     }
@@ -368,14 +228,7 @@ impl Module for LayerNorm {
 
 impl LayerNorm {
     fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::gpu::fused_layer_norm(x, &self.weight, &self.bias, self.eps)? {
-            return Ok(y);
-        }
-        let dt = x.dtype();
-        crate::nn::standardize::standardize_last_dim(x, self.eps)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?
-            .to_dtype(dt)
+        crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

@@ -4,7 +4,9 @@ pub mod metrics;
 pub mod optim;
 pub mod run_dir;
 pub mod runner;
+pub mod runs;
 pub mod schedule;
+pub mod setup;
 
 pub use metrics::Metrics;
 pub use run_dir::RunDir;

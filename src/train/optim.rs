@@ -30,27 +30,7 @@ impl Grads {
     /// The global l2 norm over all gradients.
     pub fn norm(&self) -> Result<f64> {
         let all: Vec<&Tensor> = self.0.iter().flatten().collect();
-        // on the GPU: one kernel per gradient into one accumulator
-        if let Some(sq) = crate::gpu::fused_sum_of_squares(&all)? {
-            return Ok(sq.sqrt());
-        }
-        // One device→host read for all parameters.
-        let squares = self
-            .0
-            .iter()
-            .flatten()
-            // over the last dimension first: a sum over all elements at once runs as one
-            // block on CUDA (~60 µs for a 768 × 2304 weight), a row sum as one block per row
-            .map(|g| match g.rank() {
-                0 | 1 => g.sqr()?.sum_all(),
-                _ => g.sqr()?.sum(candle_core::D::Minus1)?.sum_all(),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if squares.is_empty() {
-            return Ok(0.0);
-        }
-        let sq = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64;
-        Ok(sq.sqrt())
+        Ok(crate::ops::adam::sum_of_squares(&all)?.sqrt())
     }
 }
 
@@ -126,7 +106,7 @@ impl Adam {
         let bias2 = 1.0 - b2.powi(self.t as i32);
         // the same scalars for every tensor: one kernel per tensor on the GPU, the moments
         // updated in place
-        let fused = crate::gpu::AdamStep {
+        let scalars = crate::ops::adam::AdamStep {
             lr: lr as f32,
             betas: (b1 as f32, b2 as f32),
             eps: self.eps as f32,
@@ -137,29 +117,13 @@ impl Adam {
         };
         for (i, g) in grads.0.iter().enumerate() {
             let Some(g) = g else { continue };
-            let var = &self.params[i].1;
-            if crate::gpu::fused_adam_step(var.as_tensor(), &self.m[i], &self.v[i], g, fused)? {
-                continue;
-            }
-            let mut g = if clip < 1.0 { (g * clip)? } else { g.clone() };
-            let mut theta = var.as_tensor().clone();
-            match self.kind {
-                OptimizerKind::Adam if self.weight_decay > 0.0 => {
-                    g = (g + (&theta * self.weight_decay)?)?;
-                }
-                OptimizerKind::AdamW if self.weight_decay > 0.0 => {
-                    theta = (theta * (1.0 - lr * self.weight_decay))?;
-                }
-                _ => {}
-            }
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((&v / bias2)?.sqrt()? + self.eps)?;
-            let update = ((&m / bias1)? / denom)?;
-            var.set(&(theta - (update * lr)?)?)?;
-            // Detached: the moments must not keep this step's computation graph alive.
-            self.m[i] = m.detach();
-            self.v[i] = v.detach();
+            crate::ops::adam::step(
+                &self.params[i].1,
+                &mut self.m[i],
+                &mut self.v[i],
+                g,
+                scalars,
+            )?;
         }
         Ok(norm)
     }

@@ -77,6 +77,14 @@ impl RunDir {
         self.root.join("latest")
     }
 
+    /// The run's config, parsed and validated (errors name the file).
+    pub fn config<T: crate::config::RunSettings>(&self) -> Result<T> {
+        T::parse(
+            &self.read_config()?,
+            &self.config_path().display().to_string(),
+        )
+    }
+
     pub fn read_config(&self) -> Result<String> {
         std::fs::read_to_string(self.config_path())
             .with_context(|| format!("cannot read {}", self.config_path().display()))
@@ -142,11 +150,32 @@ impl RunDir {
         ]);
         safetensors_io::write_atomic(&ckpt.model, model, &meta)?;
         safetensors_io::write_atomic(&ckpt.train_state, train_state, &meta)?;
-        fsutil::write_atomic(&self.latest_path(), format!("step-{step:07}\n").as_bytes())?;
+        self.point_latest_at(step)?;
         if keep > 0 {
             self.prune(keep, step)?;
         }
         Ok(ckpt)
+    }
+
+    /// Makes `step` the latest checkpoint.
+    fn point_latest_at(&self, step: usize) -> Result<()> {
+        fsutil::write_atomic(&self.latest_path(), format!("step-{step:07}\n").as_bytes())
+    }
+
+    /// Copies another run's checkpoint weights (`ckpt`, its model file) into this run as its
+    /// latest checkpoint at the same step, without training state: a stage-2 run's frozen
+    /// tokenizer.
+    pub fn adopt_checkpoint(&self, ckpt: &Checkpoint) -> Result<Checkpoint> {
+        let own = self.checkpoint(ckpt.step);
+        std::fs::copy(&ckpt.model, &own.model).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                ckpt.model.display(),
+                own.model.display()
+            )
+        })?;
+        self.point_latest_at(ckpt.step)?;
+        Ok(own)
     }
 
     fn prune(&self, keep: usize, current: usize) -> Result<()> {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use serde_json::{json, Map, Value};
 
-use crate::dist::Shard;
+use crate::parallel::Shard;
 use crate::rng::{rng_for, Stream};
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Checkpoint, RunDir};
@@ -31,7 +31,8 @@ pub trait Stage {
     type Batch;
 
     /// Forward, backward and optimizer update for one batch. The returned metrics must hold
-    /// `loss`.
+    /// `loss`; each is this rank's share of the whole batch's value or global (see
+    /// [`Metrics`]), and the loop sums the shares over the ranks.
     fn train_step(&mut self, batch: Self::Batch, ctx: StepContext) -> Result<Metrics>;
 
     /// Metrics on the validation set.
@@ -158,7 +159,9 @@ pub fn run<S: Stage>(
             opts.min_lr_ratio,
         );
         let rng = rng_for(opts.seed, Stream::Step, &[step as u64]);
-        let metrics = stage.train_step(batch, StepContext { step, lr, rng })?;
+        let metrics = stage
+            .train_step(batch, StepContext { step, lr, rng })?
+            .reduce(shard)?;
         if let Some((name, value)) = metrics.non_finite() {
             bar.abandon();
             let kept = match run_dir.latest()? {

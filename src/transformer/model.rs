@@ -5,25 +5,13 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::TransformerConfig;
-use crate::nn::layers::{embed, LayerNorm, Linear};
-use crate::nn::side_grads::SideGrads;
-use crate::nn::softmax::softmax_last_dim;
+use crate::gpu::side_grads::SideGrads;
+use crate::nn::layers::{LayerNorm, Linear};
+use crate::ops::block::{layer_norm, linear, stack, Block};
+use crate::ops::embedding::embed;
 use crate::transformer::tokens::TokenLayout;
 
 const INIT_STD: f64 = 0.02;
-
-fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get_with_hints(
-        (out_dim, in_dim),
-        "weight",
-        Init::Randn {
-            mean: 0.0,
-            stdev: INIT_STD,
-        },
-    )?;
-    let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(w, Some(b)))
-}
 
 /// An embedding table `[n, dim]` (looked up with [`embed`]).
 fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Tensor> {
@@ -35,125 +23,6 @@ fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Tensor> {
             stdev: INIT_STD,
         },
     )
-}
-
-fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    let w = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-    let b = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
-    Ok(LayerNorm::new(w, b, 1e-5))
-}
-
-/// Multi-head self-attention without a causal mask.
-#[derive(Debug, Clone)]
-struct SelfAttention {
-    qkv: Linear,
-    proj: Linear,
-    heads: usize,
-}
-
-impl SelfAttention {
-    fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            qkv: linear(width, 3 * width, vb.pp("qkv"))?,
-            proj: linear(width, width, vb.pp("proj"))?,
-            heads,
-        })
-    }
-
-    /// `residual + attention(x)`, `[B, T, D]` → `[B, T, D]`
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let dh = d / self.heads;
-        let qkv = self.qkv.forward(x)?;
-        let fused = crate::profile::scope(
-            || "attention (fused)".into(),
-            x.device(),
-            || crate::gpu::fused_attention(&qkv, self.heads),
-        )?;
-        if let Some(out) = fused {
-            return self.proj.forward_residual(&out, residual);
-        }
-        let qkv = qkv
-            .reshape((b, t, 3, self.heads, dh))?
-            .permute((2, 0, 3, 1, 4))?; // [3, B, H, T, Dh]
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = crate::profile::scope(
-            || "attention matmuls".into(),
-            x.device(),
-            || q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()),
-        )?; // [B, H, T, T]
-        let attn = softmax_last_dim(&scores)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.proj.forward_residual(&out, residual)
-    }
-
-    fn for_inference(&self, dtype: DType) -> Result<Self> {
-        Ok(Self {
-            qkv: self.qkv.for_inference(dtype)?,
-            proj: self.proj.for_inference(dtype)?,
-            heads: self.heads,
-        })
-    }
-}
-
-/// Pre-LayerNorm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
-#[derive(Debug, Clone)]
-struct Block {
-    ln1: LayerNorm,
-    attn: SelfAttention,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Block {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            ln1: layer_norm(cfg.width, vb.pp("ln1"))?,
-            attn: SelfAttention::new(cfg.width, cfg.heads, vb.pp("attn"))?,
-            ln2: layer_norm(cfg.width, vb.pp("ln2"))?,
-            fc1: linear(cfg.width, cfg.mlp, vb.pp("mlp.fc1"))?,
-            fc2: linear(cfg.mlp, cfg.width, vb.pp("mlp.fc2"))?,
-        })
-    }
-
-    /// The parameters as the fused GPU block takes them (every linear layer here has a bias).
-    fn weights(&self) -> Option<crate::gpu::BlockWeights<'_>> {
-        fn lin(l: &Linear) -> Option<(&Tensor, &Tensor)> {
-            l.bias().map(|b| (l.weight(), b))
-        }
-        let (ln1w, ln1b, eps) = self.ln1.parts();
-        let (ln2w, ln2b, _) = self.ln2.parts();
-        Some(crate::gpu::BlockWeights {
-            ln1: (ln1w, ln1b),
-            qkv: lin(&self.attn.qkv)?,
-            proj: lin(&self.attn.proj)?,
-            ln2: (ln2w, ln2b),
-            fc1: lin(&self.fc1)?,
-            fc2: lin(&self.fc2)?,
-            eps,
-            heads: self.attn.heads,
-        })
-    }
-
-    /// The block composed of its layers (see [`MaskTransformer::hidden`] for the fused stack).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.attn.forward_residual(&self.ln1.forward(x)?, x)?;
-        let h = self.fc1.forward_gelu(&self.ln2.forward(&x)?)?;
-        self.fc2.forward_residual(&h, &x)
-    }
-
-    fn for_inference(&self, dtype: DType) -> Result<Self> {
-        Ok(Self {
-            ln1: self.ln1.detached(),
-            attn: self.attn.for_inference(dtype)?,
-            ln2: self.ln2.detached(),
-            fc1: self.fc1.for_inference(dtype)?,
-            fc2: self.fc2.for_inference(dtype)?,
-        })
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -273,19 +142,8 @@ impl MaskTransformer {
         let c = embed(&self.cond_emb, cond)?
             .broadcast_add(&self.cond_pos)?
             .unsqueeze(1)?; // [B, 1, D]
-        let mut h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
-                                                                      // while training on the GPU in bf16, the whole stack is one graph node with its own
-                                                                      // backward pass (the parameters' gradients go to `side`)
-        let weights: Option<Vec<_>> = self.blocks.iter().map(Block::weights).collect();
-        if let Some(ws) = weights {
-            if let Some(y) = crate::gpu::fused_blocks(&h, &ws, &self.side)? {
-                return Ok(y);
-            }
-        }
-        for block in &self.blocks {
-            h = block.forward(&h)?;
-        }
-        Ok(h)
+        let h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
+        stack(&h, &self.blocks, &self.side)
     }
 
     /// The logits of the `L` token positions `[B, L, K]` in the compute dtype: a view of the

@@ -5,9 +5,10 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
+use crate::compute::Compute;
 use crate::config::TransformerSection;
-use crate::dist::{all_reduce_grads, Shard};
 use crate::nn::params::ParamStore;
+use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{rng_for, Stream};
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
@@ -17,7 +18,7 @@ use crate::transformer::model::{masked_cross_entropy, MaskTransformer};
 use crate::transformer::tokens::TokenLayout;
 
 /// Sequences and their conditioning ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenBatch {
     pub tokens: Vec<Vec<u32>>,
     pub labels: Vec<u32>,
@@ -72,12 +73,13 @@ impl TransformerStage {
         cfg: &TransformerSection,
         layout: TokenLayout,
         seed: u64,
-        device: &Device,
+        compute: &Compute,
         val: TokenBatch,
     ) -> Result<Self> {
+        let device = &compute.device;
         let store = ParamStore::new(crate::vq::stage::init_seed(seed), device);
         let model = MaskTransformer::new(&cfg.model, layout, store.var_builder())?
-            .with_dtype(cfg.train.precision.compute_dtype(device));
+            .with_dtype(compute.dtype());
         let opt = Adam::new(store.trainable(), &cfg.train)?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -177,17 +179,16 @@ impl Stage for TransformerStage {
             None => anyhow::bail!("a training batch without a masked token"),
         };
         let grads = all_reduce_grads(&self.shard, grads)?;
-        let sums = self.shard.sum(&[loss_sum, acc_sum])?;
-        let (loss_sum, acc_sum) = (sums[0], sums[1]);
         let grad_norm = crate::profile::scope(
             || "optimizer".into(),
             &self.device,
             || self.opt.step(&grads, ctx.lr),
         )?;
+        // shares of the whole batch's loss and accuracy (the loop sums them over the ranks)
         let mut m = Metrics::new();
         m.push("loss", loss_sum);
         m.push("acc", acc_sum);
-        m.push("grad_norm", grad_norm);
+        m.push_global("grad_norm", grad_norm);
         Ok(m)
     }
 

@@ -19,6 +19,17 @@ pub struct TokenLayout {
 }
 
 impl TokenLayout {
+    /// The layout of a stage-1 model's codes with `n_classes` classes.
+    pub fn of(vq: &crate::config::VqConfig, n_classes: usize) -> Self {
+        Self {
+            h: vq.latent_size(),
+            w: vq.latent_size(),
+            channels: vq.quantizer.channels,
+            codebook_size: vq.quantizer.codebook_size,
+            n_classes,
+        }
+    }
+
     /// Sequence length `h·w·c` (the conditioning token not counted).
     pub fn seq_len(&self) -> usize {
         self.h * self.w * self.channels

@@ -9,7 +9,6 @@ use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
 use crate::config::{CodebookUpdate, QuantizerConfig};
-use crate::dist::Shard;
 use crate::nn::params::ParamStore;
 
 /// Decay of the running per-code usage that decides which codes are dead.
@@ -126,7 +125,7 @@ impl Quantizer {
             z.device(),
             || Self::nearest(&zf.detach(), &codebook.detach()),
         )?;
-        let zq = crate::nn::layers::embed(&codebook, &indices)?; // [N, d]
+        let zq = crate::ops::embedding::embed(&codebook, &indices)?; // [N, d]
         let commitment = (&zf - zq.detach())?.sqr()?.mean_all()?;
         let loss = match self.ema {
             Some(_) => (commitment * self.cfg.beta)?,
@@ -161,18 +160,10 @@ impl Quantizer {
             .contiguous()
     }
 
-    /// Training-time codebook maintenance after a forward pass: running usage, EMA codebook
-    /// update, and (every `restart.every` steps) restart of dead codes from `out.vectors`.
-    /// Returns how many codes were restarted. As one rank of several (`shard`), the code counts
-    /// and sums are the whole batch's (summed over the ranks) and rank 0 restarts dead codes
-    /// from its rows and sends the codebook to the others.
-    pub fn update(
-        &self,
-        out: &QuantOutput,
-        step: usize,
-        rng: &mut impl Rng,
-        shard: &Shard,
-    ) -> Result<usize> {
+    /// This rank's code statistics of a forward pass, packed in one f32 vector so that ranks
+    /// sum them with one collective: the assignment count of every code `[K]`, then (EMA
+    /// updates) the sum of the vectors assigned to it `[K·d]`.
+    pub fn statistics(&self, out: &QuantOutput) -> Result<Tensor> {
         let k = self.cfg.codebook_size;
         let dev = out.vectors.device();
         let idx = out.indices.flatten_all()?;
@@ -182,15 +173,40 @@ impl Quantizer {
             &Tensor::ones(n, DType::F32, dev)?,
             0,
         )?;
-        let counts = shard.sum_tensor(&counts)?;
+        match &self.ema {
+            Some((_, sum)) => {
+                let sums = Tensor::zeros(sum.shape(), DType::F32, dev)?.index_add(
+                    &idx,
+                    &out.vectors,
+                    0,
+                )?;
+                Tensor::cat(&[counts, sums.flatten_all()?], 0)
+            }
+            None => Ok(counts),
+        }
+    }
+
+    /// Training-time codebook maintenance after a forward pass, from the whole batch's
+    /// statistics (every rank's [`Self::statistics`], summed): running usage, the EMA codebook
+    /// update, and (every `restart.every` steps, on the rank `restarts` says) restart of dead
+    /// codes from this rank's `vectors`. Returns how many codes were restarted. Ranks that
+    /// restart differently must then agree through [`Self::state`] / [`Self::set_state`].
+    pub fn apply(
+        &self,
+        stats: &Tensor,
+        vectors: &Tensor,
+        step: usize,
+        rng: &mut impl Rng,
+        restarts: bool,
+    ) -> Result<usize> {
+        let k = self.cfg.codebook_size;
+        let counts = stats.narrow(0, 0, k)?;
         let usage = ((self.usage.as_tensor() * USAGE_DECAY)? + (&counts * (1.0 - USAGE_DECAY))?)?;
         self.usage.set(&usage)?;
         if let (Some((size, sum)), CodebookUpdate::Ema { decay, epsilon }) =
             (&self.ema, &self.cfg.update)
         {
-            let sums =
-                Tensor::zeros(sum.shape(), DType::F32, dev)?.index_add(&idx, &out.vectors, 0)?;
-            let sums = shard.sum_tensor(&sums)?;
+            let sums = stats.narrow(0, k, sum.elem_count())?.reshape(sum.shape())?;
             let new_size = ((size.as_tensor() * *decay)? + (&counts * (1.0 - decay))?)?;
             let new_sum = ((sum.as_tensor() * *decay)? + (sums * (1.0 - decay))?)?;
             let total = new_size.sum_all()?.to_scalar::<f32>()? as f64;
@@ -201,29 +217,55 @@ impl Quantizer {
             sum.set(&new_sum)?;
         }
         match &self.cfg.restart_dead_codes {
-            Some(r) if step > 0 && step.is_multiple_of(r.every) => {
-                if shard.world() == 1 {
-                    return self.restart_dead(&out.vectors, r.threshold, rng);
-                }
-                let restarted = if shard.is_main() {
-                    self.restart_dead(&out.vectors, r.threshold, rng)?
-                } else {
-                    0
-                };
-                // rank 0's codebook, usage and count, everywhere
-                self.embedding
-                    .set(&shard.broadcast_tensor(self.embedding.as_tensor(), 0)?)?;
-                self.usage
-                    .set(&shard.broadcast_tensor(self.usage.as_tensor(), 0)?)?;
-                if let Some((size, sum)) = &self.ema {
-                    size.set(&shard.broadcast_tensor(size.as_tensor(), 0)?)?;
-                    sum.set(&shard.broadcast_tensor(sum.as_tensor(), 0)?)?;
-                }
-                let n = Tensor::new(&[restarted as f32], dev)?;
-                Ok(shard.broadcast_tensor(&n, 0)?.to_vec1::<f32>()?[0] as usize)
+            Some(r) if restarts && self.restart_due(step) => {
+                self.restart_dead(vectors, r.threshold, rng)
             }
             _ => Ok(0),
         }
+    }
+
+    /// [`Self::apply`] with this batch's own statistics (a single process).
+    pub fn update(&self, out: &QuantOutput, step: usize, rng: &mut impl Rng) -> Result<usize> {
+        self.apply(&self.statistics(out)?, &out.vectors, step, rng, true)
+    }
+
+    /// Whether dead codes are restarted after step `step`.
+    pub fn restart_due(&self, step: usize) -> bool {
+        self.cfg
+            .restart_dead_codes
+            .as_ref()
+            .is_some_and(|r| step > 0 && step.is_multiple_of(r.every))
+    }
+
+    /// The codebook's trained state (codes, usage, EMA statistics) as one f32 vector.
+    pub fn state(&self) -> Result<Tensor> {
+        let mut parts = vec![
+            self.embedding.as_tensor().flatten_all()?,
+            self.usage.as_tensor().clone(),
+        ];
+        if let Some((size, sum)) = &self.ema {
+            parts.push(size.as_tensor().clone());
+            parts.push(sum.as_tensor().flatten_all()?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Restores what [`Self::state`] packed.
+    pub fn set_state(&self, state: &Tensor) -> Result<()> {
+        let mut at = 0;
+        let mut take = |v: &Var| -> Result<()> {
+            let n = v.elem_count();
+            v.set(&state.narrow(0, at, n)?.reshape(v.shape())?)?;
+            at += n;
+            Ok(())
+        };
+        take(&self.embedding)?;
+        take(&self.usage)?;
+        if let Some((size, sum)) = &self.ema {
+            take(size)?;
+            take(sum)?;
+        }
+        Ok(())
     }
 
     fn restart_dead(&self, vectors: &Tensor, threshold: f64, rng: &mut impl Rng) -> Result<usize> {

@@ -5,12 +5,12 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Module, Tensor};
 use image::RgbImage;
 
+use crate::compute::Compute;
 use crate::config::RunConfig;
-use crate::data::image::{images_to_tensor, tensor_to_images};
 use crate::data::loader::ImageBatch;
-use crate::dist::{all_reduce_grads, Shard};
-use crate::metrics::{mean_scores, pair_scores, CodebookStats};
+use crate::metrics::reconstruction::{Extras, Reconstruction};
 use crate::nn::params::ParamStore;
+use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{mix, Stream};
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
@@ -49,12 +49,13 @@ impl VqStage {
     pub fn new(
         cfg: &RunConfig,
         seed: u64,
-        device: &Device,
+        compute: &Compute,
         val_images: Vec<RgbImage>,
         perceptual: Option<Box<dyn PerceptualLoss>>,
     ) -> Result<Self> {
+        let device = &compute.device;
         let store = ParamStore::new(init_seed(seed), device);
-        let dtype = cfg.train.precision.compute_dtype(device);
+        let dtype = compute.dtype();
         let model = MoVq::new(&cfg.model, &store)?.with_dtype(dtype);
         let opt = Adam::new(store.trainable(), &cfg.train)?;
         let critic = match &cfg.loss.discriminator {
@@ -192,10 +193,25 @@ impl Stage for VqStage {
             &self.device,
             || self.opt.step(&grads, ctx.lr),
         )?;
-        let restarted = self
-            .model
-            .quantizer()
-            .update(&q, ctx.step, &mut ctx.rng, &self.shard)?;
+        // the codebook's maintenance: the whole batch's code statistics (one collective), dead
+        // codes restarted by rank 0 from its rows, then its codebook everywhere (one more)
+        let quantizer = self.model.quantizer();
+        let stats = self.shard.sum_tensor(&quantizer.statistics(&q)?)?;
+        let mut restarted = quantizer.apply(
+            &stats,
+            &q.vectors,
+            ctx.step,
+            &mut ctx.rng,
+            self.shard.is_main(),
+        )?;
+        if self.shard.world() > 1 && quantizer.restart_due(ctx.step) {
+            let n = Tensor::new(&[restarted as f32], &self.device)?;
+            let state = Tensor::cat(&[quantizer.state()?, n], 0)?;
+            let state = self.shard.broadcast_tensor(&state, 0)?;
+            let len = state.dim(0)? - 1;
+            quantizer.set_state(&state.narrow(0, 0, len)?)?;
+            restarted = state.narrow(0, len, 1)?.to_vec1::<f32>()?[0] as usize;
+        }
         if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
             let real = critic.net.forward(&x.detach())?;
             let fake = critic.net.forward(&xrec.detach())?;
@@ -205,50 +221,38 @@ impl Stage for VqStage {
             critic.opt.step(&dg, ctx.lr * d.lr_ratio)?;
             m.push("d_loss", d_loss.to_scalar::<f32>()? as f64);
         }
+        // this rank's means are 1/W of the whole batch's (the loop sums the shares)
         let mut out = Metrics::new();
-        out.push("loss", total);
-        out.push("rec", rec.to_scalar::<f32>()? as f64);
-        out.push("q", q_loss.to_scalar::<f32>()? as f64);
+        let w = world as f64;
+        out.push("loss", total / w);
+        out.push("rec", rec.to_scalar::<f32>()? as f64 / w);
+        out.push("q", q_loss.to_scalar::<f32>()? as f64 / w);
         for (n, v) in m.iter() {
-            out.push(n, v);
-        }
-        out.push("psnr", batch_psnr(&x, &xrec)?);
-        if world > 1 {
-            // the whole batch's means: the ranks' means averaged
-            let names: Vec<String> = out.iter().map(|(n, _)| n.to_string()).collect();
-            let values: Vec<f64> = out.iter().map(|(_, v)| v).collect();
-            let sums = self.shard.sum(&values)?;
-            out = Metrics::new();
-            for (n, v) in names.into_iter().zip(sums) {
-                out.push(n, v / world as f64);
+            if n == "d_weight" {
+                out.push_global(n, v);
+            } else {
+                out.push(n, v / w);
             }
         }
-        out.push("grad_norm", grad_norm);
+        out.push("psnr", batch_psnr(&x, &xrec)? / w);
+        out.push_global("grad_norm", grad_norm);
         if restarted > 0 {
-            out.push("restarted_codes", restarted as f64);
+            out.push_global("restarted_codes", restarted as f64);
         }
         Ok(out)
     }
 
     fn validate(&mut self) -> Result<Metrics> {
-        let q = &self.cfg.model.quantizer;
-        let mut stats = CodebookStats::new(q.channels, q.codebook_size);
-        let mut scores = Vec::with_capacity(self.val_images.len());
+        let mut metrics = Reconstruction::new(&self.model, Extras::default());
         for chunk in self.val_images.chunks(self.cfg.train.batch_size.max(1)) {
-            let x = images_to_tensor(chunk, &self.device)?;
-            let (xrec, qo) = self.model.reconstruct(&x)?;
-            stats.add(&qo.indices)?;
-            for (a, b) in chunk.iter().zip(tensor_to_images(&xrec)?) {
-                scores.push(pair_scores(a, &b));
-            }
+            metrics.add(&self.model, chunk, &[], &self.device)?;
         }
-        let mean = mean_scores(&scores);
-        let cb = stats.report();
+        let r = metrics.report()?;
         let mut m = Metrics::new();
-        m.push("psnr", mean.psnr);
-        m.push("ssim", mean.ssim);
-        m.push("codebook_usage", cb.usage);
-        m.push("perplexity", cb.perplexity);
+        m.push("psnr", r.psnr);
+        m.push("ssim", r.ssim);
+        m.push("codebook_usage", r.codebook.usage);
+        m.push("perplexity", r.codebook.perplexity);
         Ok(m)
     }
 

@@ -200,7 +200,7 @@ fn bad_input_gives_clear_errors() {
     // CUDA on a CPU-only build
     #[cfg(not(feature = "cuda"))]
     train("builtin:shapes:8", &cfg, &out, &["--device", "cuda"])
-        .fails_with(&["built without CUDA", "--features cuda"]);
+        .fails_with(&["built without CUDA", "--features cudnn"]);
     // an output folder that cannot be created (its parent is a file)
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();

@@ -111,7 +111,7 @@ device_test!(softmax_gradient_matches_the_composed_softmax);
 fn softmax_gradient_matches_the_composed_softmax(dev: &Device) {
     let x = candle_core::Var::from_tensor(&(randn(&[3, 5, 17], 1, dev) * 4.0).unwrap()).unwrap();
     let r = randn(&[3, 5, 17], 2, dev);
-    let fused = movq::nn::softmax::softmax_last_dim(x.as_tensor()).unwrap();
+    let fused = movq::ops::softmax::softmax_last_dim(x.as_tensor()).unwrap();
     let composed = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap();
     assert!(rel_err(&fused, &composed) < 1e-6);
     let g1 = (&fused * &r)
@@ -142,8 +142,8 @@ fn fused_layer_norm_carries_the_composed_gradient(dev: &Device) {
     let x = randn(&[3, 5, 64], 1, dev).affine(3.0, 0.5).unwrap();
     let x = candle_core::Var::from_tensor(&x).unwrap();
     let r = randn(&[3, 5, 64], 2, dev);
-    let fused = movq::nn::standardize::standardize_last_dim(x.as_tensor(), 1e-5).unwrap();
-    let composed = movq::nn::layers::standardize(x.as_tensor(), 1e-5).unwrap();
+    let fused = movq::ops::standardize::standardize_last_dim(x.as_tensor(), 1e-5).unwrap();
+    let composed = movq::ops::group_norm::standardize(x.as_tensor(), 1e-5).unwrap();
     let e = rel_err(&fused, &composed);
     assert!(e < 1e-5, "values: relative error {e}");
     let grad = |y: &Tensor| {
@@ -153,7 +153,7 @@ fn fused_layer_norm_carries_the_composed_gradient(dev: &Device) {
     let e = rel_err(&grad(&fused), &grad(&composed));
     assert!(e < 1e-4, "input gradient: relative error {e}");
     // no gradient attached where none is wanted
-    let constant = movq::nn::standardize::standardize_last_dim(&x.as_tensor().detach(), 1e-5);
+    let constant = movq::ops::standardize::standardize_last_dim(&x.as_tensor().detach(), 1e-5);
     assert!(!constant.unwrap().track_op());
 }
 
@@ -186,7 +186,7 @@ fn gemm_convolution_matches_candle_forward_and_backward(dev: &Device) {
     ] {
         let x = Var::from_tensor(&randn(&[2, c, h, w], 1, dev)).unwrap();
         let wt = Var::from_tensor(&randn(&[o, c, k, k], 2, dev)).unwrap();
-        let ours = movq::nn::conv::conv2d_gemm(x.as_tensor(), wt.as_tensor(), p).unwrap();
+        let ours = movq::ops::conv_gemm::conv2d_gemm(x.as_tensor(), wt.as_tensor(), p).unwrap();
         let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, 1, 1, 1).unwrap();
         assert_eq!(ours.dims(), theirs.dims(), "k {k} p {p}");
         let e = rel_err(&ours, &theirs);
@@ -207,7 +207,7 @@ fn gemm_convolution_matches_candle_forward_and_backward(dev: &Device) {
     // an input that needs no gradient gets none; the weight still does
     let x = randn(&[1, 3, 5, 5], 4, dev);
     let wt = Var::from_tensor(&randn(&[2, 3, 3, 3], 5, dev)).unwrap();
-    let y = movq::nn::conv::conv2d_gemm(&x, wt.as_tensor(), 1).unwrap();
+    let y = movq::ops::conv_gemm::conv2d_gemm(&x, wt.as_tensor(), 1).unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
     assert!(g.get(&x).is_none());
     assert!(g.get(wt.as_tensor()).is_some());
@@ -231,7 +231,7 @@ fn cpu_convolution_matches_candle_forward_and_backward() {
         let wt = Var::from_tensor(&randn(&[o, c, k, k], 2, dev)).unwrap();
         let b = Var::from_tensor(&randn(&[o], 6, dev)).unwrap();
         let ours =
-            movq::nn::cpu_conv::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), p, s)
+            movq::cpu::conv::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), p, s)
                 .unwrap();
         let theirs = x
             .as_tensor()
@@ -258,7 +258,7 @@ fn cpu_convolution_matches_candle_forward_and_backward() {
     // no bias; an input that needs no gradient gets none
     let x = randn(&[2, 3, 5, 5], 4, dev);
     let wt = Var::from_tensor(&randn(&[2, 3, 3, 3], 5, dev)).unwrap();
-    let y = movq::nn::cpu_conv::conv2d(&x, wt.as_tensor(), None, 1, 1).unwrap();
+    let y = movq::cpu::conv::conv2d(&x, wt.as_tensor(), None, 1, 1).unwrap();
     let e = rel_err(&y, &x.conv2d(wt.as_tensor(), 1, 1, 1, 1).unwrap());
     assert!(e < 1e-5, "without bias: relative error {e}");
     let g = y.sum_all().unwrap().backward().unwrap();
@@ -541,7 +541,7 @@ mod cuda_against_cpu {
 
     /// The first step's reconstruction loss and the mean over the last 20 of `steps` training
     /// steps on four images (the tiny preset's settings, without the discriminator).
-    fn vq_training_loss(precision: movq::nn::precision::Precision, steps: usize) -> (f64, f64) {
+    fn vq_training_loss(precision: movq::compute::Precision, steps: usize) -> (f64, f64) {
         let mut cfg = RunConfig::resolve("tiny").unwrap();
         cfg.loss.discriminator = None;
         cfg.train.precision = precision;
@@ -559,7 +559,14 @@ mod cuda_against_cpu {
             side: 32,
         };
         let gpu = crate::harness::cuda_device();
-        let mut stage = movq::vq::stage::VqStage::new(&cfg, 0, &gpu, images, None).unwrap();
+        let mut stage = movq::vq::stage::VqStage::new(
+            &cfg,
+            0,
+            &movq::compute::Compute::from_config(&gpu, &cfg.train),
+            images,
+            None,
+        )
+        .unwrap();
         let (mut first, mut tail) = (0.0, Vec::new());
         for step in 0..steps {
             let ctx = StepContext {
@@ -581,7 +588,7 @@ mod cuda_against_cpu {
 
     #[test]
     fn bf16_training_reaches_the_f32_loss() {
-        use movq::nn::precision::Precision;
+        use movq::compute::Precision;
         let (_, f32_loss) = vq_training_loss(Precision::F32, 200);
         let (bf16_first, bf16_loss) = vq_training_loss(Precision::Bf16, 200);
         println!(

@@ -3,7 +3,24 @@
 //! 64 codes of dimension 4, attention at the lowest resolution, random weights).
 
 use candle_core::{DType, Device};
-use movq::commands::load_vq;
+
+/// The stage-1 model of `run` in f32 on `dev`, with its config and checkpoint.
+fn load_vq(
+    run: &std::path::Path,
+    dev: &Device,
+) -> anyhow::Result<(
+    movq::config::RunConfig,
+    movq::vq::MoVq,
+    movq::train::run_dir::Checkpoint,
+)> {
+    let compute = movq::compute::Compute {
+        device: dev.clone(),
+        precision: movq::compute::Precision::F32,
+        tf32: false,
+    };
+    let r = movq::train::runs::VqRun::open_with(run, &compute)?;
+    Ok((r.cfg, r.model, r.checkpoint))
+}
 
 use crate::harness::{data_dir, max_abs_diff, movq, s, tmp};
 

@@ -10,6 +10,7 @@ use crate::devices::{randn, rel_err};
 use crate::harness::cuda_device;
 
 use crate::kernels::{compare, group_norm_case, value_and_grads, BF16_TOL, F32_TOL};
+use movq::ops::linear::Act;
 
 #[test]
 fn fused_group_norm_matches_composed_ops() {
@@ -102,26 +103,26 @@ fn fused_linear_with_residual_matches_composed_ops() {
             .unwrap()
             .add(&f32(&res))
             .unwrap();
-            let got = movq::gpu::fused_linear_residual(&x, &w, &b, &res)
-                .unwrap()
-                .expect("the fused op runs for detached tensors on CUDA");
+            let got =
+                movq::ops::linear::linear_rows(&x, &w, Some(&b), Act::None, Some(&res)).unwrap();
             assert_eq!(got.dtype(), dt);
             let e = rel_err(&f32(&got), &want);
             assert!(e < tol, "{dt:?} {rows}×{inp} → {out}: relative error {e}");
         }
     }
+    // a tracked input takes the composed path (the fused op has no backward pass)
     let x = Var::from_tensor(&randn(&[4, 8], 44, &dev)).unwrap();
-    let w = randn(&[8, 8], 45, &dev);
-    let none = movq::gpu::fused_linear_residual(
-        x.as_tensor(),
-        &w,
-        &randn(&[8], 46, &dev),
-        &randn(&[4, 8], 47, &dev),
-    )
-    .unwrap();
+    let (w, b, res) = (
+        randn(&[8, 8], 45, &dev),
+        randn(&[8], 46, &dev),
+        randn(&[4, 8], 47, &dev),
+    );
+    let y =
+        movq::ops::linear::linear_rows(x.as_tensor(), &w, Some(&b), Act::None, Some(&res)).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
     assert!(
-        none.is_none(),
-        "a tracked input must take the composed path"
+        g.get(x.as_tensor()).is_some(),
+        "the gradient reaches the input"
     );
 }
 
@@ -161,9 +162,7 @@ fn fused_sum_of_squares_matches_composed_ops() {
         randn(&[2, 3, 4, 5], 64, &dev),
     ];
     let refs: Vec<&Tensor> = ts.iter().collect();
-    let got = movq::gpu::fused_sum_of_squares(&refs)
-        .unwrap()
-        .expect("the kernel runs for f32 tensors on CUDA");
+    let got = movq::ops::adam::sum_of_squares(&refs).unwrap();
     let want: f64 = ts
         .iter()
         .map(|t| {
@@ -181,7 +180,7 @@ fn fused_sum_of_squares_matches_composed_ops() {
         ((got - want) / want).abs() < 1e-5,
         "sum of squares {got}, composed {want}"
     );
-    assert_eq!(movq::gpu::fused_sum_of_squares(&[]).unwrap(), None);
+    assert_eq!(movq::ops::adam::sum_of_squares(&[]).unwrap(), 0.0);
 }
 
 /// `--device cuda` makes the GPU's memory pool keep freed memory (its release threshold at the
@@ -256,7 +255,7 @@ fn fused_layer_norm_matches_composed_ops() {
         ];
         let fused = |t: &[Tensor]| movq::gpu::layer_norm::layer_norm(&t[0], &t[1], &t[2], 1e-5);
         let reference = |t: &[Tensor]| {
-            movq::nn::layers::standardize(&t[0], 1e-5)?
+            movq::ops::group_norm::standardize(&t[0], 1e-5)?
                 .broadcast_mul(&t[1])?
                 .broadcast_add(&t[2])?
                 .to_dtype(t[0].dtype())
@@ -290,7 +289,7 @@ fn layer_norm_backward_adds_the_residual_gradient() {
         // the reference: candle's ops in f32, the residual gradient added after
         let xv = Var::from_tensor(&x).unwrap();
         let (wv, bv) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
-        let y = movq::nn::layers::standardize(xv.as_tensor(), 1e-5)
+        let y = movq::ops::group_norm::standardize(xv.as_tensor(), 1e-5)
             .unwrap()
             .broadcast_mul(wv.as_tensor())
             .unwrap()
@@ -463,8 +462,9 @@ fn fused_attention_refuses_what_it_does_not_take() {
         .to_dtype(DType::BF16)
         .unwrap();
     assert!(!movq::gpu::attention::supported(&odd, 1));
-    // the model falls back to the composed ops for both
-    assert!(movq::gpu::fused_attention(&odd, 1).unwrap().is_none());
+    // the op falls back to the composed ops for both
+    assert!(movq::ops::attention::attention(&odd, 1).is_ok());
+    assert!(movq::ops::attention::attention(&f32_qkv, 1).is_ok());
 }
 
 /// Two fused transformer blocks (one graph node, their own backward pass) against the same
@@ -474,8 +474,8 @@ fn fused_attention_refuses_what_it_does_not_take() {
 #[test]
 fn fused_blocks_match_composed_layers() {
     use candle_core::Module;
+    use movq::gpu::side_grads::SideGrads;
     use movq::nn::layers::{LayerNorm, Linear};
-    use movq::nn::side_grads::SideGrads;
     let dev = cuda_device();
     let (b, t, d, m, heads) = (2, 77, 256, 512, 4);
     let var = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
@@ -502,19 +502,20 @@ fn fused_blocks_match_composed_layers() {
         .iter()
         .map(|ps| ps.iter().map(|v| v.as_tensor().clone()).collect())
         .collect();
-    fn weights(p: &[Tensor], heads: usize) -> movq::gpu::BlockWeights<'_> {
-        movq::gpu::BlockWeights {
-            ln1: (&p[0], &p[1]),
-            qkv: (&p[2], &p[3]),
-            proj: (&p[4], &p[5]),
-            ln2: (&p[6], &p[7]),
-            fc1: (&p[8], &p[9]),
-            fc2: (&p[10], &p[11]),
-            eps: 1e-5,
+    fn block(p: &[Tensor], heads: usize) -> movq::ops::block::Block {
+        let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
+        let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
+        movq::ops::block::Block {
+            ln1: ln(0),
+            qkv: lin(2),
+            proj: lin(4),
+            ln2: ln(6),
+            fc1: lin(8),
+            fc2: lin(10),
             heads,
         }
     }
-    let ws = [weights(&p[0], heads), weights(&p[1], heads)];
+    let ws = [block(&p[0], heads), block(&p[1], heads)];
     let x = Var::from_tensor(&randn(&[b, t, d], 72, &dev).to_dtype(DType::BF16).unwrap()).unwrap();
     let r = randn(&[b, t, d], 73, &dev);
     let grads_of = |y: &Tensor, side: Option<&SideGrads>| {
@@ -540,9 +541,7 @@ fn fused_blocks_match_composed_layers() {
         gs
     };
     let side = SideGrads::new();
-    let fused = movq::gpu::fused_blocks(x.as_tensor(), &ws, &side)
-        .unwrap()
-        .expect("the fused blocks run");
+    let fused = movq::gpu::block::blocks(x.as_tensor(), &ws, &side).unwrap();
     let g1 = grads_of(&fused, Some(&side));
     // the same blocks from the layers the composed model uses
     let composed_block = |p: &[Tensor], xs: &Tensor| {
@@ -773,14 +772,12 @@ mod cudnn {
 /// The token choice kernel of one MaskGIT step.
 mod token_choice {
     use super::*;
-    use movq::gpu::{fused_choose_tokens, TokenChoice};
+    use movq::ops::token_choice::{choose_tokens, TokenChoice};
 
     const MASK: u32 = 1_000_000;
 
     fn choose(logits: &Tensor, tokens: &Tensor, c: TokenChoice) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
-        let (t, conf) = fused_choose_tokens(logits, tokens, &c)
-            .unwrap()
-            .expect("the kernel runs on CUDA");
+        let (t, conf) = choose_tokens(logits, tokens, &c).unwrap();
         (t.to_vec2().unwrap(), conf.to_vec2().unwrap())
     }
 

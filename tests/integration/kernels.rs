@@ -288,5 +288,48 @@ pub fn group_norm_cases(op: GroupNormOp, dev: &Device) {
 
 #[test]
 fn cpu_group_norm_matches_composed_ops() {
-    group_norm_cases(movq::nn::cpu_group_norm::group_norm, &Device::Cpu);
+    group_norm_cases(movq::cpu::group_norm::group_norm, &Device::Cpu);
+}
+
+/// MaskGIT's token choice: the CPU kernel against the composed ops (top-1: no randomness),
+/// and the same seed giving the same draws.
+#[test]
+fn cpu_token_choice_matches_composed_ops() {
+    use movq::ops::token_choice::{choose_tokens, composed, TokenChoice};
+    let dev = Device::Cpu;
+    let (b, l, k, mask) = (3, 10, 17, 17u32);
+    let logits = (randn(&[b, l, k], 5, &dev) * 3.0).unwrap();
+    let toks: Vec<u32> = (0..b * l)
+        .map(|i| if i % 3 == 0 { (i % k) as u32 } else { mask })
+        .collect();
+    let tokens = Tensor::from_vec(toks.clone(), (b, l), &dev).unwrap();
+    let choice = |top1: bool, noise: f32, seed: u64| TokenChoice {
+        mask,
+        inv_temp: 1.0 / 0.7,
+        top1,
+        noise,
+        seed,
+    };
+    let (t1, c1) = choose_tokens(&logits, &tokens, &choice(true, 0.0, 1)).unwrap();
+    let (t0, c0) = composed(&logits, &tokens, &choice(true, 0.0, 1)).unwrap();
+    assert_eq!(t1.to_vec2::<u32>().unwrap(), t0.to_vec2::<u32>().unwrap());
+    let (c1, c0) = (c1.to_vec2::<f32>().unwrap(), c0.to_vec2::<f32>().unwrap());
+    for (a, z) in c1.iter().flatten().zip(c0.iter().flatten()) {
+        assert!(a == z || (a - z).abs() < 1e-5, "confidence {a} against {z}");
+    }
+    // sampled: known tokens kept with confidence +∞, the same seed the same draws, another not
+    let draw = |seed| {
+        let (t, c) = choose_tokens(&logits, &tokens, &choice(false, 4.5, seed)).unwrap();
+        (t.to_vec2::<u32>().unwrap(), c.to_vec2::<f32>().unwrap())
+    };
+    let (ta, ca) = draw(7);
+    assert_eq!((ta.clone(), ca.clone()), draw(7));
+    assert_ne!(ta, draw(8).0);
+    for (i, (&t, &c)) in ta.iter().flatten().zip(ca.iter().flatten()).enumerate() {
+        if toks[i] != mask {
+            assert_eq!((t, c), (toks[i], f32::INFINITY));
+        } else {
+            assert!(t < k as u32 && c.is_finite());
+        }
+    }
 }

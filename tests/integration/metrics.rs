@@ -52,7 +52,7 @@ fn compare_prints_json() {
     assert_eq!(cpu.stdout, run.stdout);
     #[cfg(not(feature = "cuda"))]
     movq(&["compare", s(&a), s(&b), "--device", "cuda"])
-        .fails_with(&["built without CUDA", "--features cuda"]);
+        .fails_with(&["built without CUDA", "--features cudnn"]);
 }
 
 #[test]

@@ -230,8 +230,7 @@ fn ema_update_moves_codes_towards_assigned_vectors() {
     let z = randn(&[1, 2, 4, 4], 9);
     let out = q.forward(&z).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    q.update(&out, 1, &mut rng, &movq::dist::Shard::single())
-        .unwrap();
+    q.update(&out, 1, &mut rng).unwrap();
     let after: Vec<Vec<f32>> = q.codebook().unwrap().to_vec2().unwrap();
     // a used code moves towards the mean of its vectors
     let idx: Vec<u32> = out.indices.flatten_all().unwrap().to_vec1().unwrap();
@@ -280,9 +279,7 @@ fn dead_codes_are_restarted_from_encoder_outputs() {
     let z = randn(&[1, 2, 2, 2], 1);
     let out = q.forward(&z).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    let restarted = q
-        .update(&out, 1, &mut rng, &movq::dist::Shard::single())
-        .unwrap();
+    let restarted = q.update(&out, 1, &mut rng).unwrap();
     // 4 vectors can use at most 4 codes, the other ≥ 4 are dead and restarted
     assert!(restarted >= 4, "{restarted}");
     let codebook: Vec<Vec<f32>> = q.codebook().unwrap().to_vec2().unwrap();

@@ -276,7 +276,14 @@ fn overfitting_a_few_token_grids_reaches_high_masked_accuracy() {
         tokens: tokens.clone(),
         labels: labels.clone(),
     };
-    let mut stage = TransformerStage::new(&cfg, l, 0, &Device::Cpu, batch.clone()).unwrap();
+    let mut stage = TransformerStage::new(
+        &cfg,
+        l,
+        0,
+        &movq::compute::Compute::from_config(&Device::Cpu, &cfg.train),
+        batch.clone(),
+    )
+    .unwrap();
     let before = stage.validate().unwrap().get("acc@0.5").unwrap();
     for step in 0..400 {
         let ctx = StepContext {
@@ -308,7 +315,14 @@ fn micro_batches_take_the_same_step_as_the_whole_batch() {
     let mut weights = Vec::new();
     for micro in [None, Some(2)] {
         cfg.micro_batch = micro;
-        let mut stage = TransformerStage::new(&cfg, l, 0, &Device::Cpu, batch.clone()).unwrap();
+        let mut stage = TransformerStage::new(
+            &cfg,
+            l,
+            0,
+            &movq::compute::Compute::from_config(&Device::Cpu, &cfg.train),
+            batch.clone(),
+        )
+        .unwrap();
         for step in 0..2 {
             let ctx = StepContext {
                 step,

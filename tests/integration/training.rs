@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
+use movq::compute::Compute;
 use movq::config::RunConfig;
 use movq::data::image::push_chw;
 use movq::data::loader::ImageBatch;
 use movq::data::Dataset;
-use movq::dist::Shard;
+use movq::parallel::Shard;
 use movq::train::run_dir::Checkpoint;
 use movq::train::{self, LoopOptions, Metrics, Outcome, RunDir, Stage, StepContext};
 use movq::vq::stage::VqStage;
@@ -40,7 +41,14 @@ fn overfitting_a_handful_of_images_lowers_the_loss() {
     cfg.loss.discriminator = None;
     cfg.train.grad_clip = None;
     let (batch, images) = shapes_batch(4, 32);
-    let mut stage = VqStage::new(&cfg, 0, &Device::Cpu, images, None).unwrap();
+    let mut stage = VqStage::new(
+        &cfg,
+        0,
+        &Compute::from_config(&Device::Cpu, &cfg.train),
+        images,
+        None,
+    )
+    .unwrap();
     let mut first = None;
     let mut last = 0.0;
     for step in 0..120 {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::nn::custom_grad::attach;
+use crate::ops::custom_grad::attach;
 
 /// Standardizes the last dimension in f32 (population variance); the result is f32.
 pub fn standardize_last_dim(x: &Tensor, eps: f32) -> Result<Tensor> {

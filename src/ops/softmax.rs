@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::nn::custom_grad::attach;
+use crate::ops::custom_grad::attach;
 
 /// Softmax over the last dimension, computed in f32; the result has the input's dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

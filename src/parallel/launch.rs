@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-use crate::dist::local::ABORTED;
-use crate::dist::{Communicator, LocalGroup, Placement, Shard};
+use crate::parallel::local::ABORTED;
+use crate::parallel::{Communicator, LocalGroup, Placement, Shard};
 
 /// The devices of `ranks` ranks when the run asked for `first`: GPUs 0..ranks−1 for a CUDA
 /// device (each rank its own GPU), the CPU `ranks` times (threads; for testing, no faster).
@@ -37,7 +37,7 @@ enum Transport {
 fn transport(devices: &[Device], placement: &Placement) -> Result<Transport> {
     #[cfg(feature = "nccl")]
     {
-        let forced_host = std::env::var("MOVQ_COMM").is_ok_and(|v| v == "host");
+        let forced_host = crate::compute::switches().host_comm;
         let gpus = devices.iter().all(Device::is_cuda);
         if placement.spans_processes() && !gpus {
             bail!("ranks on several hosts run on GPUs (--device cuda)");
@@ -57,13 +57,13 @@ fn transport(devices: &[Device], placement: &Placement) -> Result<Transport> {
 /// processes), else read from where that process published it.
 #[cfg(feature = "nccl")]
 fn group_id(p: &Placement) -> Result<candle_core::cuda_backend::cudarc::nccl::safe::Id> {
-    use crate::dist::placement::{publish_id, read_id, ID_BYTES};
+    use crate::parallel::placement::{publish_id, read_id, ID_BYTES};
     use candle_core::cuda_backend::cudarc::nccl::safe::Id;
     if !p.spans_processes() {
-        return Ok(crate::dist::nccl::new_id()?);
+        return Ok(crate::parallel::nccl::new_id()?);
     }
-    let bytes = if p.holds_rank_zero() && std::env::var_os("MOVQ_NCCL_ID").is_none() {
-        let id = crate::dist::nccl::new_id()?;
+    let bytes = if p.holds_rank_zero() && crate::compute::switches().nccl_id.is_none() {
+        let id = crate::parallel::nccl::new_id()?;
         let mut bytes = [0u8; ID_BYTES];
         for (b, c) in bytes.iter_mut().zip(id.internal()) {
             *b = *c as u8;
@@ -96,7 +96,7 @@ fn join(t: &Transport, local: usize, p: &Placement, dev: &Device) -> Result<Join
         #[cfg(feature = "nccl")]
         Transport::Nccl(id) => {
             let rank = p.first_rank + local;
-            let g = crate::dist::nccl::NcclGroup::join(dev, rank, p.world, *id)?;
+            let g = crate::parallel::nccl::NcclGroup::join(dev, rank, p.world, *id)?;
             Ok((Arc::new(g), None))
         }
     }

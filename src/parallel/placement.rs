@@ -52,7 +52,7 @@ impl Placement {
                      `--features nccl` (see the README's GPU section)"
                 );
             }
-            if p.id_file.is_none() && std::env::var_os("MOVQ_NCCL_ID").is_none() {
+            if p.id_file.is_none() && crate::compute::switches().nccl_id.is_none() {
                 bail!(
                     "--world-size {world} spans several processes: give every one the same \
                      --nccl-id FILE on a filesystem they all see (or the same MOVQ_NCCL_ID)"
@@ -109,8 +109,8 @@ pub fn id_from_hex(text: &str) -> Result<[u8; ID_BYTES]> {
 /// The id from `MOVQ_NCCL_ID` if set, else from the id file, waiting up to `patience` for it to
 /// appear (written by the process that holds rank 0).
 pub fn read_id(p: &Placement, patience: Duration) -> Result<[u8; ID_BYTES]> {
-    if let Ok(hex) = std::env::var("MOVQ_NCCL_ID") {
-        return id_from_hex(&hex).context("MOVQ_NCCL_ID");
+    if let Some(hex) = &crate::compute::switches().nccl_id {
+        return id_from_hex(hex).context("MOVQ_NCCL_ID");
     }
     let file = p.id_file.as_ref().context("no --nccl-id file")?;
     let start = Instant::now();
@@ -131,7 +131,7 @@ pub fn read_id(p: &Placement, patience: Duration) -> Result<[u8; ID_BYTES]> {
 
 /// Publishes the id made by the process holding rank 0 (unless `MOVQ_NCCL_ID` gives it).
 pub fn publish_id(p: &Placement, id: &[u8; ID_BYTES]) -> Result<()> {
-    if std::env::var_os("MOVQ_NCCL_ID").is_some() {
+    if crate::compute::switches().nccl_id.is_some() {
         return Ok(());
     }
     if let Some(file) = &p.id_file {

@@ -9,7 +9,7 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor,
 };
 
-use crate::dist::Communicator;
+use crate::parallel::Communicator;
 
 /// One rank's NCCL communicator.
 pub struct NcclGroup {

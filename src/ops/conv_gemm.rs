@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
-use crate::nn::custom_grad::attach;
+use crate::ops::custom_grad::attach;
 
 /// `x` `[B, C, H, W]` → the `k²` shifted windows of `x` padded by `p`, channels first:
 /// `[k²·C, B·Ho·Wo]`, rows ordered (ky, kx, c).

@@ -5,9 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use movq::compute::Compute;
 use movq::config::{CodebookUpdate, RunConfig};
 use movq::data::loader::ImageBatch;
-use movq::dist::{LocalGroup, Shard};
+use movq::parallel::{LocalGroup, Shard};
 use movq::rng::{rng_for, Stream};
 use movq::train::{self, LoopOptions, Outcome, RunDir, Stage, StepContext};
 use movq::transformer::stage::{TokenBatch, TokenLoader, TransformerStage};
@@ -105,13 +106,22 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
         let (cfg, batch) = (cfg.clone(), batch.clone());
         let per_rank = on_ranks(world, move |shard| {
             let rows = shard.rows(8);
-            let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
-                .unwrap()
-                .with_shard(shard);
+            let mut stage = TransformerStage::new(
+                &cfg,
+                layout,
+                0,
+                &Compute::from_config(&Device::Cpu, &cfg.train),
+                batch.clone(),
+            )
+            .unwrap()
+            .with_shard(shard.clone());
             let mut losses = Vec::new();
             for step in 0..3 {
+                // the loop's reduction: the ranks' shares summed
                 let m = stage
                     .train_step(token_rows(&batch, rows.clone()), ctx(step))
+                    .unwrap()
+                    .reduce(&shard)
                     .unwrap();
                 losses.push(m.get("loss").unwrap());
             }
@@ -210,13 +220,21 @@ fn sharded_stage_one(ema: bool, adversarial: bool) {
         let (cfg, batch) = (cfg.clone(), batch.clone());
         let per_rank = on_ranks(world, move |shard| {
             let rows = shard.rows(4);
-            let mut stage = VqStage::new(&cfg, 0, &Device::Cpu, vec![], None)
-                .unwrap()
-                .with_shard(shard);
+            let mut stage = VqStage::new(
+                &cfg,
+                0,
+                &Compute::from_config(&Device::Cpu, &cfg.train),
+                vec![],
+                None,
+            )
+            .unwrap()
+            .with_shard(shard.clone());
             let mut losses = Vec::new();
             for step in 0..2 {
                 let m = stage
                     .train_step(image_rows(&batch, rows.clone()), ctx(step))
+                    .unwrap()
+                    .reduce(&shard)
                     .unwrap();
                 losses.push(m.get("loss").unwrap());
             }
@@ -257,9 +275,15 @@ fn dead_code_restarts_on_rank_zero_reach_every_rank() {
     let batch = image_batch(4, side);
     let out = on_ranks(2, move |shard| {
         let rows = shard.rows(4);
-        let mut stage = VqStage::new(&cfg, 0, &Device::Cpu, vec![], None)
-            .unwrap()
-            .with_shard(shard);
+        let mut stage = VqStage::new(
+            &cfg,
+            0,
+            &Compute::from_config(&Device::Cpu, &cfg.train),
+            vec![],
+            None,
+        )
+        .unwrap()
+        .with_shard(shard);
         let mut restarted = 0.0;
         for step in 0..3 {
             let m = stage
@@ -306,9 +330,15 @@ fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, St
         let labels = Arc::new(batch.labels.clone());
         let mut loader = TokenLoader::new((0..4).collect(), tokens, labels, 4, 0, start)
             .with_rows(shard.rows(4));
-        let mut stage = TransformerStage::new(&cfg, layout, 0, &Device::Cpu, batch.clone())
-            .unwrap()
-            .with_shard(shard.clone());
+        let mut stage = TransformerStage::new(
+            &cfg,
+            layout,
+            0,
+            &Compute::from_config(&Device::Cpu, &cfg.train),
+            batch.clone(),
+        )
+        .unwrap()
+        .with_shard(shard.clone());
         let opts = LoopOptions {
             steps: how.steps,
             peak_lr: 1e-3,
@@ -547,7 +577,7 @@ fn a_run_over_several_processes_says_what_it_needs() {
 
 #[test]
 fn a_rank_that_fails_or_panics_stops_the_others_at_once() {
-    use movq::dist::{run_ranks, Placement};
+    use movq::parallel::{run_ranks, Placement};
     let devices = [Device::Cpu, Device::Cpu, Device::Cpu];
     let placement = Placement::single_process(3);
     for panics in [false, true] {
@@ -584,7 +614,7 @@ fn a_rank_that_fails_or_panics_stops_the_others_at_once() {
 #[cfg(feature = "cuda")]
 #[test]
 fn two_gpus_take_the_whole_batch_step() {
-    use movq::dist::{run_ranks, Placement};
+    use movq::parallel::{run_ranks, Placement};
     let Ok(gpu1) = Device::new_cuda(1) else {
         println!("two_gpus_take_the_whole_batch_step: skipped, this machine has one GPU");
         return;
@@ -595,8 +625,14 @@ fn two_gpus_take_the_whole_batch_step() {
     let cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     let train = |shard: Shard, dev: &Device| -> anyhow::Result<Vec<(String, Tensor)>> {
         let rows = shard.rows(8);
-        let mut stage =
-            TransformerStage::new(&cfg, layout, 0, dev, batch.clone())?.with_shard(shard);
+        let mut stage = TransformerStage::new(
+            &cfg,
+            layout,
+            0,
+            &Compute::from_config(dev, &cfg.train),
+            batch.clone(),
+        )?
+        .with_shard(shard);
         for step in 0..3 {
             stage.train_step(token_rows(&batch, rows.clone()), ctx(step))?;
         }

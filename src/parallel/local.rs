@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Result, Tensor};
 
-use crate::dist::Communicator;
+use crate::parallel::Communicator;
 
 /// What a collective was asked to do (every rank must ask the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,95 @@
+//! GroupNorm (+ SpatialNorm modulation) (+ SiLU): `silu?((GroupNorm(x)·γ + β)·scale↑ + shift↑)`.
+//!
+//! One fused kernel each way on CUDA ([`crate::gpu::group_norm`]) and on the CPU
+//! ([`crate::cpu::group_norm`]) for f32 (and bf16 on CUDA); otherwise, and as the kernels'
+//! reference, composed of candle ops.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::compute::fused_kernels;
+
+/// `x` `[B, C, ...]`, `gamma`, `beta` `[C]`; `modulation` (scale, shift) `[B, C, h, w]` with
+/// `h | H`, `w | W`, broadcast over each `H/h × W/w` block (SpatialNorm). Statistics in f32; the
+/// result has `x`'s dtype.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    modulation: Option<(&Tensor, &Tensor)>,
+    silu: bool,
+) -> Result<Tensor> {
+    let dev = x.device();
+    if fused_kernels(dev) && x.rank() == 4 {
+        #[cfg(feature = "cuda")]
+        if dev.is_cuda() {
+            return crate::gpu::group_norm::group_norm(
+                x, gamma, beta, groups, eps, modulation, silu,
+            );
+        }
+        if dev.is_cpu() && x.dtype() == DType::F32 {
+            return crate::cpu::group_norm::group_norm(
+                x, gamma, beta, groups, eps, modulation, silu,
+            );
+        }
+    }
+    composed(x, gamma, beta, groups, eps, modulation, silu)
+}
+
+/// [`group_norm`] composed of candle ops (the fused kernels' reference).
+pub fn composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    modulation: Option<(&Tensor, &Tensor)>,
+    silu: bool,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let shape = x.dims().to_vec();
+    let (b, c) = (shape[0], shape[1]);
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
+    }
+    let n = x.elem_count() / (b * groups);
+    let normed = standardize(&x.reshape((b, groups, n))?, eps)?;
+    let mut wdims = vec![1; shape.len()];
+    wdims[1] = c;
+    let mut y = normed
+        .reshape(shape)?
+        .broadcast_mul(&gamma.reshape(wdims.clone())?)?
+        .broadcast_add(&beta.reshape(wdims)?)?
+        .to_dtype(dt)?;
+    if let Some((scale, shift)) = modulation {
+        y = modulate(&y, scale, shift)?;
+    }
+    if silu {
+        y = y.silu()?;
+    }
+    Ok(y)
+}
+
+/// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance), composed
+/// of differentiable ops.
+pub fn standardize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let n = x.dim(D::Minus1)? as f64;
+    let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// `y · scale↑ + shift↑` with `scale`, `shift` `[B, C, h, w]` broadcast over each `H/h × W/w`
+/// block of `y` `[B, C, H, W]` (nearest-neighbour upsampling without materialising it).
+fn modulate(y: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = y.dims4()?;
+    let (_, _, zh, zw) = scale.dims4()?;
+    let blocks = |t: &Tensor| t.reshape((b, c, zh, 1, zw, 1));
+    y.reshape((b, c, zh, h / zh, zw, w / zw))?
+        .broadcast_mul(&blocks(scale)?)?
+        .broadcast_add(&blocks(shift)?)?
+        .reshape((b, c, h, w))
+}

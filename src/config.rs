@@ -15,6 +15,7 @@ use crate::compute::Precision;
 /// Built-in presets (the files of `configs/`), usable by name as `--config NAME`.
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../configs/tiny.json")),
+    ("shapes", include_str!("../configs/shapes.json")),
     ("ffhq-256", include_str!("../configs/ffhq-256.json")),
     ("imagenet-256", include_str!("../configs/imagenet-256.json")),
     (

@@ -15,6 +15,7 @@ use crate::data::classes::resolve_class;
 use crate::data::image::{grid, images_to_tensor, save_png, tensor_to_images};
 use crate::data::inputs::output_names;
 use crate::data::inputs::Inputs;
+use crate::data::label::{captioned, upscale};
 use crate::device;
 use crate::fsutil;
 use crate::metrics::{mean_scores, pair_scores, PairScores};
@@ -86,6 +87,9 @@ struct Completion {
 }
 
 /// `reconstruct --mask-ratio R[,R…]`.
+/// Smallest tile side of the figure of several ratios.
+const FIGURE_TILE: u32 = 96;
+
 pub fn run(a: &ReconstructArgs) -> Result<ExitCode> {
     let spec = a.mask_ratio.as_deref().unwrap_or("1");
     let ratios: &[f64] = &parse_ratios(spec)?;
@@ -204,14 +208,19 @@ pub fn run(a: &ReconstructArgs) -> Result<ExitCode> {
             row.extend(c.random.iter().cloned());
             vec![row]
         } else {
-            // Figure A.1: original over stage-1 reconstruction, then per ratio masked / top-1 / random.
-            let mut masked = vec![original.clone()];
-            let mut top1 = vec![stage1.clone()];
-            let mut random = vec![grey.clone()];
-            for c in &done {
-                masked.push(c.masked.clone());
-                top1.push(c.top1.clone());
-                random.push(c.random[0].clone());
+            // Figure A.1: original over stage-1 reconstruction, then per ratio masked / top-1 /
+            // random; tiles at 96 px or more, each column captioned (its mask ratio and the
+            // visible tokens per channel)
+            let big = |img: &RgbImage| upscale(img, FIGURE_TILE);
+            let mut masked = vec![captioned(&big(&original), "input\n ")];
+            let mut top1 = vec![big(&stage1)];
+            let mut random = vec![big(&grey)];
+            for (c, r) in done.iter().zip(ratios) {
+                let visible = layout.positions() - c.hidden;
+                let label = format!("{r:.2}\n{visible}/{}", layout.positions());
+                masked.push(captioned(&big(&c.masked), &label));
+                top1.push(big(&c.top1));
+                random.push(big(&c.random[0]));
             }
             vec![masked, top1, random]
         };

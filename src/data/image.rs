@@ -72,26 +72,31 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
 }
 
 /// Rows of images (each row may differ in length) laid out on a grey background with `pad`
-/// pixels between cells. All images must share one size.
+/// pixels between cells; each row is as tall as its tallest image and each column as wide as
+/// its widest, and an image sits at its cell's top left.
 pub fn grid(rows: &[Vec<RgbImage>], pad: u32) -> RgbImage {
-    let (cw, ch) = rows
-        .iter()
-        .flat_map(|r| r.first())
-        .next()
-        .map_or((1, 1), |i| i.dimensions());
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
-    let n_rows = rows.len() as u32;
-    let mut out = RgbImage::from_pixel(
-        pad + cols * (cw + pad),
-        pad + n_rows * (ch + pad),
-        Rgb([128, 128, 128]),
-    );
-    for (r, row) in rows.iter().enumerate() {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut widths = vec![1u32; cols];
+    for row in rows {
         for (c, img) in row.iter().enumerate() {
-            let x = pad + c as u32 * (cw + pad);
-            let y = pad + r as u32 * (ch + pad);
-            image::imageops::replace(&mut out, img, x as i64, y as i64);
+            widths[c] = widths[c].max(img.width());
         }
+    }
+    let heights: Vec<u32> = rows
+        .iter()
+        .map(|r| r.iter().map(|i| i.height()).max().unwrap_or(1))
+        .collect();
+    let total_w = pad + widths.iter().map(|w| w + pad).sum::<u32>();
+    let total_h = pad + heights.iter().map(|h| h + pad).sum::<u32>();
+    let mut out = RgbImage::from_pixel(total_w, total_h, Rgb([128, 128, 128]));
+    let mut y = pad;
+    for (row, h) in rows.iter().zip(&heights) {
+        let mut x = pad;
+        for (img, w) in row.iter().zip(&widths) {
+            image::imageops::replace(&mut out, img, x as i64, y as i64);
+            x += w + pad;
+        }
+        y += h + pad;
     }
     out
 }

@@ -6,6 +6,7 @@ pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod inputs;
+pub mod label;
 pub mod loader;
 pub mod order;
 pub mod samples;

@@ -1,0 +1,168 @@
+//! Captions for figures, drawn with a small built-in bitmap font (no font files), and nearest
+//! upscaling of small tiles.
+
+use image::{imageops, Rgb, RgbImage};
+
+/// Glyphs 5 pixels wide and 7 high, one string of `#`/`.` per row.
+fn glyph(c: char) -> Option<[&'static str; 7]> {
+    Some(match c {
+        '0' => [
+            ".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###.",
+        ],
+        '1' => [
+            "..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###.",
+        ],
+        '2' => [
+            ".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####",
+        ],
+        '3' => [
+            "####.", "....#", "....#", ".###.", "....#", "....#", "####.",
+        ],
+        '4' => [
+            "...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#.",
+        ],
+        '5' => [
+            "#####", "#....", "####.", "....#", "....#", "#...#", ".###.",
+        ],
+        '6' => [
+            ".###.", "#....", "#....", "####.", "#...#", "#...#", ".###.",
+        ],
+        '7' => [
+            "#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#...",
+        ],
+        '8' => [
+            ".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###.",
+        ],
+        '9' => [
+            ".###.", "#...#", "#...#", ".####", "....#", "....#", ".###.",
+        ],
+        '.' => [
+            ".....", ".....", ".....", ".....", ".....", ".##..", ".##..",
+        ],
+        '/' => [
+            "....#", "....#", "...#.", "..#..", ".#...", "#....", "#....",
+        ],
+        '%' => [
+            "##..#", "##..#", "...#.", "..#..", ".#...", "#..##", "#..##",
+        ],
+        ' ' => [
+            ".....", ".....", ".....", ".....", ".....", ".....", ".....",
+        ],
+        'i' => [
+            "..#..", ".....", ".##..", "..#..", "..#..", "..#..", ".###.",
+        ],
+        'n' => [
+            ".....", ".....", "####.", "#...#", "#...#", "#...#", "#...#",
+        ],
+        'p' => [
+            ".....", ".....", "####.", "#...#", "####.", "#....", "#....",
+        ],
+        'u' => [
+            ".....", ".....", "#...#", "#...#", "#...#", "#..##", ".##.#",
+        ],
+        't' => [
+            ".#...", ".#...", "###..", ".#...", ".#...", ".#..#", "..##.",
+        ],
+        'v' => [
+            ".....", ".....", "#...#", "#...#", "#...#", ".#.#.", "..#..",
+        ],
+        's' => [
+            ".....", ".....", ".####", "#....", ".###.", "....#", "####.",
+        ],
+        _ => return None,
+    })
+}
+
+/// `text` (lines split at `\n`) in white on a dark strip at least `width` pixels wide, glyphs
+/// scaled by `scale`, each line centred; characters without a glyph are left out.
+pub fn caption(text: &str, width: u32, scale: u32) -> RgbImage {
+    let lines: Vec<Vec<[&str; 7]>> = text
+        .split('\n')
+        .map(|l| l.chars().filter_map(glyph).collect())
+        .collect();
+    let advance = 6 * scale;
+    let line_w = |g: &Vec<[&str; 7]>| (g.len() as u32 * advance).saturating_sub(scale);
+    let text_w = lines.iter().map(line_w).max().unwrap_or(0);
+    let line_h = 9 * scale;
+    let mut img = RgbImage::from_pixel(
+        width.max(text_w),
+        line_h * lines.len() as u32,
+        Rgb([40, 40, 40]),
+    );
+    for (n, glyphs) in lines.iter().enumerate() {
+        let x0 = (img.width() - line_w(glyphs)) / 2;
+        let y0 = n as u32 * line_h + scale;
+        for (k, g) in glyphs.iter().enumerate() {
+            for (gy, row) in g.iter().enumerate() {
+                for (gx, ch) in row.chars().enumerate() {
+                    if ch != '#' {
+                        continue;
+                    }
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let x = x0 + k as u32 * advance + gx as u32 * scale + dx;
+                            img.put_pixel(x, y0 + gy as u32 * scale + dy, Rgb([235, 235, 235]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    img
+}
+
+/// `img` scaled up by the smallest whole factor that makes its shorter side at least `min_side`
+/// pixels (nearest neighbour: the pixels stay visible as pixels).
+pub fn upscale(img: &RgbImage, min_side: u32) -> RgbImage {
+    let side = img.width().min(img.height()).max(1);
+    let factor = min_side.div_ceil(side).max(1);
+    if factor == 1 {
+        return img.clone();
+    }
+    imageops::resize(
+        img,
+        img.width() * factor,
+        img.height() * factor,
+        imageops::FilterType::Nearest,
+    )
+}
+
+/// `img` with `text` captioned above it, as large as fits its width (up to 3× the font).
+pub fn captioned(img: &RgbImage, text: &str) -> RgbImage {
+    let longest = text
+        .split('\n')
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1)
+        .max(1) as u32;
+    let scale = (img.width() / (6 * longest)).clamp(1, 3);
+    let cap = caption(text, img.width(), scale);
+    let mut out = RgbImage::from_pixel(cap.width(), cap.height() + img.height(), Rgb([40, 40, 40]));
+    imageops::replace(&mut out, &cap, 0, 0);
+    imageops::replace(
+        &mut out,
+        img,
+        ((cap.width() - img.width()) / 2) as i64,
+        cap.height() as i64,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_draw_their_glyphs() {
+        let blank = caption("", 20, 1);
+        let text = caption("0.95\n12/36", 20, 2);
+        let lit = |i: &RgbImage| i.pixels().filter(|p| p.0[0] > 200).count();
+        assert_eq!(lit(&blank), 0);
+        assert!(lit(&text) > 100);
+        assert_eq!(text.height(), 2 * 9 * 2);
+        assert!(text.width() >= 5 * 12 - 2);
+        assert_eq!(upscale(&RgbImage::new(24, 24), 96).width(), 96);
+        assert_eq!(upscale(&RgbImage::new(32, 32), 96).width(), 96);
+        assert_eq!(upscale(&RgbImage::new(128, 128), 96).width(), 128);
+    }
+}

@@ -139,7 +139,7 @@ fn reduced_inception_matches_the_torchscript_graph() {
 fn inception_features_match_torchscript_when_installed() {
     let path = movq::metrics::cache_dir().join("fid-inception.safetensors");
     if !path.is_file() {
-        println!("FID Inception: real weights not installed at {}, full-weight test skipped (bash scripts/get-weights)", path.display());
+        crate::harness::weights_missing("the FID Inception weights");
         return;
     }
     let net = movq::metrics::inception::FidInception::load(&path, &Device::Cpu).unwrap();
@@ -183,7 +183,6 @@ fn inception_features_match_torchscript_when_installed() {
         ],
         "FID Inception",
     );
-    println!("FID Inception: real weights tested ({})", path.display());
 }
 
 #[test]

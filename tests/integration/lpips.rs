@@ -89,15 +89,8 @@ fn real_weights_match_the_reference_when_installed() {
                     expected,
                     &format!("{backbone:?} ({})", path.display()),
                 );
-                println!(
-                    "LPIPS {backbone:?}: real weights tested ({})",
-                    path.display()
-                );
             }
-            None => println!(
-                "LPIPS {backbone:?}: real weights not installed, full-weight test skipped ({})",
-                movq::metrics::lpips::missing_note(backbone)
-            ),
+            None => crate::harness::weights_missing(&format!("the LPIPS {backbone:?} weights")),
         }
     }
 }

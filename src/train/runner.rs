@@ -2,6 +2,7 @@
 //! checkpoints, `metrics.jsonl`, the progress bar, the NaN guard and Ctrl-C handling; each stage
 //! plugs in its step through [`Stage`].
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -118,7 +119,8 @@ pub fn run<S: Stage>(
              same run directory (--out on a shared filesystem, or the same checkpoint copied)"
         );
     }
-    let bar = if main {
+    let plain_lines = main && !std::io::stderr().is_terminal();
+    let bar = if main && !plain_lines {
         ProgressBar::new(opts.steps as u64).with_position(start as u64)
     } else {
         ProgressBar::hidden()
@@ -190,6 +192,17 @@ pub fn run<S: Stage>(
                 json!(window_steps as f64 / secs.max(1e-9)),
             );
             run_dir.log(&Value::Object(rec))?;
+            if plain_lines {
+                // no terminal to draw the bar on (a log file, nohup, a scheduler): a line instead
+                let rate = window_steps as f64 / secs.max(1e-9);
+                let eta = (opts.steps - done) as f64 / rate.max(1e-9);
+                eprintln!(
+                    "step {done}/{}  {}  {rate:.2} steps/s  ETA {}",
+                    opts.steps,
+                    metrics.short(stage.progress_keys()),
+                    hms(eta)
+                );
+            }
             window = Instant::now();
             window_steps = 0;
         }
@@ -200,10 +213,12 @@ pub fn run<S: Stage>(
             rec.insert("split".into(), json!("val"));
             val.write_json(&mut rec);
             run_dir.log(&Value::Object(rec))?;
-            bar.println(format!(
-                "step {done}: validation {}",
-                val.short(&val_keys(&val))
-            ));
+            let line = format!("step {done}: validation {}", val.short(&val_keys(&val)));
+            if plain_lines {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {
             if main {
@@ -214,6 +229,12 @@ pub fn run<S: Stage>(
     }
     bar.finish();
     Ok(Outcome::Finished { step: opts.steps })
+}
+
+/// Seconds as `H:MM:SS`.
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn val_keys(m: &Metrics) -> Vec<&str> {

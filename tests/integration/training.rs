@@ -327,3 +327,41 @@ fn sigint_to_process_and_group_at_once_still_saves_a_checkpoint() {
     let run = RunDir::open(&out).unwrap();
     assert!(run.latest().unwrap().is_some(), "no checkpoint: {stderr}");
 }
+
+/// Without a terminal on stderr (a log file, a scheduler) the run prints a plain line every
+/// `log_every` steps, and its validation lines.
+#[test]
+fn a_run_without_a_terminal_prints_plain_progress_lines() {
+    let dir = tmp();
+    let r = train_vq(
+        &quick_config(dir.path(), 4),
+        "builtin:shapes:16",
+        &dir.path().join("run"),
+    );
+    r.ok();
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("step 2/4")
+            && l.contains("loss")
+            && l.contains("steps/s")
+            && l.contains("ETA")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("step 4/4")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("step 4: validation psnr")),
+        "{}",
+        r.stderr
+    );
+}

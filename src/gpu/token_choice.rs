@@ -12,7 +12,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
 use super::rows::{by_dtype, function, launch_cfg, row_grid, storage, Elem, BLOCK};
 use crate::ops::token_choice::TokenChoice;

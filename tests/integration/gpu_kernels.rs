@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use crate::devices::{randn, rel_err};
 use crate::harness::cuda_device;
 
-use crate::kernels::{compare, group_norm_case, value_and_grads, BF16_TOL, F32_TOL};
+use crate::kernels::{compare, value_and_grads, BF16_TOL, F32_TOL};
 use movq::ops::linear::Act;
 
 #[test]

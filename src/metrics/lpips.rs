@@ -59,6 +59,9 @@ pub fn missing_note(backbone: Backbone) -> String {
     )
 }
 
+/// The smallest image side LPIPS takes as it is.
+pub const MIN_SIDE: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct Lpips {
     backbone: Backbone,
@@ -156,8 +159,16 @@ impl Lpips {
     }
 
     /// LPIPS between `x` and `y` (`[B, 3, H, W]` in [-1, 1]) → `[B]`; differentiable in the
-    /// images (for the perceptual loss).
+    /// images (for the perceptual loss). Images smaller than [`MIN_SIDE`] (AlexNet's pooling
+    /// needs 32 pixels) are first enlarged by the smallest whole factor that reaches it, nearest
+    /// neighbour.
     pub fn distance(&self, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        if h.min(w) < MIN_SIDE {
+            let k = MIN_SIDE.div_ceil(h.min(w).max(1));
+            let up = |t: &Tensor| t.upsample_nearest2d(h * k, w * k);
+            return self.distance(&up(x)?, &up(y)?);
+        }
         // a greyscale image is seen as RGB with three equal channels
         let prep = |t: &Tensor| -> candle_core::Result<Tensor> {
             let t = if t.dim(1)? == 1 {

@@ -180,3 +180,28 @@ fn the_perceptual_loss_trains_with_vgg_weights_and_their_absence_is_an_error() {
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(log.contains("\"perceptual\""), "{log}");
 }
+
+/// Images under 32 px (the quickstart's 24 px) are enlarged by a whole factor first: AlexNet's
+/// pooling would leave nothing of them. The distance is that of the enlarged pair.
+#[test]
+fn small_images_are_enlarged_first() {
+    let alex = Lpips::load(
+        &data_dir().join("lpips-tiny-alex.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let img = |seed: u64| crate::devices::randn(&[1, 3, 24, 24], seed, &Device::Cpu);
+    let (a, b) = (img(1), img(2));
+    let d = alex.distance(&a, &b).unwrap().to_vec1::<f32>().unwrap()[0];
+    let up = |t: &candle_core::Tensor| t.upsample_nearest2d(48, 48).unwrap();
+    let d48 = alex
+        .distance(&up(&a), &up(&b))
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    assert!(d > 0.0 && (d - d48).abs() < 1e-6, "{d} against {d48}");
+    assert_eq!(
+        alex.distance(&a, &a).unwrap().to_vec1::<f32>().unwrap()[0],
+        0.0
+    );
+}

@@ -33,6 +33,17 @@ pub struct Common {
     /// Allow TF32 tensor cores for f32 matmuls on CUDA (also `train.tf32` in the config).
     #[arg(long, global = true)]
     pub tf32: bool,
+    /// Which of a trained run's weights to use: ema (their moving average, the default where
+    /// the run keeps one: train.ema_decay) or raw.
+    #[arg(long, global = true, value_enum)]
+    pub weights: Option<WeightsArg>,
+}
+
+/// `--weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    Ema,
+    Raw,
 }
 
 /// Which LPIPS network, and where its weights are.
@@ -475,6 +486,18 @@ impl Common {
     /// `--precision` as the domain's precision.
     pub fn precision(&self) -> Option<crate::compute::Precision> {
         self.precision.map(Into::into)
+    }
+
+    /// How these flags ask to open a trained run.
+    pub fn run(&self) -> crate::train::runs::RunFlags {
+        use crate::train::runs::Weights;
+        crate::train::runs::RunFlags {
+            compute: self.compute(),
+            weights: self.weights.map(|w| match w {
+                WeightsArg::Ema => Weights::Ema,
+                WeightsArg::Raw => Weights::Raw,
+            }),
+        }
     }
 
     /// What these flags ask of the compute policy.

@@ -448,6 +448,18 @@ pub struct TrainConfig {
     /// Allow TF32 tensor cores for f32 matmuls on CUDA.
     #[serde(default)]
     pub tf32: bool,
+    /// Exponential moving average of the weights with this decay (warmed up as
+    /// `min(decay, (1 + n) / (10 + n))` after n updates), kept in f32 beside them and saved with
+    /// every checkpoint; inference uses it by default. Absent or 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
+}
+
+impl TrainConfig {
+    /// The EMA decay, when the EMA is on.
+    pub fn ema(&self) -> Option<f64> {
+        self.ema_decay.filter(|&d| d > 0.0)
+    }
 }
 
 fn default_betas() -> (f64, f64) {
@@ -524,6 +536,11 @@ impl TrainConfig {
         }
         if self.log_every == 0 {
             bail!("train.log_every must be positive, got 0");
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                bail!("train.ema_decay must be in [0, 1), got {d}");
+            }
         }
         Ok(())
     }

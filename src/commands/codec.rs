@@ -26,7 +26,7 @@ pub fn encode(a: EncodeArgs) -> Result<ExitCode> {
         model,
         compute,
         ..
-    } = VqRun::open(&a.model, &a.common.compute())?;
+    } = VqRun::open(&a.model, &a.common.run())?;
     let device = compute.device;
     let inputs = Inputs::open(&a.input)?;
     let side = cfg.model.resolution as u32;
@@ -97,7 +97,7 @@ pub fn decode(a: DecodeLatentsArgs) -> Result<ExitCode> {
         model,
         compute,
         ..
-    } = VqRun::open(&a.model, &a.common.compute())?;
+    } = VqRun::open(&a.model, &a.common.run())?;
     let device = compute.device;
     let m = &cfg.model;
     let (e, g, c) = (m.embed_dim(), m.latent_size(), m.quantizer.channels);

@@ -23,7 +23,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         model,
         checkpoint: ckpt,
         compute,
-    } = VqRun::open(&a.model, &a.common.compute())?;
+    } = VqRun::open(&a.model, &a.common.run())?;
     let device = compute.device;
     let ds = Dataset::open(&a.data, a.common.seed.unwrap_or(cfg.seed))?;
     let side = cfg.model.resolution as u32;

@@ -108,7 +108,7 @@ fn write_run(
     }
     store.load_tensors(&tensors, &from.display().to_string())?;
     let run = RunDir::create(out, &run_cfg.to_json())?;
-    let ckpt = run.save_checkpoint(0, &store.tensors(), &[], 0)?;
+    let ckpt = run.save_checkpoint(0, &store.tensors(), &[], None, 0)?;
     eprintln!(
         "imported {} parameters ({} tensors) from {} into {} ({})",
         store.num_parameters(),

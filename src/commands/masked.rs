@@ -104,7 +104,7 @@ pub fn run(a: &ReconstructArgs) -> Result<ExitCode> {
     }
     let random_opts = a.decode.options(a.steps, false)?;
     let top1_opts = a.decode.options(1, true)?;
-    let tr = TransformerRun::open(&a.model, &a.common.compute())?;
+    let tr = TransformerRun::open(&a.model, &a.common.run())?;
     let device = tr.compute.device.clone();
     let layout = *tr.model.layout();
     let cond = resolve_class(a.class.as_deref(), &tr.cfg.classes)?;

@@ -26,7 +26,7 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
         model,
         checkpoint: ckpt,
         compute,
-    } = VqRun::open(&a.model, &a.common.compute())?;
+    } = VqRun::open(&a.model, &a.common.run())?;
     let device = compute.device;
     let inputs = Inputs::open(&a.input)?;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();

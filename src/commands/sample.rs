@@ -95,7 +95,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         }
     }
     let opts = a.decode.options(a.steps, a.top1)?;
-    let tr = TransformerRun::open(&a.model, &a.common.compute())?;
+    let tr = TransformerRun::open(&a.model, &a.common.run())?;
     let device = tr.compute.device.clone();
     let classes = tr.cfg.classes.clone();
     let seed = a.common.seed.unwrap_or(0);

@@ -1,5 +1,6 @@
 //! Training machinery shared by both stages.
 
+pub mod ema;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

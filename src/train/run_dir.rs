@@ -24,6 +24,15 @@ pub struct Checkpoint {
     pub model: PathBuf,
     /// Optimizer moments and other training-only state.
     pub train_state: PathBuf,
+    /// The model with its weights' moving average (runs with `train.ema_decay`).
+    pub ema: PathBuf,
+}
+
+impl Checkpoint {
+    /// The EMA weights, when this checkpoint has them.
+    pub fn ema_file(&self) -> Option<&Path> {
+        self.ema.is_file().then_some(self.ema.as_path())
+    }
 }
 
 impl RunDir {
@@ -97,6 +106,7 @@ impl RunDir {
             step,
             model: dir.join(format!("{stem}.safetensors")),
             train_state: dir.join(format!("{stem}.train.safetensors")),
+            ema: dir.join(format!("{stem}.ema.safetensors")),
         }
     }
 
@@ -141,6 +151,7 @@ impl RunDir {
         step: usize,
         model: &[(String, Tensor)],
         train_state: &[(String, Tensor)],
+        ema: Option<&[(String, Tensor)]>,
         keep: usize,
     ) -> Result<Checkpoint> {
         let ckpt = self.checkpoint(step);
@@ -150,6 +161,9 @@ impl RunDir {
         ]);
         safetensors_io::write_atomic(&ckpt.model, model, &meta)?;
         safetensors_io::write_atomic(&ckpt.train_state, train_state, &meta)?;
+        if let Some(ema) = ema {
+            safetensors_io::write_atomic(&ckpt.ema, ema, &meta)?;
+        }
         self.point_latest_at(step)?;
         if keep > 0 {
             self.prune(keep, step)?;
@@ -162,18 +176,19 @@ impl RunDir {
         fsutil::write_atomic(&self.latest_path(), format!("step-{step:07}\n").as_bytes())
     }
 
-    /// Copies another run's checkpoint weights (`ckpt`, its model file) into this run as its
-    /// latest checkpoint at the same step, without training state: a stage-2 run's frozen
-    /// tokenizer.
+    /// Copies another run's checkpoint weights (`ckpt`, its model file and its EMA weights if
+    /// any) into this run as its latest checkpoint at the same step, without training state: a
+    /// stage-2 run's frozen tokenizer.
     pub fn adopt_checkpoint(&self, ckpt: &Checkpoint) -> Result<Checkpoint> {
         let own = self.checkpoint(ckpt.step);
-        std::fs::copy(&ckpt.model, &own.model).with_context(|| {
-            format!(
-                "cannot copy {} to {}",
-                ckpt.model.display(),
-                own.model.display()
-            )
-        })?;
+        let copy = |from: &Path, to: &Path| {
+            std::fs::copy(from, to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+        };
+        copy(&ckpt.model, &own.model)?;
+        if let Some(ema) = ckpt.ema_file() {
+            copy(ema, &own.ema)?;
+        }
         self.point_latest_at(ckpt.step)?;
         Ok(own)
     }
@@ -195,6 +210,7 @@ impl RunDir {
             let c = self.checkpoint(s);
             let _ = std::fs::remove_file(c.model);
             let _ = std::fs::remove_file(c.train_state);
+            let _ = std::fs::remove_file(c.ema);
         }
         Ok(())
     }

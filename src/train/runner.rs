@@ -45,6 +45,11 @@ pub trait Stage {
     /// Training-only state: optimizer moments, auxiliary networks.
     fn train_state(&self) -> Result<Vec<(String, Tensor)>>;
 
+    /// The model with its weights' moving average, when the run keeps one.
+    fn ema_tensors(&self) -> Option<Vec<(String, Tensor)>> {
+        None
+    }
+
     /// Restores model and training state from a checkpoint.
     fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()>;
 
@@ -137,6 +142,7 @@ pub fn run<S: Stage>(
             step,
             &stage.model_tensors(),
             &stage.train_state()?,
+            stage.ema_tensors().as_deref(),
             opts.keep_checkpoints,
         )
     };

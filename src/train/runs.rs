@@ -13,6 +13,35 @@ use crate::train::run_dir::{Checkpoint, RunDir};
 use crate::transformer::{MaskTransformer, TokenLayout};
 use crate::vq::MoVq;
 
+/// Which of a run's weights inference loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// The moving average (`train.ema_decay`): the default where the run has one.
+    Ema,
+    /// The weights as the optimizer left them.
+    Raw,
+}
+
+/// How to open a run: where and in what precision it computes, and which weights.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    pub compute: ComputeFlags,
+    /// `--weights`; `None`: the moving average where the run has one, else the raw weights.
+    pub weights: Option<Weights>,
+}
+
+/// The weights file of `ckpt` that `choice` asks for.
+fn weights_file<'a>(ckpt: &'a Checkpoint, choice: Option<Weights>, run: &Path) -> Result<&'a Path> {
+    match (choice, ckpt.ema_file()) {
+        (Some(Weights::Raw), _) | (None, None) => Ok(&ckpt.model),
+        (_, Some(ema)) => Ok(ema),
+        (Some(Weights::Ema), None) => anyhow::bail!(
+            "--weights ema: run {} keeps no moving average of its weights (train.ema_decay); use --weights raw",
+            run.display()
+        ),
+    }
+}
+
 /// True when `path` is a stage-2 run (it holds the stage-1 model in `vq/`).
 pub fn is_transformer_run(path: &Path) -> bool {
     path.join("vq").join("config.json").is_file()
@@ -37,22 +66,28 @@ pub struct VqRun {
 
 impl VqRun {
     /// The stage-1 model of `path` (or of the stage-2 run there: its tokenizer).
-    pub fn open(path: &Path, flags: &ComputeFlags) -> Result<Self> {
+    pub fn open(path: &Path, flags: &RunFlags) -> Result<Self> {
         let run = RunDir::open(&tokenizer_of(path))?;
         let cfg: RunConfig = run.config()?;
-        let compute = Compute::resolve(flags, Some(&cfg.train))?;
-        Self::with_compute(run, cfg, compute)
+        let compute = Compute::resolve(&flags.compute, Some(&cfg.train))?;
+        Self::with_compute(run, cfg, compute, flags.weights)
     }
 
-    /// The stage-1 run at `path`, computing as `compute` says.
+    /// The stage-1 run at `path` (its moving average where it has one), computing as `compute`
+    /// says.
     pub fn open_with(path: &Path, compute: &Compute) -> Result<Self> {
         let run = RunDir::open(path)?;
         let cfg = run.config()?;
-        Self::with_compute(run, cfg, compute.clone())
+        Self::with_compute(run, cfg, compute.clone(), None)
     }
 
-    fn with_compute(run: RunDir, cfg: RunConfig, compute: Compute) -> Result<Self> {
-        let (model, checkpoint) = Self::load(&run, &cfg, &compute)?;
+    fn with_compute(
+        run: RunDir,
+        cfg: RunConfig,
+        compute: Compute,
+        weights: Option<Weights>,
+    ) -> Result<Self> {
+        let (model, checkpoint) = Self::load(&run, &cfg, &compute, weights)?;
         Ok(Self {
             cfg,
             model,
@@ -62,12 +97,17 @@ impl VqRun {
     }
 
     /// The latest weights of the stage-1 `run` with config `cfg`, computing as `compute` says.
-    fn load(run: &RunDir, cfg: &RunConfig, compute: &Compute) -> Result<(MoVq, Checkpoint)> {
+    fn load(
+        run: &RunDir,
+        cfg: &RunConfig,
+        compute: &Compute,
+        weights: Option<Weights>,
+    ) -> Result<(MoVq, Checkpoint)> {
         let ckpt = run.require_latest()?;
         let store = ParamStore::frozen(0, &compute.device);
         let model = MoVq::new(&cfg.model, &store)?;
         store
-            .load_file(&ckpt.model)
+            .load_file(weights_file(&ckpt, weights, run.root())?)
             .with_context(|| format!("cannot load the model of run {}", run.root().display()))?;
         Ok((model.with_dtype(compute.dtype()), ckpt))
     }
@@ -85,7 +125,7 @@ pub struct TransformerRun {
 
 impl TransformerRun {
     /// The stage-2 run at `path`.
-    pub fn open(path: &Path, flags: &ComputeFlags) -> Result<Self> {
+    pub fn open(path: &Path, flags: &RunFlags) -> Result<Self> {
         let run = RunDir::open(path)?;
         if !is_transformer_run(path) {
             anyhow::bail!(
@@ -94,16 +134,17 @@ impl TransformerRun {
             );
         }
         let cfg: TransformerRunConfig = run.config()?;
-        let compute = Compute::resolve(flags, Some(&cfg.transformer.train))?;
+        let compute = Compute::resolve(&flags.compute, Some(&cfg.transformer.train))?;
         let vq_dir = RunDir::open(&path.join("vq"))?;
         let vq_cfg: RunConfig = vq_dir.config()?;
-        let (vq, _) = VqRun::load(&vq_dir, &vq_cfg, &compute)?;
+        // the tokenizer's moving average where it has one (the tokens were encoded with it)
+        let (vq, _) = VqRun::load(&vq_dir, &vq_cfg, &compute, None)?;
         let checkpoint = run.require_latest()?;
         let store = ParamStore::frozen(0, &compute.device);
         let layout = TokenLayout::of(&vq_cfg.model, cfg.classes.len());
         let model = MaskTransformer::new(&cfg.transformer.model, layout, store.var_builder())?;
         store
-            .load_file(&checkpoint.model)
+            .load_file(weights_file(&checkpoint, flags.weights, path)?)
             .with_context(|| format!("cannot load the transformer of run {}", path.display()))?;
         Ok(Self {
             cfg,

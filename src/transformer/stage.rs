@@ -10,6 +10,7 @@ use crate::config::TransformerSection;
 use crate::nn::params::ParamStore;
 use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{rng_for, Stream};
+use crate::train::ema::Ema;
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
 use crate::train::{Metrics, Stage, StepContext};
@@ -63,6 +64,8 @@ pub struct TransformerStage {
     model: MaskTransformer,
     opt: Adam,
     val: TokenBatch,
+    /// The weights' moving average (`train.ema_decay`).
+    ema: Option<Ema>,
     seed: u64,
     device: Device,
     shard: Shard,
@@ -81,7 +84,9 @@ impl TransformerStage {
         let model = MaskTransformer::new(&cfg.model, layout, store.var_builder())?
             .with_dtype(compute.dtype());
         let opt = Adam::new(store.trainable(), &cfg.train)?;
+        let ema = cfg.train.ema().map(|d| Ema::new(d, &store)).transpose()?;
         Ok(Self {
+            ema,
             cfg: cfg.clone(),
             store,
             model,
@@ -184,6 +189,9 @@ impl Stage for TransformerStage {
             &self.device,
             || self.opt.step(&grads, ctx.lr),
         )?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.store, ctx.step)?;
+        }
         // shares of the whole batch's loss and accuracy (the loop sums them over the ranks)
         let mut m = Metrics::new();
         m.push("loss", loss_sum);
@@ -193,6 +201,51 @@ impl Stage for TransformerStage {
     }
 
     fn validate(&mut self) -> Result<Metrics> {
+        let mut m = self.validate_weights("")?;
+        if let Some(ema) = &self.ema {
+            // the averaged weights too
+            let raw = ema.swap_in(&self.store)?;
+            let averaged = self.validate_weights("ema_");
+            Ema::restore(&self.store, &raw)?;
+            for (n, v) in averaged?.iter() {
+                m.push(n, v);
+            }
+        }
+        Ok(m)
+    }
+
+    fn ema_tensors(&self) -> Option<Vec<(String, Tensor)>> {
+        self.ema.as_ref().map(|e| e.model_tensors(&self.store))
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.store.tensors()
+    }
+
+    fn train_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.opt.state("optimizer")?)
+    }
+
+    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.store.load_file(&ckpt.model)?;
+        crate::vq::stage::load_ema(&mut self.ema, ckpt, &self.device)?;
+        let state = read_tensors(&ckpt.train_state, &self.device)?;
+        self.opt.load_state(&state, "optimizer").with_context(|| {
+            format!(
+                "cannot restore the optimizer from {}",
+                ckpt.train_state.display()
+            )
+        })
+    }
+
+    fn progress_keys(&self) -> &'static [&'static str] {
+        &["loss", "acc"]
+    }
+}
+
+impl TransformerStage {
+    /// Validation metrics of the model as its weights are now, names prefixed with `prefix`.
+    fn validate_weights(&self, prefix: &str) -> Result<Metrics> {
         let layout = *self.model.layout();
         let mut m = Metrics::new();
         for &ratio in &self.cfg.val_mask_ratios {
@@ -217,33 +270,10 @@ impl Stage for TransformerStage {
                 n += rows.len();
             }
             let n = n.max(1) as f64;
-            m.push(format!("loss@{ratio}"), loss_sum / n);
-            m.push(format!("acc@{ratio}"), acc_sum / n);
+            m.push(format!("{prefix}loss@{ratio}"), loss_sum / n);
+            m.push(format!("{prefix}acc@{ratio}"), acc_sum / n);
         }
         Ok(m)
-    }
-
-    fn model_tensors(&self) -> Vec<(String, Tensor)> {
-        self.store.tensors()
-    }
-
-    fn train_state(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(self.opt.state("optimizer")?)
-    }
-
-    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        self.store.load_file(&ckpt.model)?;
-        let state = read_tensors(&ckpt.train_state, &self.device)?;
-        self.opt.load_state(&state, "optimizer").with_context(|| {
-            format!(
-                "cannot restore the optimizer from {}",
-                ckpt.train_state.display()
-            )
-        })
-    }
-
-    fn progress_keys(&self) -> &'static [&'static str] {
-        &["loss", "acc"]
     }
 }
 

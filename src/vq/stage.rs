@@ -12,6 +12,7 @@ use crate::metrics::reconstruction::{Extras, Reconstruction};
 use crate::nn::params::ParamStore;
 use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{mix, Stream};
+use crate::train::ema::Ema;
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
 use crate::train::{Metrics, Stage, StepContext};
@@ -35,8 +36,41 @@ pub struct VqStage {
     critic: Option<Critic>,
     perceptual: Option<Box<dyn PerceptualLoss>>,
     val_images: Vec<RgbImage>,
+    /// The weights' moving average (`train.ema_decay`).
+    ema: Option<Ema>,
     device: Device,
     shard: Shard,
+}
+
+impl VqStage {
+    /// Validation metrics of the model as its weights are now, names prefixed with `prefix`.
+    fn validate_weights(&self, prefix: &str) -> Result<Metrics> {
+        let mut metrics = Reconstruction::new(&self.model, Extras::default());
+        for chunk in self.val_images.chunks(self.cfg.train.batch_size.max(1)) {
+            metrics.add(&self.model, chunk, &[], &self.device)?;
+        }
+        let r = metrics.report()?;
+        let mut m = Metrics::new();
+        m.push(format!("{prefix}psnr"), r.psnr);
+        m.push(format!("{prefix}ssim"), r.ssim);
+        m.push(format!("{prefix}codebook_usage"), r.codebook.usage);
+        m.push(format!("{prefix}perplexity"), r.codebook.perplexity);
+        Ok(m)
+    }
+}
+
+/// Restores a run's moving average from a checkpoint (nothing when the run keeps none).
+pub fn load_ema(ema: &mut Option<Ema>, ckpt: &Checkpoint, device: &Device) -> Result<()> {
+    let Some(ema) = ema else { return Ok(()) };
+    let path = ckpt.ema_file().with_context(|| {
+        format!(
+            "{} has no EMA weights ({}), but the run's train.ema_decay asks for them",
+            ckpt.model.display(),
+            ckpt.ema.display()
+        )
+    })?;
+    let saved = read_tensors(path, device)?;
+    Ok(ema.load(&saved, &path.display().to_string())?)
 }
 
 /// The seed of a model's initial weights.
@@ -76,6 +110,7 @@ impl VqStage {
             }
             None => None,
         };
+        let ema = cfg.train.ema().map(|d| Ema::new(d, &store)).transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
             store,
@@ -84,6 +119,7 @@ impl VqStage {
             critic,
             perceptual,
             val_images,
+            ema,
             device: device.clone(),
             shard: Shard::single(),
         })
@@ -212,6 +248,9 @@ impl Stage for VqStage {
             quantizer.set_state(&state.narrow(0, 0, len)?)?;
             restarted = state.narrow(0, len, 1)?.to_vec1::<f32>()?[0] as usize;
         }
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.store, ctx.step)?;
+        }
         if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
             let real = critic.net.forward(&x.detach())?;
             let fake = critic.net.forward(&xrec.detach())?;
@@ -243,21 +282,25 @@ impl Stage for VqStage {
     }
 
     fn validate(&mut self) -> Result<Metrics> {
-        let mut metrics = Reconstruction::new(&self.model, Extras::default());
-        for chunk in self.val_images.chunks(self.cfg.train.batch_size.max(1)) {
-            metrics.add(&self.model, chunk, &[], &self.device)?;
+        let mut m = self.validate_weights("")?;
+        if let Some(ema) = &self.ema {
+            // the averaged weights too
+            let raw = ema.swap_in(&self.store)?;
+            let averaged = self.validate_weights("ema_");
+            Ema::restore(&self.store, &raw)?;
+            for (n, v) in averaged?.iter() {
+                m.push(n, v);
+            }
         }
-        let r = metrics.report()?;
-        let mut m = Metrics::new();
-        m.push("psnr", r.psnr);
-        m.push("ssim", r.ssim);
-        m.push("codebook_usage", r.codebook.usage);
-        m.push("perplexity", r.codebook.perplexity);
         Ok(m)
     }
 
     fn model_tensors(&self) -> Vec<(String, Tensor)> {
         self.store.tensors()
+    }
+
+    fn ema_tensors(&self) -> Option<Vec<(String, Tensor)>> {
+        self.ema.as_ref().map(|e| e.model_tensors(&self.store))
     }
 
     fn train_state(&self) -> Result<Vec<(String, Tensor)>> {
@@ -271,6 +314,7 @@ impl Stage for VqStage {
 
     fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         self.store.load_file(&ckpt.model)?;
+        load_ema(&mut self.ema, ckpt, &self.device)?;
         let state = read_tensors(&ckpt.train_state, &self.device)?;
         let origin = ckpt.train_state.display().to_string();
         self.opt

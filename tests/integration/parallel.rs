@@ -101,6 +101,7 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
     let mut cfg = RunConfig::resolve("tiny").unwrap().transformer.unwrap();
     cfg.class_dropout = 0.3; // drawn for the whole batch, applied to each rank's rows
     cfg.micro_batch = Some(3); // chunks that do not line up with the shards
+    cfg.train.ema_decay = Some(0.9); // the weights' moving average: the same on every rank
     let mut results = Vec::new();
     for world in [1, 2, 4] {
         let (cfg, batch) = (cfg.clone(), batch.clone());
@@ -125,7 +126,10 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
                     .unwrap();
                 losses.push(m.get("loss").unwrap());
             }
-            (stage.store().tensors(), losses)
+            let mut tensors = stage.store().tensors();
+            let ema = stage.ema_tensors().expect("a moving average");
+            tensors.extend(ema.into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+            (tensors, losses)
         });
         // every rank holds the same weights and reports the whole batch's loss
         for (w, l) in &per_rank[1..] {

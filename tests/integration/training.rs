@@ -197,9 +197,27 @@ fn read(p: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn resume_continues_exactly() {
-    // 12 steps straight vs. 6 steps, then --resume to 12: byte-identical weights and optimizer.
+    check_resume(false);
+}
+
+#[test]
+fn resume_continues_the_weights_moving_average_exactly() {
+    check_resume(true);
+}
+
+/// 12 steps straight vs. 6 steps, then --resume to 12: byte-identical weights and optimizer
+/// (and, with `ema`, moving average).
+fn check_resume(ema: bool) {
     let dir = tmp();
-    let cfg = quick_config(dir.path(), 12);
+    let cfg = crate::harness::tiny_config(dir.path(), |v| {
+        let q: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(quick_config(dir.path(), 12)).unwrap())
+                .unwrap();
+        *v = q;
+        if ema {
+            v["train"]["ema_decay"] = 0.9.into();
+        }
+    });
     let a = dir.path().join("a");
     let b = dir.path().join("b");
     train_vq(&cfg, "builtin:shapes:64", &a).ok();
@@ -216,6 +234,8 @@ fn resume_continues_exactly() {
     let last = run_b.checkpoint(12);
     std::fs::remove_file(&last.model).unwrap();
     std::fs::remove_file(&last.train_state).unwrap();
+    assert_eq!(last.ema.is_file(), ema);
+    let _ = std::fs::remove_file(&last.ema);
     std::fs::write(b.join("latest"), "step-0000006\n").unwrap();
     let r = movq(&[
         "train-vq",
@@ -238,6 +258,17 @@ fn resume_continues_exactly() {
         read(&run_a.checkpoint(12).train_state) == read(&run_b.checkpoint(12).train_state),
         "optimizer state differs after resume"
     );
+    if ema {
+        let (ea, eb) = (
+            read(&run_a.checkpoint(12).ema),
+            read(&run_b.checkpoint(12).ema),
+        );
+        assert!(ea == eb, "moving average differs after resume");
+        assert!(
+            ea != read(&run_a.checkpoint(12).model),
+            "the average equals the weights"
+        );
+    }
     // the resumed log has no duplicate steps
     assert_eq!(logged_train_steps(&run_b), vec![2, 4, 6, 8, 10, 12]);
 }

@@ -342,30 +342,8 @@ pub fn group_norm(
     modulation: Option<(&Tensor, &Tensor)>,
     silu: bool,
 ) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    if groups == 0 || !c.is_multiple_of(groups) {
-        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
-    }
-    let flat = |t: &Tensor| t.to_dtype(candle_core::DType::F32)?.flatten_all();
-    let mut parts = vec![flat(gamma)?, flat(beta)?];
-    let (mut zh, mut zw) = (0, 0);
-    if let Some((scale, shift)) = modulation {
-        let (sb, sc, sh, sw) = scale.dims4()?;
-        if (sb, sc) != (b, c) || shift.dims() != scale.dims() {
-            candle_core::bail!(
-                "SpatialNorm: scale {:?} and shift {:?} do not fit x {:?}",
-                scale.dims(),
-                shift.dims(),
-                x.dims()
-            );
-        }
-        if sh == 0 || sw == 0 || !h.is_multiple_of(sh) || !w.is_multiple_of(sw) {
-            candle_core::bail!("SpatialNorm: {sh}×{sw} does not divide {h}×{w}");
-        }
-        (zh, zw) = (sh, sw);
-        parts.push(flat(scale)?);
-        parts.push(flat(shift)?);
-    }
+    let packed = crate::ops::group_norm::pack(x, gamma, beta, groups, modulation)?;
+    let ((b, c, h, w), (zh, zw)) = (packed.dims, packed.latent);
     let dims = Dims {
         b,
         c,
@@ -377,7 +355,7 @@ pub fn group_norm(
         silu,
         eps,
     };
-    let p = Tensor::cat(&parts, 0)?;
+    let p = packed.params;
     x.contiguous()?.apply_op2(&p, Forward(dims))
 }
 

@@ -15,9 +15,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{
-    CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CudaDevice, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 const MODULE: &str = "movq_group_norm";
@@ -71,30 +69,8 @@ pub fn group_norm(
     modulation: Option<(&Tensor, &Tensor)>,
     silu: bool,
 ) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    if groups == 0 || !c.is_multiple_of(groups) {
-        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
-    }
-    let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all();
-    let mut parts = vec![flat(gamma)?, flat(beta)?];
-    let (mut zh, mut zw) = (0, 0);
-    if let Some((scale, shift)) = modulation {
-        let (sb, sc, sh, sw) = scale.dims4()?;
-        if (sb, sc) != (b, c) || shift.dims() != scale.dims() {
-            candle_core::bail!(
-                "fused SpatialNorm: scale {:?} and shift {:?} do not fit x {:?}",
-                scale.dims(),
-                shift.dims(),
-                x.dims()
-            );
-        }
-        if sh == 0 || sw == 0 || !h.is_multiple_of(sh) || !w.is_multiple_of(sw) {
-            candle_core::bail!("fused SpatialNorm: {sh}×{sw} does not divide {h}×{w}");
-        }
-        (zh, zw) = (sh, sw);
-        parts.push(flat(scale)?);
-        parts.push(flat(shift)?);
-    }
+    let packed = crate::ops::group_norm::pack(x, gamma, beta, groups, modulation)?;
+    let ((b, c, h, w), (zh, zw)) = (packed.dims, packed.latent);
     let dims = Dims {
         b,
         c,
@@ -106,7 +82,7 @@ pub fn group_norm(
         silu,
         eps: eps as f32,
     };
-    let p = Tensor::cat(&parts, 0)?;
+    let p = packed.params;
     x.contiguous()?.apply_op2(&p, Forward(dims))
 }
 

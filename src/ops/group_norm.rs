@@ -37,6 +37,54 @@ pub fn group_norm(
     composed(x, gamma, beta, groups, eps, modulation, silu)
 }
 
+/// What the fused kernels take: `x`'s sizes `(B, C, H, W)`, the modulation's resolution
+/// (0 × 0 without), and every parameter packed in one f32 vector `[γ][β][scale][shift]` (one
+/// input for candle, whose gradient it routes back through the concatenation).
+pub struct Packed {
+    pub dims: (usize, usize, usize, usize),
+    pub latent: (usize, usize),
+    pub params: Tensor,
+}
+
+/// Checks the arguments of [`group_norm`] and packs them for a fused kernel.
+pub fn pack(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    modulation: Option<(&Tensor, &Tensor)>,
+) -> Result<Packed> {
+    let (b, c, h, w) = x.dims4()?;
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
+    }
+    let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all();
+    let mut parts = vec![flat(gamma)?, flat(beta)?];
+    let mut latent = (0, 0);
+    if let Some((scale, shift)) = modulation {
+        let (sb, sc, sh, sw) = scale.dims4()?;
+        if (sb, sc) != (b, c) || shift.dims() != scale.dims() {
+            candle_core::bail!(
+                "SpatialNorm: scale {:?} and shift {:?} do not fit x {:?}",
+                scale.dims(),
+                shift.dims(),
+                x.dims()
+            );
+        }
+        if sh == 0 || sw == 0 || !h.is_multiple_of(sh) || !w.is_multiple_of(sw) {
+            candle_core::bail!("SpatialNorm: {sh}×{sw} does not divide {h}×{w}");
+        }
+        latent = (sh, sw);
+        parts.push(flat(scale)?);
+        parts.push(flat(shift)?);
+    }
+    Ok(Packed {
+        dims: (b, c, h, w),
+        latent,
+        params: Tensor::cat(&parts, 0)?,
+    })
+}
+
 /// [`group_norm`] composed of candle ops (the fused kernels' reference).
 pub fn composed(
     x: &Tensor,

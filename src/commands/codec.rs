@@ -21,13 +21,8 @@ pub fn encode(a: EncodeArgs) -> Result<ExitCode> {
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let VqRun {
-        cfg,
-        model,
-        compute,
-        ..
-    } = VqRun::open(&a.model, &a.common.run())?;
-    let device = compute.device;
+    let run = VqRun::open(&a.model, &a.common.run())?;
+    let (cfg, model, device) = (run.cfg, run.model, run.compute.device);
     let inputs = Inputs::open(&a.input)?;
     let side = cfg.model.resolution as u32;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
@@ -92,13 +87,8 @@ fn read_codes(path: &Path) -> Result<Codes> {
 }
 
 pub fn decode(a: DecodeLatentsArgs) -> Result<ExitCode> {
-    let VqRun {
-        cfg,
-        model,
-        compute,
-        ..
-    } = VqRun::open(&a.model, &a.common.run())?;
-    let device = compute.device;
+    let run = VqRun::open(&a.model, &a.common.run())?;
+    let (cfg, model, device) = (run.cfg, run.model, run.compute.device);
     let m = &cfg.model;
     let (e, g, c) = (m.embed_dim(), m.latent_size(), m.quantizer.channels);
     let codes = read_codes(&a.latents)?;

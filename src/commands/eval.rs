@@ -18,13 +18,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let VqRun {
-        cfg,
-        model,
-        checkpoint: ckpt,
-        compute,
-    } = VqRun::open(&a.model, &a.common.run())?;
-    let device = compute.device;
+    let run = VqRun::open(&a.model, &a.common.run())?;
+    let (cfg, model, ckpt, device) = (run.cfg, run.model, run.checkpoint, run.compute.device);
     let ds = Dataset::open(&a.data, a.common.seed.unwrap_or(cfg.seed))?;
     let side = cfg.model.resolution as u32;
     let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));

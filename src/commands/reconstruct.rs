@@ -21,13 +21,8 @@ pub fn run(a: ReconstructArgs) -> Result<ExitCode> {
         bail!("--batch-size must be positive");
     }
     // a stage-2 run reconstructs with the stage-1 model it holds
-    let VqRun {
-        cfg,
-        model,
-        checkpoint: ckpt,
-        compute,
-    } = VqRun::open(&a.model, &a.common.run())?;
-    let device = compute.device;
+    let run = VqRun::open(&a.model, &a.common.run())?;
+    let (cfg, model, ckpt, device) = (run.cfg, run.model, run.checkpoint, run.compute.device);
     let inputs = Inputs::open(&a.input)?;
     let sources: Vec<String> = (0..inputs.len()).map(|i| inputs.name(i)).collect();
     let names = output_names(&sources);

@@ -14,6 +14,7 @@
 //! crate candle itself uses). f32, contiguous `[B, C, H, W]` input, `[O, C, k, k]` weights,
 //! square kernel, any stride, the same zero padding on every side.
 
+use super::values;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -191,17 +192,6 @@ fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], a: Mat, b: Mat, accumulat
     }
 }
 
-/// The f32 values of a contiguous tensor's storage.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("cpu conv: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("cpu conv: {what} must be contiguous"),
-    }
-}
-
 /// Runs `f(image index, chunk)` over the `chunk`-sized pieces of `out`, in parallel.
 fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     if chunk == 0 {
@@ -267,9 +257,9 @@ impl CustomOp2 for Forward {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (y, shape) = self.run(
-            values(x, xl, "input")?,
+            values(x, xl, "cpu conv: input")?,
             xl.dims(),
-            values(w, wl, "weight")?,
+            values(w, wl, "cpu conv: weight")?,
             wl.dims(),
             None,
         )?;
@@ -302,7 +292,7 @@ impl CustomOp3 for Forward {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let bias = values(b, bl, "bias")?;
+        let bias = values(b, bl, "cpu conv: bias")?;
         if bias.len() != wl.dims()[0] {
             candle_core::bail!(
                 "cpu conv: {} biases for {} output channels",
@@ -311,9 +301,9 @@ impl CustomOp3 for Forward {
             );
         }
         let (y, shape) = self.run(
-            values(x, xl, "input")?,
+            values(x, xl, "cpu conv: input")?,
             xl.dims(),
-            values(w, wl, "weight")?,
+            values(w, wl, "cpu conv: weight")?,
             wl.dims(),
             Some(bias),
         )?;
@@ -400,8 +390,8 @@ impl CustomOp2 for InputGrad {
             );
         }
         let (dy, w) = (
-            values(dy, dyl, "output gradient")?,
-            values(w, wl, "weight")?,
+            values(dy, dyl, "cpu conv: output gradient")?,
+            values(w, wl, "cpu conv: weight")?,
         );
         let (hw, rows) = (g.ho() * g.wo(), g.rows());
         let mut dx = vec![0f32; g.b * g.image()];
@@ -451,7 +441,10 @@ impl CustomOp2 for WeightGrad {
                 g.out_shape()
             );
         }
-        let (x, dy) = (values(x, xl, "input")?, values(dy, dyl, "output gradient")?);
+        let (x, dy) = (
+            values(x, xl, "cpu conv: input")?,
+            values(dy, dyl, "cpu conv: output gradient")?,
+        );
         let (hw, rows) = (g.ho() * g.wo(), g.rows());
         let threads = rayon::current_num_threads().clamp(1, g.b.max(1));
         let share = g.b.div_ceil(threads);

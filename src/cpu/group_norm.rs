@@ -13,6 +13,8 @@
 //! them), so the op has two inputs and candle routes the gradients back through the
 //! concatenation. f32, contiguous `x` `[B, C, H, W]`.
 
+use super::values;
+use crate::ops::group_norm::Packed;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -160,16 +162,6 @@ fn group_slices<'a>(
     x.par_chunks(d.per_group() * d.plane()).enumerate()
 }
 
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("GroupNorm (CPU): {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("GroupNorm (CPU): {what} must be contiguous"),
-    }
-}
-
 struct Forward(Dims);
 
 impl CustomOp2 for Forward {
@@ -185,8 +177,8 @@ impl CustomOp2 for Forward {
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = &self.0;
-        let x = values(x, xl, "x")?;
-        let params = Params::split(values(p, pl, "the parameters")?, d)?;
+        let x = values(x, xl, "GroupNorm (CPU): x")?;
+        let params = Params::split(values(p, pl, "GroupNorm (CPU): the parameters")?, d)?;
         let size = d.per_group() * d.plane();
         let mut y = vec![0f32; x.len()];
         let cell_of = d.cells_of_pixels();
@@ -253,9 +245,9 @@ impl candle_core::CustomOp3 for Backward {
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = &self.0;
-        let x = values(x, xl, "x")?;
-        let dy = values(dy, dyl, "the gradient")?;
-        let params = Params::split(values(p, pl, "the parameters")?, d)?;
+        let x = values(x, xl, "GroupNorm (CPU): x")?;
+        let dy = values(dy, dyl, "GroupNorm (CPU): the gradient")?;
+        let params = Params::split(values(p, pl, "GroupNorm (CPU): the parameters")?, d)?;
         let (plane, per) = (d.plane(), d.per_group());
         let size = per * plane;
         let cells = d.zh * d.zw;
@@ -331,18 +323,9 @@ impl candle_core::CustomOp3 for Backward {
     }
 }
 
-/// `silu?((GroupNorm(x)·γ + β)·scale↑ + shift↑)` on the CPU: `x` `[B, C, H, W]` f32, `gamma`,
-/// `beta` `[C]`, `modulation` (scale, shift) `[B, C, zh, zw]` with `zh | H`, `zw | W`.
-pub fn group_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f64,
-    modulation: Option<(&Tensor, &Tensor)>,
-    silu: bool,
-) -> Result<Tensor> {
-    let packed = crate::ops::group_norm::pack(x, gamma, beta, groups, modulation)?;
+/// The kernel's `silu?((GroupNorm(x)·γ + β)·scale↑ + shift↑)` for `x` `[B, C, H, W]` and the
+/// parameters [`crate::ops::group_norm::pack`] checked and packed.
+pub fn forward(x: &Tensor, packed: Packed, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
     let ((b, c, h, w), (zh, zw)) = (packed.dims, packed.latent);
     let dims = Dims {
         b,
@@ -355,11 +338,10 @@ pub fn group_norm(
         silu,
         eps,
     };
-    let p = packed.params;
-    x.contiguous()?.apply_op2(&p, Forward(dims))
+    x.contiguous()?.apply_op2(&packed.params, Forward(dims))
 }
 
-/// Whether [`group_norm`] handles this input: f32 on the CPU, `[B, C, H, W]`.
+/// Whether [`forward`] handles this input: f32 on the CPU, `[B, C, H, W]`.
 pub fn supports(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4
 }

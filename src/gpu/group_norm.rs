@@ -10,6 +10,7 @@
 //! Every parameter travels as one packed f32 tensor `p = [gamma][beta][scale][shift]` so that
 //! the op has two inputs whose gradients candle routes back through the concatenation.
 
+use crate::ops::group_norm::Packed;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -56,20 +57,9 @@ impl Dims {
     }
 }
 
-/// `silu?(GroupNorm(x) · scale↑ + shift↑)` with `x` `[B, C, H, W]` on CUDA, `gamma`/`beta` `[C]`,
-/// and `modulation` (scale, shift) `[B, C, zh, zw]` with `zh | H`, `zw | W` (nearest-neighbour
-/// upsampling implied), or none for a plain GroupNorm. Statistics in f32; the result has `x`'s
-/// dtype (f32 or bf16).
-pub fn group_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f64,
-    modulation: Option<(&Tensor, &Tensor)>,
-    silu: bool,
-) -> Result<Tensor> {
-    let packed = crate::ops::group_norm::pack(x, gamma, beta, groups, modulation)?;
+/// The kernel's `silu?((GroupNorm(x)·γ + β)·scale↑ + shift↑)` for `x` `[B, C, H, W]` and the
+/// parameters [`crate::ops::group_norm::pack`] checked and packed.
+pub fn forward(x: &Tensor, packed: Packed, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
     let ((b, c, h, w), (zh, zw)) = (packed.dims, packed.latent);
     let dims = Dims {
         b,
@@ -82,8 +72,7 @@ pub fn group_norm(
         silu,
         eps: eps as f32,
     };
-    let p = packed.params;
-    x.contiguous()?.apply_op2(&p, Forward(dims))
+    x.contiguous()?.apply_op2(&packed.params, Forward(dims))
 }
 
 struct Forward(Dims);

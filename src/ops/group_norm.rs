@@ -21,20 +21,39 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     let dev = x.device();
-    if fused_kernels(dev) && x.rank() == 4 {
+    let gpu = cfg!(feature = "cuda") && dev.is_cuda();
+    let cpu = dev.is_cpu() && x.dtype() == DType::F32;
+    if fused_kernels(dev) && x.rank() == 4 && (gpu || cpu) {
+        let packed = pack(x, gamma, beta, groups, modulation)?;
         #[cfg(feature = "cuda")]
-        if dev.is_cuda() {
-            return crate::gpu::group_norm::group_norm(
-                x, gamma, beta, groups, eps, modulation, silu,
-            );
+        if gpu {
+            return crate::gpu::group_norm::forward(x, packed, groups, eps, silu);
         }
-        if dev.is_cpu() && x.dtype() == DType::F32 {
-            return crate::cpu::group_norm::group_norm(
-                x, gamma, beta, groups, eps, modulation, silu,
-            );
-        }
+        return crate::cpu::group_norm::forward(x, packed, groups, eps, silu);
     }
-    composed(x, gamma, beta, groups, eps, modulation, silu)
+    // composed of candle ops
+    let dt = x.dtype();
+    let shape = x.dims().to_vec();
+    let (b, c) = (shape[0], shape[1]);
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
+    }
+    let n = x.elem_count() / (b * groups);
+    let normed = standardize(&x.reshape((b, groups, n))?, eps)?;
+    let mut wdims = vec![1; shape.len()];
+    wdims[1] = c;
+    let mut y = normed
+        .reshape(shape)?
+        .broadcast_mul(&gamma.reshape(wdims.clone())?)?
+        .broadcast_add(&beta.reshape(wdims)?)?
+        .to_dtype(dt)?;
+    if let Some((scale, shift)) = modulation {
+        y = modulate(&y, scale, shift)?;
+    }
+    if silu {
+        y = y.silu()?;
+    }
+    Ok(y)
 }
 
 /// What the fused kernels take: `x`'s sizes `(B, C, H, W)`, the modulation's resolution
@@ -83,40 +102,6 @@ pub fn pack(
         latent,
         params: Tensor::cat(&parts, 0)?,
     })
-}
-
-/// [`group_norm`] composed of candle ops (the fused kernels' reference).
-pub fn composed(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f64,
-    modulation: Option<(&Tensor, &Tensor)>,
-    silu: bool,
-) -> Result<Tensor> {
-    let dt = x.dtype();
-    let shape = x.dims().to_vec();
-    let (b, c) = (shape[0], shape[1]);
-    if groups == 0 || !c.is_multiple_of(groups) {
-        candle_core::bail!("GroupNorm: {c} channels do not split into {groups} groups");
-    }
-    let n = x.elem_count() / (b * groups);
-    let normed = standardize(&x.reshape((b, groups, n))?, eps)?;
-    let mut wdims = vec![1; shape.len()];
-    wdims[1] = c;
-    let mut y = normed
-        .reshape(shape)?
-        .broadcast_mul(&gamma.reshape(wdims.clone())?)?
-        .broadcast_add(&beta.reshape(wdims)?)?
-        .to_dtype(dt)?;
-    if let Some((scale, shift)) = modulation {
-        y = modulate(&y, scale, shift)?;
-    }
-    if silu {
-        y = y.silu()?;
-    }
-    Ok(y)
 }
 
 /// `(x − mean) / √(var + eps)` over the last dimension, in f32 (population variance), composed

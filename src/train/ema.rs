@@ -90,6 +90,25 @@ impl Ema {
         Ok(raw)
     }
 
+    /// `validate("")` of the model as it is, followed, with an average, by `validate("ema_")` of
+    /// the model with the averaged weights (the raw ones put back after).
+    pub fn validate_both(
+        ema: Option<&Ema>,
+        store: &ParamStore,
+        validate: impl Fn(&str) -> anyhow::Result<crate::train::Metrics>,
+    ) -> anyhow::Result<crate::train::Metrics> {
+        let mut m = validate("")?;
+        if let Some(ema) = ema {
+            let raw = ema.swap_in(store)?;
+            let averaged = validate("ema_");
+            Ema::restore(store, &raw)?;
+            for (n, v) in averaged?.iter() {
+                m.push(n, v);
+            }
+        }
+        Ok(m)
+    }
+
     /// Puts back the weights [`Ema::swap_in`] returned.
     pub fn restore(store: &ParamStore, raw: &[Tensor]) -> Result<()> {
         for ((_, var), t) in store.trainable().iter().zip(raw) {

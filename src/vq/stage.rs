@@ -282,17 +282,7 @@ impl Stage for VqStage {
     }
 
     fn validate(&mut self) -> Result<Metrics> {
-        let mut m = self.validate_weights("")?;
-        if let Some(ema) = &self.ema {
-            // the averaged weights too
-            let raw = ema.swap_in(&self.store)?;
-            let averaged = self.validate_weights("ema_");
-            Ema::restore(&self.store, &raw)?;
-            for (n, v) in averaged?.iter() {
-                m.push(n, v);
-            }
-        }
-        Ok(m)
+        Ema::validate_both(self.ema.as_ref(), &self.store, |p| self.validate_weights(p))
     }
 
     fn model_tensors(&self) -> Vec<(String, Tensor)> {

@@ -412,8 +412,15 @@ fn stage2_pipeline_sample_and_masked_reconstruction() {
     // 32 px tiles enlarged to 96 px; 2 images × 3 rows, 1 + 3 columns, the first row of each
     // image captioned (ratio, visible tokens)
     assert_eq!(fig.width(), 2 + 4 * (96 + 2), "1 + 3 columns of 96 px");
-    assert!(fig.height() > 2 + 6 * (96 + 2), "captions above the masked inputs");
-    assert!(fig.height() < 2 + 6 * (96 + 2) + 2 * 96, "height {}", fig.height());
+    assert!(
+        fig.height() > 2 + 6 * (96 + 2),
+        "captions above the masked inputs"
+    );
+    assert!(
+        fig.height() < 2 + 6 * (96 + 2) + 2 * 96,
+        "height {}",
+        fig.height()
+    );
 
     let z = dir.path().join("z");
     movq(&[

@@ -288,7 +288,12 @@ pub fn group_norm_cases(op: GroupNormOp, dev: &Device) {
 
 #[test]
 fn cpu_group_norm_matches_composed_ops() {
-    group_norm_cases(movq::cpu::group_norm::group_norm, &Device::Cpu);
+    group_norm_cases(
+        |x, g, b, n, e, m, s| {
+            movq::cpu::group_norm::forward(x, movq::ops::group_norm::pack(x, g, b, n, m)?, n, e, s)
+        },
+        &Device::Cpu,
+    );
 }
 
 /// MaskGIT's token choice: the CPU kernel against the composed ops (top-1: no randomness),

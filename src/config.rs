@@ -23,6 +23,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../configs/kandinsky-movq.json"),
     ),
     ("fashion-32", include_str!("../configs/fashion-32.json")),
+    (
+        "fashion-32-full",
+        include_str!("../configs/fashion-32-full.json"),
+    ),
 ];
 
 /// The full configuration of a stage-1 run, written as `config.json` into the run directory.

@@ -179,3 +179,46 @@ fn a_group_norm_decoder_trains_without_the_modulation() {
     train_vq(&bad, "builtin:shapes:16", &dir.path().join("bad"))
         .fails_with(&["batch", "spatial", "group"]);
 }
+
+#[test]
+fn every_preset_and_config_file_loads() {
+    for (name, _) in movq::config::PRESETS {
+        RunConfig::resolve(name).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut files = 0;
+    for dir in [root.clone(), root.join("ablation")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                RunConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= movq::config::PRESETS.len() + 4);
+}
+
+#[test]
+fn the_ablation_runs_differ_only_in_decoder_norm_and_quantizer_channels() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/ablation");
+    let reference = RunConfig::load(&root.join("fashion-spatial-c2.json")).unwrap();
+    for (norm, channels) in [
+        (DecoderNorm::Group, 1),
+        (DecoderNorm::Group, 2),
+        (DecoderNorm::Spatial, 1),
+    ] {
+        let name = format!(
+            "fashion-{}-c{channels}.json",
+            format!("{norm:?}").to_lowercase()
+        );
+        let mut cfg = RunConfig::load(&root.join(name)).unwrap();
+        assert_eq!(
+            (cfg.model.decoder_norm, cfg.model.quantizer.channels),
+            (norm, channels)
+        );
+        cfg.model.decoder_norm = reference.model.decoder_norm;
+        cfg.model.quantizer.channels = reference.model.quantizer.channels;
+        assert_eq!(cfg, reference);
+    }
+}

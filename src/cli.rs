@@ -86,6 +86,11 @@ pub struct TrainFlags {
     /// Continue the run in --out exactly where its latest checkpoint left off.
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run from another run's weights (its latest checkpoint, the moving average
+    /// where it keeps one) or from a model file: fine-tuning, with a fresh optimizer. The
+    /// config must describe the same architecture.
+    #[arg(long, value_name = "RUN|CHECKPOINT")]
+    pub init: Option<PathBuf>,
     /// Override the total training steps (also when resuming, to train further).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -311,6 +316,10 @@ pub struct TrainVqArgs {
     /// Run directory to create (or to continue with --resume).
     #[arg(long)]
     pub out: PathBuf,
+    /// Parts of the model that do not train, e.g. `encoder,quantizer` to fine-tune the decoder
+    /// alone (sets train.freeze; parts: encoder, quantizer, decoder).
+    #[arg(long, value_name = "PARTS")]
+    pub freeze: Option<String>,
     #[command(flatten)]
     pub train: TrainFlags,
     #[command(flatten)]
@@ -537,7 +546,7 @@ impl From<ScheduleArg> for crate::transformer::schedule::MaskSchedule {
 impl TrainFlags {
     /// The training request these flags make, for a run in `out` with `--config` `config`.
     pub fn request<'a>(
-        &self,
+        &'a self,
         out: &'a std::path::Path,
         config: Option<&'a str>,
         common: &Common,
@@ -546,6 +555,7 @@ impl TrainFlags {
             out,
             config,
             resume: self.resume,
+            init: self.init.as_deref(),
             seed: common.seed,
             steps: self.steps,
             batch_size: self.batch_size,

@@ -114,6 +114,9 @@ impl TransformerSection {
         if self.micro_batch == Some(0) {
             bail!("transformer.micro_batch must be positive, got 0");
         }
+        if !self.train.freeze.is_empty() {
+            bail!("transformer.train.freeze: the transformer has no parts to freeze (train.freeze is for stage 1)");
+        }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!(
                 "transformer.label_smoothing must be in [0, 1), got {}",
@@ -457,6 +460,58 @@ pub struct TrainConfig {
     /// every checkpoint; inference uses it by default. Absent or 0: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Gradient accumulation: each rank's rows of a batch run as this many micro-batches, their
+    /// gradients summed before one optimizer step (`batch_size` stays the whole batch). 1: off.
+    #[serde(default = "one_usize", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+    /// Parts of the stage-1 model that do not train (no gradients, no optimizer state, no
+    /// codebook maintenance for the quantizer): `--freeze encoder,quantizer` fine-tunes the
+    /// decoder alone. The transformer has no parts to freeze.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<ModelPart>,
+}
+
+/// A part of the stage-1 model, for `train.freeze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPart {
+    /// The encoder and its projection to the code space (`encoder.*`, `quant_conv.*`).
+    Encoder,
+    /// The codebook (`quantize.*`).
+    Quantizer,
+    /// The projection back and the modulated decoder (`post_quant_conv.*`, `decoder.*`).
+    Decoder,
+}
+
+impl ModelPart {
+    /// The parameter-name prefixes of this part.
+    pub fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            ModelPart::Encoder => &["encoder.", "quant_conv."],
+            ModelPart::Quantizer => &["quantize."],
+            ModelPart::Decoder => &["decoder.", "post_quant_conv."],
+        }
+    }
+
+    /// Parses `encoder,quantizer`-style lists (`--freeze`).
+    pub fn parse_list(list: &str) -> Result<Vec<ModelPart>> {
+        let mut parts = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let part = match name {
+                "encoder" => ModelPart::Encoder,
+                "quantizer" => ModelPart::Quantizer,
+                "decoder" => ModelPart::Decoder,
+                other => bail!(
+                    "--freeze {list}: unknown part `{other}` (the parts: encoder, quantizer, decoder)"
+                ),
+            };
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
+        parts.sort();
+        Ok(parts)
+    }
 }
 
 impl TrainConfig {
@@ -466,6 +521,12 @@ impl TrainConfig {
     }
 }
 
+fn one_usize() -> usize {
+    1
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
 fn default_betas() -> (f64, f64) {
     (0.5, 0.9)
 }
@@ -513,6 +574,21 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             bail!("train.batch_size must be positive, got 0");
+        }
+        if self.freeze.len() == 3 {
+            bail!(
+                "train.freeze lists every part (encoder, quantizer, decoder): nothing would train"
+            );
+        }
+        if self.accumulate == 0 {
+            bail!("train.accumulate must be positive (1 = no accumulation), got 0");
+        }
+        if !self.batch_size.is_multiple_of(self.accumulate) {
+            bail!(
+                "train.accumulate ({}) must divide train.batch_size ({})",
+                self.accumulate,
+                self.batch_size
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("train.lr must be a positive number, got {}", self.lr);

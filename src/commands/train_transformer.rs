@@ -9,12 +9,13 @@ use anyhow::{bail, Context, Result};
 use crate::cli::TrainTransformerArgs;
 use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
 use crate::data::Dataset;
+use crate::train::init::{InitSource, StageKind};
 use crate::train::runs::VqRun;
 use crate::train::setup::{self, Rank};
 use crate::train::RunDir;
 use crate::transformer::cache::{load_or_build, CacheKey};
 use crate::transformer::stage::{TokenBatch, TokenLoader, TransformerStage};
-use crate::transformer::TokenLayout;
+use crate::transformer::{MaskTransformer, TokenLayout};
 
 /// The transformer section to use: from `--config` (whose tokenizer must match the stage-1
 /// run's) or from the stage-1 run's own config.
@@ -72,8 +73,30 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             a.data
         );
     }
+    let init = a
+        .train
+        .init
+        .as_deref()
+        .map(|p| InitSource::locate(p, StageKind::Transformer))
+        .transpose()?;
+    let fresh = match &init {
+        Some(src) => {
+            let cfg = &prepared.cfg;
+            src.check_architecture(&["transformer", "model"], &serde_json::to_value(cfg)?, &[])?;
+            let source = vq_source.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let layout = TokenLayout::of(&source.config::<RunConfig>()?.model, cfg.classes.len());
+            src.check_fit(|store| {
+                MaskTransformer::new(&cfg.transformer.model, layout, store.var_builder())?;
+                Ok(())
+            })?
+        }
+        None => vec![],
+    };
     // a new run holds a copy of the stage-1 config and weights in vq/
     let session = prepared.create(|run| {
+        if let Some(src) = &init {
+            src.record(run, &fresh)?;
+        }
         let source = vq_source.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
         RunDir::create(&run.root().join("vq"), &source.read_config()?)?
             .adopt_checkpoint(&source.require_latest()?)
@@ -128,8 +151,11 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     session.train(
         |shard, compute| {
             let val = if shard.is_main() { val.clone() } else { TokenBatch::default() };
-            let stage = TransformerStage::new(tcfg, layout, cfg.seed, compute, val)?
+            let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, compute, val)?
                 .with_shard(shard.clone());
+            if let Some(src) = &init {
+                stage.init_from(src)?;
+            }
             let (rows, tokens, labels) = (train_rows.clone(), tokens.clone(), labels.clone());
             let (batch, seed, mine) = (tcfg.train.batch_size, cfg.seed, shard.rows(tcfg.train.batch_size));
             Ok(Rank {

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::TrainVqArgs;
-use crate::config::RunConfig;
+use crate::config::{ModelPart, RunConfig};
 use crate::data::loader::{load_eval, spawn_train_loader, LoaderOptions};
 use crate::data::Dataset;
 use crate::metrics::lpips::{locate, missing_note, Backbone, Lpips};
+use crate::train::init::{InitSource, StageKind};
 use crate::train::setup::{self, Rank};
 use crate::vq::losses::PerceptualLoss;
 use crate::vq::stage::VqStage;
+use crate::vq::MoVq;
 
 pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
     let mut prepared = setup::prepare(
@@ -23,13 +25,29 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         )?;
             let mut cfg = RunConfig::resolve(spec)?;
             cfg.seed = seed.unwrap_or(cfg.seed);
+            if let Some(parts) = &a.freeze {
+                cfg.train.freeze = ModelPart::parse_list(parts)?;
+            }
             Ok(cfg)
         },
     )?;
-    // the data, its validation images and the perceptual network's weights, before anything is
-    // written
+    // the data, its validation images, the initial weights and the perceptual network's
+    // weights, before anything is written
     let resuming = prepared.resuming();
+    if resuming && a.freeze.is_some() {
+        bail!("--freeze applies to a new run; a resumed run keeps its config's train.freeze");
+    }
+    let init = a
+        .train
+        .init
+        .as_deref()
+        .map(|p| InitSource::locate(p, StageKind::Tokenizer))
+        .transpose()?;
     let cfg = &mut prepared.cfg;
+    if let Some(src) = &init {
+        // a fine-tuned model keeps its source's channels unless the config says otherwise
+        cfg.model.image_channels = cfg.model.image_channels.or(src.image_channels());
+    }
     let side = cfg.model.resolution as u32;
     let ds = Dataset::open(&a.data, cfg.seed)?.with_cache(side, cfg.data.cache_mib);
     if cfg.model.image_channels.is_none() {
@@ -74,7 +92,23 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         None
     };
 
-    let session = prepared.create(|_| Ok(()))?;
+    let fresh = match &init {
+        Some(src) => {
+            // the codebook's maintenance settings may change; the shapes may not
+            let free = [
+                "quantizer.beta",
+                "quantizer.update",
+                "quantizer.restart_dead_codes",
+            ];
+            src.check_architecture(&["model"], &serde_json::to_value(&*cfg)?, &free)?;
+            src.check_fit(|store| Ok(MoVq::new(&cfg.model, store).map(|_| ())?))?
+        }
+        None => vec![],
+    };
+    let session = prepared.create(|run| match &init {
+        Some(src) => src.record(run, &fresh),
+        None => Ok(()),
+    })?;
     let cfg = &session.cfg;
     let hint = format!(
         "movq train-vq --data {} --out {} --resume",
@@ -88,7 +122,10 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
                 None => None,
             };
             let val = if shard.is_main() { val_images.clone() } else { vec![] };
-            let stage = VqStage::new(cfg, cfg.seed, compute, val, perceptual)?.with_shard(shard.clone());
+            let mut stage = VqStage::new(cfg, cfg.seed, compute, val, perceptual)?.with_shard(shard.clone());
+            if let Some(src) = &init {
+                stage.init_from(src)?;
+            }
             let opts = LoaderOptions {
                 batch_size: cfg.train.batch_size,
                 side,

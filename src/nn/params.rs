@@ -30,6 +30,9 @@ pub struct ParamStore {
     /// Inference only: layers get detached views of the variables, so a forward pass records no
     /// graph and frees each activation as soon as it is used.
     frozen: bool,
+    /// Name prefixes of the variables that do not train (`train.freeze`): layers get detached
+    /// views of them, and they are not [`ParamStore::trainable`].
+    frozen_parts: Arc<Vec<String>>,
 }
 
 /// True for non-trainable state such as EMA statistics.
@@ -46,7 +49,22 @@ impl ParamStore {
             })),
             device: device.clone(),
             frozen: false,
+            frozen_parts: Arc::default(),
         }
+    }
+
+    /// The same store with the variables under `prefixes` frozen. Set before the layers are
+    /// built: they take their views of the variables then.
+    pub fn with_frozen_parts(mut self, prefixes: &[&str]) -> Self {
+        self.frozen_parts = Arc::new(prefixes.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// Whether the variable `name` is frozen by [`ParamStore::with_frozen_parts`].
+    pub fn is_frozen_part(&self, name: &str) -> bool {
+        self.frozen_parts
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
     }
 
     /// A store for inference: same variables (loadable as usual), but the tensors handed to the
@@ -62,9 +80,9 @@ impl ParamStore {
         self.frozen
     }
 
-    /// `var` as a layer sees it: detached in a frozen store.
-    pub fn view(&self, var: &Var) -> Tensor {
-        if self.frozen {
+    /// The variable `name` as a layer sees it: detached in a frozen store or part.
+    pub fn view(&self, name: &str, var: &Var) -> Tensor {
+        if self.frozen || self.is_frozen_part(name) {
             var.as_tensor().detach()
         } else {
             var.as_tensor().clone()
@@ -85,12 +103,12 @@ impl ParamStore {
         &self.device
     }
 
-    /// Trainable variables with their names, sorted by name.
+    /// Trainable variables with their names, sorted by name (buffers and frozen parts left out).
     pub fn trainable(&self) -> Vec<(String, Var)> {
         self.lock()
             .vars
             .iter()
-            .filter(|(n, _)| !is_buffer(n))
+            .filter(|(n, _)| !is_buffer(n) && !self.is_frozen_part(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect()
     }
@@ -141,6 +159,30 @@ impl ParamStore {
             )?;
         }
         Ok(())
+    }
+
+    /// Overwrites each variable that `tensors` holds under its name (shapes must match: an
+    /// error names the first that does not); returns the names of the variables it lacks, which
+    /// keep their initial values.
+    pub fn load_matching(
+        &self,
+        tensors: &BTreeMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<Vec<String>> {
+        let inner = self.lock();
+        let mut missing = Vec::new();
+        for (name, var) in inner.vars.iter() {
+            match tensors.get(name) {
+                Some(t) if t.dims() != var.dims() => bail!(
+                    "{origin}: tensor `{name}` has shape {:?} but this model's configuration needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+                Some(t) => var.set(&t.to_dtype(var.dtype())?.to_device(&self.device)?)?,
+                None => missing.push(name.clone()),
+            }
+        }
+        Ok(missing)
     }
 
     pub fn load_file(&self, path: &Path) -> Result<()> {
@@ -194,17 +236,17 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
                     v.shape()
                 );
             }
-            return self.view(v).to_dtype(dtype)?.to_device(dev);
+            return self.view(name, v).to_dtype(dtype)?.to_device(dev);
         }
         let t = self.init_tensor(&mut inner.rng, &s, h)?;
         let var = Var::from_tensor(&t)?;
         inner.vars.insert(name.to_string(), var.clone());
-        self.view(&var).to_dtype(dtype)?.to_device(dev)
+        self.view(name, &var).to_dtype(dtype)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
         match self.lock().vars.get(name) {
-            Some(v) => self.view(v).to_dtype(dtype)?.to_device(dev),
+            Some(v) => self.view(name, v).to_dtype(dtype)?.to_device(dev),
             None => bail!("no parameter `{name}`"),
         }
     }

@@ -128,11 +128,20 @@ impl Shard {
     }
 }
 
-/// Checks that a batch of `batch` samples splits evenly over `world` ranks.
-pub fn check_batch(batch: usize, world: usize) -> anyhow::Result<()> {
+/// Checks that a batch of `batch` samples splits evenly over `world` ranks, and each rank's rows
+/// into `accumulate` micro-batches.
+pub fn check_batch(batch: usize, world: usize, accumulate: usize) -> anyhow::Result<()> {
     if world == 0 || !batch.is_multiple_of(world) || batch < world {
         anyhow::bail!(
             "the batch size {batch} does not split evenly over {world} ranks; pick a multiple of {world}"
+        );
+    }
+    if !(batch / world).is_multiple_of(accumulate.max(1)) {
+        anyhow::bail!(
+            "each rank's {} rows of the batch size {batch} do not split into train.accumulate = \
+             {accumulate} micro-batches; pick a batch size that is a multiple of {}",
+            batch / world,
+            world * accumulate
         );
     }
     Ok(())

@@ -28,6 +28,11 @@ impl Ema {
         Ok(Self { decay, shadow })
     }
 
+    /// The configured decay.
+    pub fn decay(&self) -> f64 {
+        self.decay
+    }
+
     /// The decay of update `n` (0-based).
     pub fn decay_at(&self, n: usize) -> f64 {
         self.decay.min((1.0 + n as f64) / (10.0 + n as f64))

@@ -1,6 +1,8 @@
 //! Training machinery shared by both stages.
 
+pub mod accumulate;
 pub mod ema;
+pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;

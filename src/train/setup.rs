@@ -30,6 +30,8 @@ pub struct TrainRequest<'a> {
     /// `--config` (new runs only).
     pub config: Option<&'a str>,
     pub resume: bool,
+    /// `--init`: the weights a new run starts from.
+    pub init: Option<&'a Path>,
     pub seed: Option<u64>,
     pub steps: Option<usize>,
     pub batch_size: Option<usize>,
@@ -85,6 +87,9 @@ pub fn prepare<'a, C: RunSettings>(
         if request.config.is_some() {
             bail!("--config cannot be combined with --resume: the run's own config.json is used");
         }
+        if request.init.is_some() {
+            bail!("--init starts a new run; --resume continues one from its own checkpoint");
+        }
         let run = RunDir::open(request.out)?;
         let cfg: C = run.config()?;
         if let Some(seed) = request.seed.filter(|&s| s != cfg.seed()) {
@@ -99,7 +104,11 @@ pub fn prepare<'a, C: RunSettings>(
     };
     let changed = request.override_train(&mut cfg);
     cfg.validate().context("invalid command-line override")?;
-    check_batch(cfg.train().batch_size, request.placement.world)?;
+    check_batch(
+        cfg.train().batch_size,
+        request.placement.world,
+        cfg.train().accumulate,
+    )?;
     let devices = rank_devices(
         &crate::device::select(&request.compute.device)?,
         request.ranks,

@@ -10,7 +10,9 @@ use crate::config::TransformerSection;
 use crate::nn::params::ParamStore;
 use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{rng_for, Stream};
+use crate::train::accumulate::{micro_batches, GradSum};
 use crate::train::ema::Ema;
+use crate::train::init::InitSource;
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
 use crate::train::{Metrics, Stage, StepContext};
@@ -111,6 +113,12 @@ impl TransformerStage {
     pub fn model(&self) -> &MaskTransformer {
         &self.model
     }
+
+    /// Starts from `source`'s weights (a new fine-tuning run, before its first step); returns
+    /// the parameters `source` lacks.
+    pub fn init_from(&mut self, source: &InitSource) -> Result<Vec<String>> {
+        source.start(&self.store, &mut self.ema)
+    }
 }
 
 impl Stage for TransformerStage {
@@ -146,13 +154,19 @@ impl Stage for TransformerStage {
         // Forward and backward per chunk of rows; each chunk's mean loss is weighted by its
         // share of the whole batch's masked tokens, so the gradients summed over chunks and
         // ranks are the whole batch's.
-        let chunk = self.cfg.micro_batch.unwrap_or(rows).clamp(1, rows.max(1));
+        let parts = match self.cfg.micro_batch {
+            Some(size) => (0..rows)
+                .step_by(size.max(1))
+                .map(|start| start..(start + size.max(1)).min(rows))
+                .collect(),
+            None => micro_batches(rows, self.cfg.train.accumulate),
+        };
         let masked_in = |r: std::ops::Range<usize>| -> f64 { count(&masks[r]) };
         let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
-        let mut grads: Option<crate::train::optim::Grads> = None;
-        for start in (0..rows).step_by(chunk) {
-            let n = chunk.min(rows - start);
-            let share = masked_in(start..start + n) / total;
+        let mut grads = GradSum::default();
+        for range in parts {
+            let (start, n) = (range.start, range.len());
+            let share = masked_in(range) / total;
             if share == 0.0 {
                 continue;
             }
@@ -172,12 +186,9 @@ impl Stage for TransformerStage {
                 &self.device,
                 || self.model.backward(&loss),
             )?);
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => acc.add_scaled(&g, 1.0)?,
-            });
+            grads.add(g)?;
         }
-        let grads = match grads {
+        let grads = match grads.total() {
             Some(g) => g,
             // this rank's rows had no masked token; the others' did
             None if self.shard.world() > 1 => self.opt.zero_grads()?,

@@ -6,13 +6,15 @@ use candle_core::{Device, Module, Tensor};
 use image::RgbImage;
 
 use crate::compute::Compute;
-use crate::config::RunConfig;
+use crate::config::{ModelPart, RunConfig};
 use crate::data::loader::ImageBatch;
 use crate::metrics::reconstruction::{Extras, Reconstruction};
 use crate::nn::params::ParamStore;
 use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{mix, Stream};
+use crate::train::accumulate::{micro_batches, GradSum};
 use crate::train::ema::Ema;
+use crate::train::init::InitSource;
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
 use crate::train::{Metrics, Stage, StepContext};
@@ -88,7 +90,13 @@ impl VqStage {
         perceptual: Option<Box<dyn PerceptualLoss>>,
     ) -> Result<Self> {
         let device = &compute.device;
-        let store = ParamStore::new(init_seed(seed), device);
+        let frozen: Vec<&str> = cfg
+            .train
+            .freeze
+            .iter()
+            .flat_map(|p| p.prefixes().iter().copied())
+            .collect();
+        let store = ParamStore::new(init_seed(seed), device).with_frozen_parts(&frozen);
         let dtype = compute.dtype();
         let model = MoVq::new(&cfg.model, &store)?.with_dtype(dtype);
         let opt = Adam::new(store.trainable(), &cfg.train)?;
@@ -135,6 +143,12 @@ impl VqStage {
         &self.model
     }
 
+    /// Starts from `source`'s weights (a new fine-tuning run, before its first step); the
+    /// weights' moving average starts from them too. Returns the parameters `source` lacks.
+    pub fn init_from(&mut self, source: &InitSource) -> Result<Vec<String>> {
+        source.start(&self.store, &mut self.ema)
+    }
+
     pub fn store(&self) -> &ParamStore {
         &self.store
     }
@@ -160,38 +174,73 @@ impl Stage for VqStage {
     type Batch = ImageBatch;
 
     fn train_step(&mut self, batch: ImageBatch, mut ctx: StepContext) -> Result<Metrics> {
-        let x = self.model.image_input(&batch.tensor(&self.device)?)?;
-        let (xrec, q) = self.model.forward(&x)?;
+        let images = self.model.image_input(&batch.tensor(&self.device)?)?;
+        let rows = images.dim(0)?;
         let loss_cfg = &self.cfg.loss;
-        let rec = losses::reconstruction(&x, &xrec, loss_cfg.reconstruction)?;
-        let mut m = Metrics::new();
-        let mut nll = rec.clone();
-        if let (Some(p), true) = (&self.perceptual, loss_cfg.perceptual_weight > 0.0) {
-            let pl = p.loss(&x, &xrec)?;
-            m.push("perceptual", pl.to_scalar::<f32>()? as f64);
-            nll = (nll + (pl * loss_cfg.perceptual_weight)?)?;
-        }
-        let q_loss = (&q.loss * loss_cfg.codebook_weight)?;
-        let base = (&nll + &q_loss)?;
-        // the losses are means over this rank's rows: 1/W of each is its share of the whole
-        // batch's mean, and the ranks' gradients are summed
-        let world = self.shard.world();
-        let share = |t: &Tensor| -> candle_core::Result<Tensor> {
-            if world > 1 {
-                t / world as f64
-            } else {
-                Ok(t.clone())
-            }
-        };
-        let base_share = share(&base)?;
         let disc_cfg = loss_cfg.discriminator.as_ref();
-        let adversarial = disc_cfg.is_some_and(|d| ctx.step >= d.start);
-        let mut total = base.to_scalar::<f32>()? as f64;
-        let grads = match (&self.critic, disc_cfg) {
-            (Some(critic), Some(d)) if adversarial => {
-                let g_loss = losses::generator_loss(&critic.net.forward(&xrec)?)?;
-                let g_rec = self.opt.grads(&base_share.backward()?);
-                let g_gan = self.opt.grads(&share(&g_loss)?.backward()?);
+        let adversarial = disc_cfg.is_some_and(|d| ctx.step >= d.start) && self.critic.is_some();
+        // Each micro-batch's losses are means over its rows: weighted by its share of the
+        // whole batch (its rows over all ranks' rows), the gradients summed over micro-batches
+        // and ranks are the whole batch's.
+        let world = self.shard.world();
+        let (mut g_rec, mut g_gan) = (GradSum::default(), GradSum::default());
+        let mut m = Metrics::new();
+        let (mut total, mut rec_sum, mut q_sum, mut psnr_sum, mut g_sum, mut perc_sum) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut stats: Option<Tensor> = None;
+        let (mut vectors, mut pairs) = (Vec::new(), Vec::new());
+        for part in micro_batches(rows, self.cfg.train.accumulate) {
+            let share = part.len() as f64 / (rows * world) as f64;
+            let weighted = |t: &Tensor| -> candle_core::Result<Tensor> {
+                // × 1 exactly when there is one micro-batch on one rank
+                if share == 1.0 {
+                    Ok(t.clone())
+                } else {
+                    t * share
+                }
+            };
+            let x = images.narrow(0, part.start, part.len())?;
+            let (xrec, q) = self.model.forward(&x)?;
+            let rec = losses::reconstruction(&x, &xrec, loss_cfg.reconstruction)?;
+            let mut nll = rec.clone();
+            if let (Some(p), true) = (&self.perceptual, loss_cfg.perceptual_weight > 0.0) {
+                let pl = p.loss(&x, &xrec)?;
+                perc_sum += share * pl.to_scalar::<f32>()? as f64;
+                nll = (nll + (pl * loss_cfg.perceptual_weight)?)?;
+            }
+            let q_loss = (&q.loss * loss_cfg.codebook_weight)?;
+            let base = (&nll + &q_loss)?;
+            total += share * base.to_scalar::<f32>()? as f64;
+            rec_sum += share * rec.to_scalar::<f32>()? as f64;
+            q_sum += share * q_loss.to_scalar::<f32>()? as f64;
+            psnr_sum += share * batch_psnr(&x, &xrec)?;
+            match &self.critic {
+                Some(critic) if adversarial => {
+                    let g_loss = losses::generator_loss(&critic.net.forward(&xrec)?)?;
+                    g_sum += share * g_loss.to_scalar::<f32>()? as f64;
+                    g_rec.add(self.opt.grads(&weighted(&base)?.backward()?))?;
+                    g_gan.add(self.opt.grads(&weighted(&g_loss)?.backward()?))?;
+                    pairs.push((x.detach(), xrec.detach(), share));
+                }
+                _ => g_rec.add(self.opt.grads(&crate::profile::scope(
+                    || "backward".into(),
+                    &self.device,
+                    || weighted(&base)?.backward(),
+                )?))?,
+            }
+            let s = self.model.quantizer().statistics(&q)?;
+            stats = Some(match stats {
+                None => s,
+                Some(acc) => (acc + s)?,
+            });
+            vectors.push(q.vectors);
+        }
+        let g_rec = g_rec.total().context("a training batch without rows")?;
+        if self.perceptual.is_some() && loss_cfg.perceptual_weight > 0.0 {
+            m.push("perceptual", perc_sum);
+        }
+        let grads = match (g_gan.total(), disc_cfg) {
+            (Some(g_gan), Some(d)) => {
                 let weight = if d.adaptive {
                     let last = self
                         .opt
@@ -211,17 +260,12 @@ impl Stage for VqStage {
                 } else {
                     d.weight
                 };
-                let g = g_loss.to_scalar::<f32>()? as f64;
-                m.push("g_loss", g);
-                m.push("d_weight", weight);
-                total += weight * g;
+                m.push("g_loss", g_sum);
+                m.push_global("d_weight", weight);
+                total += weight * g_sum;
                 g_rec.add_scaled(&g_gan, weight)?
             }
-            _ => self.opt.grads(&crate::profile::scope(
-                || "backward".into(),
-                &self.device,
-                || base_share.backward(),
-            )?),
+            _ => g_rec,
         };
         let grads = all_reduce_grads(&self.shard, grads)?;
         let grad_norm = crate::profile::scope(
@@ -232,15 +276,26 @@ impl Stage for VqStage {
         // the codebook's maintenance: the whole batch's code statistics (one collective), dead
         // codes restarted by rank 0 from its rows, then its codebook everywhere (one more)
         let quantizer = self.model.quantizer();
-        let stats = self.shard.sum_tensor(&quantizer.statistics(&q)?)?;
-        let mut restarted = quantizer.apply(
-            &stats,
-            &q.vectors,
-            ctx.step,
-            &mut ctx.rng,
-            self.shard.is_main(),
-        )?;
-        if self.shard.world() > 1 && quantizer.restart_due(ctx.step) {
+        let stats = stats.context("a training batch without rows")?;
+        let stats = self.shard.sum_tensor(&stats)?;
+        let vectors = if vectors.len() == 1 {
+            vectors.remove(0)
+        } else {
+            Tensor::cat(&vectors, 0)?
+        };
+        let frozen = self.cfg.train.freeze.contains(&ModelPart::Quantizer);
+        let mut restarted = if frozen {
+            0
+        } else {
+            quantizer.apply(
+                &stats,
+                &vectors,
+                ctx.step,
+                &mut ctx.rng,
+                self.shard.is_main(),
+            )?
+        };
+        if self.shard.world() > 1 && !frozen && quantizer.restart_due(ctx.step) {
             let n = Tensor::new(&[restarted as f32], &self.device)?;
             let state = Tensor::cat(&[quantizer.state()?, n], 0)?;
             let state = self.shard.broadcast_tensor(&state, 0)?;
@@ -251,29 +306,39 @@ impl Stage for VqStage {
         if let Some(ema) = &mut self.ema {
             ema.update(&self.store, ctx.step)?;
         }
-        if let (Some(critic), Some(d), true) = (&mut self.critic, disc_cfg, adversarial) {
-            let real = critic.net.forward(&x.detach())?;
-            let fake = critic.net.forward(&xrec.detach())?;
-            let d_loss = losses::hinge_d_loss(&real, &fake)?;
-            let dg = critic.opt.grads(&share(&d_loss)?.backward()?);
+        if let (Some(critic), Some(d), false) = (&mut self.critic, disc_cfg, pairs.is_empty()) {
+            let mut dg = GradSum::default();
+            let mut d_sum = 0.0;
+            for (x, xrec, share) in &pairs {
+                let real = critic.net.forward(x)?;
+                let fake = critic.net.forward(xrec)?;
+                let d_loss = losses::hinge_d_loss(&real, &fake)?;
+                d_sum += share * d_loss.to_scalar::<f32>()? as f64;
+                let d_loss = if *share == 1.0 {
+                    d_loss
+                } else {
+                    (d_loss * *share)?
+                };
+                dg.add(critic.opt.grads(&d_loss.backward()?))?;
+            }
+            let dg = dg.total().context("a training batch without rows")?;
             let dg = all_reduce_grads(&self.shard, dg)?;
             critic.opt.step(&dg, ctx.lr * d.lr_ratio)?;
-            m.push("d_loss", d_loss.to_scalar::<f32>()? as f64);
+            m.push("d_loss", d_sum);
         }
-        // this rank's means are 1/W of the whole batch's (the loop sums the shares)
+        // shares of the whole batch's means (the loop sums them over the ranks)
         let mut out = Metrics::new();
-        let w = world as f64;
-        out.push("loss", total / w);
-        out.push("rec", rec.to_scalar::<f32>()? as f64 / w);
-        out.push("q", q_loss.to_scalar::<f32>()? as f64 / w);
+        out.push("loss", total);
+        out.push("rec", rec_sum);
+        out.push("q", q_sum);
         for (n, v) in m.iter() {
             if n == "d_weight" {
                 out.push_global(n, v);
             } else {
-                out.push(n, v / w);
+                out.push(n, v);
             }
         }
-        out.push("psnr", batch_psnr(&x, &xrec)? / w);
+        out.push("psnr", psnr_sum);
         out.push_global("grad_norm", grad_norm);
         if restarted > 0 {
             out.push_global("restarted_codes", restarted as f64);

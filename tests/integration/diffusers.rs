@@ -312,3 +312,48 @@ fn an_imported_tokenizer_runs_at_another_resolution_and_trains_a_transformer() {
     .ok();
     assert!(tr.join("latest").is_file());
 }
+
+#[test]
+fn an_imported_model_fine_tunes_with_its_own_config() {
+    let dir = tmp();
+    let run = dir.path().join("imported");
+    import(&run).ok();
+    // the imported run's config, with a short training section
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    c["train"]["steps"] = 2.into();
+    c["train"]["batch_size"] = 2.into();
+    c["train"]["val_images"] = 2.into();
+    c["loss"]["discriminator"] = serde_json::Value::Null;
+    c["loss"]["perceptual_weight"] = 0.0.into();
+    let cfg = dir.path().join("tune.json");
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let tuned = dir.path().join("tuned");
+    let r = movq(&[
+        "train-vq",
+        "--config",
+        s(&cfg),
+        "--data",
+        "builtin:shapes:8",
+        "--out",
+        s(&tuned),
+        "--init",
+        s(&run),
+        "--freeze",
+        "encoder,quantizer",
+        "--device",
+        "cpu",
+    ]);
+    r.ok();
+    let (_, _, before) = load_vq(&run, &Device::Cpu).unwrap();
+    let (_, _, after) = load_vq(&tuned, &Device::Cpu).unwrap();
+    let read = |p: &std::path::Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let (a, b) = (read(&before.model), read(&after.model));
+    let w = "quantize.embedding.weight";
+    assert_eq!(max_abs_diff(&a[w], &b[w]), 0.0);
+    let changed = a
+        .iter()
+        .filter(|(n, t)| n.starts_with("decoder.") && max_abs_diff(t, &b[*n]) > 0.0)
+        .count();
+    assert!(changed > 0, "the decoder trained");
+}

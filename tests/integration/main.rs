@@ -20,3 +20,4 @@ mod movqgan;
 mod parallel;
 mod stage2;
 mod training;
+mod workflow;

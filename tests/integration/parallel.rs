@@ -103,8 +103,13 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
     cfg.micro_batch = Some(3); // chunks that do not line up with the shards
     cfg.train.ema_decay = Some(0.9); // the weights' moving average: the same on every rank
     let mut results = Vec::new();
-    for world in [1, 2, 4] {
-        let (cfg, batch) = (cfg.clone(), batch.clone());
+    for (world, accumulate) in [(1, 0), (2, 0), (4, 0), (1, 2), (2, 2)] {
+        let (mut cfg, batch) = (cfg.clone(), batch.clone());
+        if accumulate > 0 {
+            // train.accumulate instead of the chunks of 3
+            cfg.micro_batch = None;
+            cfg.train.accumulate = accumulate;
+        }
         let per_rank = on_ranks(world, move |shard| {
             let rows = shard.rows(8);
             let mut stage = TransformerStage::new(
@@ -141,7 +146,7 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
             );
             assert_eq!(l, &per_rank[0].1);
         }
-        results.push((world, per_rank.into_iter().next().unwrap()));
+        results.push(((world, accumulate), per_rank.into_iter().next().unwrap()));
     }
     let (_, (single, single_losses)) = &results[0];
     for (world, (weights, losses)) in &results[1..] {
@@ -151,10 +156,10 @@ fn sharded_transformer_steps_equal_the_whole_batch_steps() {
             // summation order differs (chunks, ranks) and Adam's first steps divide by tiny
             // second moments: 3e-5 is 3 % of one step's size at lr 1e-3
             3e-5,
-            &format!("{world} ranks against one process"),
+            &format!("(ranks, accumulate) {world:?} against one process"),
         );
         for (a, b) in single_losses.iter().zip(losses) {
-            assert!((a - b).abs() < 1e-5, "{world} ranks: loss {b} against {a}");
+            assert!((a - b).abs() < 1e-5, "{world:?}: loss {b} against {a}");
         }
     }
 }
@@ -213,15 +218,23 @@ fn sharded_stage_one_steps_equal_the_whole_batch_steps_with_the_discriminator() 
     sharded_stage_one(false, true);
 }
 
-/// Stage 1 on one process and on 2 ranks: the same weights (the discriminator's too), codebook
-/// buffers (usage, EMA counts and sums: summed over the ranks) and losses after 2 steps.
+/// Stage 1 on one process and on 2 ranks, each without and with 2 micro-batches a rank
+/// (`train.accumulate`): the same weights (the discriminator's too), codebook buffers (usage,
+/// EMA counts and sums: summed over the ranks and micro-batches) and losses after 2 steps.
 fn sharded_stage_one(ema: bool, adversarial: bool) {
     let cfg = tiny_vq(ema, adversarial);
+    stage_one_variants(&cfg, &[(1, 1), (2, 1), (1, 2), (2, 2)]);
+}
+
+/// Runs 2 steps of `cfg` on a batch of 4 as each `(ranks, accumulate)` variant and checks
+/// that every variant ends where the first did.
+fn stage_one_variants(cfg: &RunConfig, variants: &[(usize, usize)]) {
     let side = cfg.model.resolution;
     let batch = image_batch(4, side);
     let mut results = Vec::new();
-    for world in [1, 2] {
-        let (cfg, batch) = (cfg.clone(), batch.clone());
+    for &(world, accumulate) in variants {
+        let (mut cfg, batch) = (cfg.clone(), batch.clone());
+        cfg.train.accumulate = accumulate;
         let per_rank = on_ranks(world, move |shard| {
             let rows = shard.rows(4);
             let mut stage = VqStage::new(
@@ -255,17 +268,27 @@ fn sharded_stage_one(ema: bool, adversarial: bool) {
             0.0,
             "rank 0 against the last",
         );
-        results.push(per_rank.into_iter().next().unwrap());
+        results.push(((world, accumulate), per_rank.into_iter().next().unwrap()));
     }
-    assert_same_weights(
-        &results[0].0,
-        &results[1].0,
-        1e-5,
-        "2 ranks against one process",
-    );
-    for (a, b) in results[0].1.iter().zip(&results[1].1) {
-        assert!((a - b).abs() < 1e-5, "loss {b} against {a}");
+    let (first, (weights, losses)) = &results[0];
+    for (variant, (w, l)) in &results[1..] {
+        let what = format!("(ranks, accumulate) {variant:?} against {first:?}");
+        assert_same_weights(weights, w, 1e-5, &what);
+        for (a, b) in losses.iter().zip(l) {
+            assert!((a - b).abs() < 1e-5, "{what}: loss {b} against {a}");
+        }
     }
+}
+
+#[test]
+fn accumulated_micro_batches_restart_dead_codes_as_the_whole_batch_does() {
+    // on one rank the restarts draw from the micro-batches' vectors in the whole batch's order
+    let mut cfg = tiny_vq(false, false);
+    cfg.model.quantizer.restart_dead_codes = Some(movq::config::DeadCodeRestart {
+        threshold: 1e9,
+        every: 1,
+    });
+    stage_one_variants(&cfg, &[(1, 1), (1, 2), (1, 4)]);
 }
 
 #[test]

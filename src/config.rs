@@ -443,6 +443,11 @@ pub struct TrainConfig {
     /// Images used per validation.
     #[serde(default = "default_val_images")]
     pub val_images: usize,
+    /// Write a preview every this many steps (0 = never) to `RUN/samples/step-N.png` (and to
+    /// TensorBoard): stage 1 reconstructs fixed validation images, stage 2 samples one image
+    /// per class with a fixed seed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sample_every: usize,
     /// Save a checkpoint every this many steps (0 = only at the end).
     #[serde(default)]
     pub checkpoint_every: usize,
@@ -527,6 +532,9 @@ fn one_usize() -> usize {
 fn is_one(n: &usize) -> bool {
     *n == 1
 }
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 fn default_betas() -> (f64, f64) {
     (0.5, 0.9)
 }
@@ -574,6 +582,9 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             bail!("train.batch_size must be positive, got 0");
+        }
+        if self.sample_every > 0 && self.val_images == 0 {
+            bail!("train.sample_every needs validation images to show, but train.val_images is 0");
         }
         if self.freeze.len() == 3 {
             bail!(

@@ -153,6 +153,11 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             let val = if shard.is_main() { val.clone() } else { TokenBatch::default() };
             let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, compute, val)?
                 .with_shard(shard.clone());
+            if shard.is_main() && tcfg.train.sample_every > 0 {
+                // previews decode with the tokenizer, on this rank's device
+                let vq_dir = session.run.root().join("vq");
+                stage = stage.with_decoder(VqRun::open_with(&vq_dir, compute)?.model);
+            }
             if let Some(src) = &init {
                 stage.init_from(src)?;
             }

@@ -103,15 +103,26 @@ impl Ema {
         validate: impl Fn(&str) -> anyhow::Result<crate::train::Metrics>,
     ) -> anyhow::Result<crate::train::Metrics> {
         let mut m = validate("")?;
-        if let Some(ema) = ema {
-            let raw = ema.swap_in(store)?;
-            let averaged = validate("ema_");
-            Ema::restore(store, &raw)?;
-            for (n, v) in averaged?.iter() {
+        if ema.is_some() {
+            for (n, v) in Ema::with_average(ema, store, || validate("ema_"))?.iter() {
                 m.push(n, v);
             }
         }
         Ok(m)
+    }
+
+    /// `f()` run with the averaged weights in the store where there is an average (the raw ones
+    /// put back after), else with the weights as they are.
+    pub fn with_average<T>(
+        ema: Option<&Ema>,
+        store: &ParamStore,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let Some(ema) = ema else { return f() };
+        let raw = ema.swap_in(store)?;
+        let out = f();
+        Ema::restore(store, &raw)?;
+        out
     }
 
     /// Puts back the weights [`Ema::swap_in`] returned.

@@ -53,6 +53,12 @@ pub trait Stage {
     /// Restores model and training state from a checkpoint.
     fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()>;
 
+    /// A picture of what the model does now (`train.sample_every`), with the weights inference
+    /// would use; `None` when the stage has nothing to show.
+    fn preview(&mut self) -> Result<Option<image::RgbImage>> {
+        Ok(None)
+    }
+
     /// Metric names shown on the progress bar.
     fn progress_keys(&self) -> &'static [&'static str] {
         &["loss"]
@@ -70,6 +76,7 @@ pub struct LoopOptions {
     pub val_every: usize,
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
+    pub sample_every: usize,
     pub seed: u64,
 }
 
@@ -84,6 +91,7 @@ impl LoopOptions {
             val_every: cfg.val_every,
             checkpoint_every: cfg.checkpoint_every,
             keep_checkpoints: cfg.keep_checkpoints,
+            sample_every: cfg.sample_every,
             seed,
         }
     }
@@ -224,6 +232,13 @@ pub fn run<S: Stage>(
                 eprintln!("{line}");
             } else {
                 bar.println(line);
+            }
+        }
+        if main && opts.sample_every > 0 && (done % opts.sample_every == 0 || done == opts.steps) {
+            if let Some(img) = stage.preview()? {
+                let dir = run_dir.root().join("samples");
+                crate::fsutil::create_dir(&dir)?;
+                crate::data::image::save_png(&img, &dir.join(format!("step-{done:07}.png")))?;
             }
         }
         if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {

@@ -7,6 +7,7 @@ use rand::Rng;
 
 use crate::compute::Compute;
 use crate::config::TransformerSection;
+use crate::data::image::{grid, tensor_to_images};
 use crate::nn::params::ParamStore;
 use crate::parallel::{all_reduce_grads, Shard};
 use crate::rng::{rng_for, Stream};
@@ -16,9 +17,11 @@ use crate::train::init::InitSource;
 use crate::train::optim::Adam;
 use crate::train::run_dir::{read_tensors, Checkpoint};
 use crate::train::{Metrics, Stage, StepContext};
+use crate::transformer::maskgit::{complete, SamplerOptions};
 use crate::transformer::masking::{hidden_per_channel, per_channel_mask, training_count};
 use crate::transformer::model::{masked_cross_entropy, MaskTransformer};
 use crate::transformer::tokens::TokenLayout;
+use crate::vq::MoVq;
 
 /// Sequences and their conditioning ids.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +74,8 @@ pub struct TransformerStage {
     seed: u64,
     device: Device,
     shard: Shard,
+    /// The tokenizer that decodes previews (`train.sample_every`).
+    decoder: Option<MoVq>,
 }
 
 impl TransformerStage {
@@ -97,6 +102,7 @@ impl TransformerStage {
             seed,
             device: device.clone(),
             shard: Shard::single(),
+            decoder: None,
         })
     }
 
@@ -112,6 +118,12 @@ impl TransformerStage {
 
     pub fn model(&self) -> &MaskTransformer {
         &self.model
+    }
+
+    /// Decodes previews with `tokenizer` (the stage-1 model whose tokens it learns).
+    pub fn with_decoder(mut self, tokenizer: MoVq) -> Self {
+        self.decoder = Some(tokenizer);
+        self
     }
 
     /// Starts from `source`'s weights (a new fine-tuning run, before its first step); returns
@@ -237,6 +249,34 @@ impl Stage for TransformerStage {
                 ckpt.train_state.display()
             )
         })
+    }
+
+    fn preview(&mut self) -> Result<Option<image::RgbImage>> {
+        // one sample per class (8 without classes), 12 steps, the same seed every time
+        let Some(decoder) = &self.decoder else {
+            return Ok(None);
+        };
+        let layout = *self.model.layout();
+        let conds: Vec<u32> = match layout.n_classes {
+            0 => vec![layout.no_class(); 8],
+            n => (0..n as u32).collect(),
+        };
+        let images = Ema::with_average(self.ema.as_ref(), &self.store, || {
+            let mut rows = vec![vec![layout.mask_id(); layout.seq_len()]; conds.len()];
+            let mut rng = rng_for(self.seed, Stream::Sample, &[]);
+            let opts = SamplerOptions::maskgit(12);
+            complete(
+                &self.model,
+                &mut rows,
+                &conds,
+                &opts,
+                &mut rng,
+                &self.device,
+            )?;
+            let indices = layout.to_indices(&rows, &self.device)?;
+            Ok(tensor_to_images(&decoder.decode_indices(&indices)?)?)
+        })?;
+        Ok(Some(grid(&[images], 2)))
     }
 
     fn progress_keys(&self) -> &'static [&'static str] {

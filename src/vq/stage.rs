@@ -7,6 +7,7 @@ use image::RgbImage;
 
 use crate::compute::Compute;
 use crate::config::{ModelPart, RunConfig};
+use crate::data::image::{grid, images_to_tensor, tensor_to_images};
 use crate::data::loader::ImageBatch;
 use crate::metrics::reconstruction::{Extras, Reconstruction};
 use crate::nn::params::ParamStore;
@@ -22,6 +23,9 @@ use crate::vq::decoder::LAST_LAYER;
 use crate::vq::discriminator::Discriminator;
 use crate::vq::losses::{self, PerceptualLoss};
 use crate::vq::MoVq;
+
+/// Validation images a preview shows (`train.sample_every`).
+const PREVIEW_IMAGES: usize = 8;
 
 /// The PatchGAN critic with its own parameters and optimizer.
 struct Critic {
@@ -389,6 +393,19 @@ impl Stage for VqStage {
                 })?;
         }
         Ok(())
+    }
+
+    fn preview(&mut self) -> Result<Option<RgbImage>> {
+        // the first validation images above their reconstructions
+        let shown = &self.val_images[..self.val_images.len().min(PREVIEW_IMAGES)];
+        if shown.is_empty() {
+            return Ok(None);
+        }
+        let rec = Ema::with_average(self.ema.as_ref(), &self.store, || {
+            let x = images_to_tensor(shown, &self.device)?;
+            Ok(tensor_to_images(&self.model.reconstruct(&x)?.0.detach())?)
+        })?;
+        Ok(Some(grid(&[shown.to_vec(), rec], 2)))
     }
 
     fn progress_keys(&self) -> &'static [&'static str] {

@@ -375,6 +375,7 @@ fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, St
             val_every: how.val_every,
             checkpoint_every: how.checkpoint_every,
             keep_checkpoints: 0,
+            sample_every: 0,
             seed: 0,
         };
         let flag = AtomicBool::new((how.interrupted)(shard.rank()));

@@ -108,6 +108,7 @@ fn loop_opts(steps: usize) -> LoopOptions {
         val_every: 0,
         checkpoint_every: 2,
         keep_checkpoints: 0,
+        sample_every: 0,
         seed: 0,
     }
 }

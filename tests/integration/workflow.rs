@@ -298,3 +298,51 @@ fn accumulation_trains_on_several_ranks_and_rejects_bad_values() {
     .fails_with(&["do not split into train.accumulate = 4 micro-batches"]);
     assert!(!bad.exists());
 }
+
+#[test]
+fn previews_show_reconstructions_and_one_sample_per_class_while_training() {
+    let dir = tmp();
+    let cfg = tiny_config(dir.path(), |v| {
+        v["train"]["steps"] = 4.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["train"]["sample_every"] = 2.into();
+        v["transformer"]["train"]["steps"] = 3.into();
+        v["transformer"]["train"]["batch_size"] = 4.into();
+        v["transformer"]["train"]["sample_every"] = 2.into();
+    });
+    let vq = dir.path().join("vq");
+    train_vq(&cfg, "builtin:shapes:32", &vq).ok();
+    // the validation images (up to 8) above their reconstructions, 32 px with 2 px padding
+    for step in [2, 4] {
+        let img = image::open(vq.join(format!("samples/step-{step:07}.png"))).unwrap();
+        assert_eq!(img.height(), 2 * 32 + 3 * 2);
+        assert!(img.width() >= 32 + 2 * 2 && (img.width() - 2) % 34 == 0);
+    }
+    assert!(!vq.join("samples/step-0000001.png").exists());
+    let tr = dir.path().join("tr");
+    movq(&[
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        "builtin:shapes:32",
+        "--out",
+        s(&tr),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    // steps 2 and 3 (the last): one sample of each of the 16 classes, the same seed each time
+    let a = image::open(tr.join("samples/step-0000002.png")).unwrap();
+    assert_eq!((a.width(), a.height()), (16 * 32 + 17 * 2, 32 + 2 * 2));
+    assert!(tr.join("samples/step-0000003.png").is_file());
+    // nothing to show without validation images
+    let bad = tiny_config(dir.path(), |v| {
+        v["train"]["sample_every"] = 2.into();
+        v["train"]["val_images"] = 0.into();
+    });
+    train_vq(&bad, "builtin:shapes:32", &dir.path().join("bad"))
+        .fails_with(&["train.sample_every needs validation images"]);
+    assert!(!dir.path().join("bad").exists());
+}

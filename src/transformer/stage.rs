@@ -274,7 +274,7 @@ impl Stage for TransformerStage {
                 &self.device,
             )?;
             let indices = layout.to_indices(&rows, &self.device)?;
-            Ok(tensor_to_images(&decoder.decode_indices(&indices)?)?)
+            tensor_to_images(&decoder.decode_indices(&indices)?)
         })?;
         Ok(Some(grid(&[images], 2)))
     }

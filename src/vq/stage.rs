@@ -403,7 +403,7 @@ impl Stage for VqStage {
         }
         let rec = Ema::with_average(self.ema.as_ref(), &self.store, || {
             let x = images_to_tensor(shown, &self.device)?;
-            Ok(tensor_to_images(&self.model.reconstruct(&x)?.0.detach())?)
+            tensor_to_images(&self.model.reconstruct(&x)?.0.detach())
         })?;
         Ok(Some(grid(&[shown.to_vec(), rec], 2)))
     }

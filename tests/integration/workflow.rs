@@ -317,7 +317,7 @@ fn previews_show_reconstructions_and_one_sample_per_class_while_training() {
     for step in [2, 4] {
         let img = image::open(vq.join(format!("samples/step-{step:07}.png"))).unwrap();
         assert_eq!(img.height(), 2 * 32 + 3 * 2);
-        assert!(img.width() >= 32 + 2 * 2 && (img.width() - 2) % 34 == 0);
+        assert!(img.width() >= 32 + 2 * 2 && (img.width() - 2).is_multiple_of(34));
     }
     assert!(!vq.join("samples/step-0000001.png").exists());
     let tr = dir.path().join("tr");

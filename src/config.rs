@@ -448,6 +448,10 @@ pub struct TrainConfig {
     /// per class with a fixed seed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sample_every: usize,
+    /// Write TensorBoard event files to `RUN/tb/` (every logged metric, validation and
+    /// previews); on by default.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tensorboard: bool,
     /// Save a checkpoint every this many steps (0 = only at the end).
     #[serde(default)]
     pub checkpoint_every: usize,
@@ -531,6 +535,9 @@ fn one_usize() -> usize {
 }
 fn is_one(n: &usize) -> bool {
     *n == 1
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn is_zero(n: &usize) -> bool {
     *n == 0

@@ -10,6 +10,7 @@ pub mod runner;
 pub mod runs;
 pub mod schedule;
 pub mod setup;
+pub mod tensorboard;
 
 pub use metrics::Metrics;
 pub use run_dir::RunDir;

@@ -17,6 +17,7 @@ use crate::rng::{rng_for, Stream};
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Checkpoint, RunDir};
 use crate::train::schedule::lr_at;
+use crate::train::tensorboard::EventWriter;
 
 /// What a step gets from the loop.
 pub struct StepContext {
@@ -77,6 +78,7 @@ pub struct LoopOptions {
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
     pub sample_every: usize,
+    pub tensorboard: bool,
     pub seed: u64,
 }
 
@@ -92,6 +94,7 @@ impl LoopOptions {
             checkpoint_every: cfg.checkpoint_every,
             keep_checkpoints: cfg.keep_checkpoints,
             sample_every: cfg.sample_every,
+            tensorboard: cfg.tensorboard,
             seed,
         }
     }
@@ -154,6 +157,10 @@ pub fn run<S: Stage>(
             opts.keep_checkpoints,
         )
     };
+    let mut tb = match main && opts.tensorboard {
+        true => Some(EventWriter::create(&run_dir.root().join("tb"), start)?),
+        false => None,
+    };
     let mut window = Instant::now();
     let mut window_steps = 0usize;
     for step in start..opts.steps {
@@ -205,6 +212,9 @@ pub fn run<S: Stage>(
                 "steps_per_s".into(),
                 json!(window_steps as f64 / secs.max(1e-9)),
             );
+            if let Some(tb) = &mut tb {
+                tb.scalars(done, tags("train", &rec))?;
+            }
             run_dir.log(&Value::Object(rec))?;
             if plain_lines {
                 // no terminal to draw the bar on (a log file, nohup, a scheduler): a line instead
@@ -226,6 +236,9 @@ pub fn run<S: Stage>(
             rec.insert("step".into(), json!(done));
             rec.insert("split".into(), json!("val"));
             val.write_json(&mut rec);
+            if let Some(tb) = &mut tb {
+                tb.scalars(done, tags("val", &rec))?;
+            }
             run_dir.log(&Value::Object(rec))?;
             let line = format!("step {done}: validation {}", val.short(&val_keys(&val)));
             if plain_lines {
@@ -239,6 +252,9 @@ pub fn run<S: Stage>(
                 let dir = run_dir.root().join("samples");
                 crate::fsutil::create_dir(&dir)?;
                 crate::data::image::save_png(&img, &dir.join(format!("step-{done:07}.png")))?;
+                if let Some(tb) = &mut tb {
+                    tb.image(done, "samples", &img)?;
+                }
             }
         }
         if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {
@@ -250,6 +266,14 @@ pub fn run<S: Stage>(
     }
     bar.finish();
     Ok(Outcome::Finished { step: opts.steps })
+}
+
+/// The numbers of a `metrics.jsonl` record as TensorBoard tags `split/name`.
+fn tags(split: &str, rec: &Map<String, Value>) -> Vec<(String, f64)> {
+    rec.iter()
+        .filter(|(k, _)| *k != "step")
+        .filter_map(|(k, v)| Some((format!("{split}/{k}"), v.as_f64()?)))
+        .collect()
 }
 
 /// Seconds as `H:MM:SS`.

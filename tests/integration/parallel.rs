@@ -376,6 +376,7 @@ fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, St
             checkpoint_every: how.checkpoint_every,
             keep_checkpoints: 0,
             sample_every: 0,
+            tensorboard: false,
             seed: 0,
         };
         let flag = AtomicBool::new((how.interrupted)(shard.rank()));

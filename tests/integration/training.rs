@@ -109,6 +109,7 @@ fn loop_opts(steps: usize) -> LoopOptions {
         checkpoint_every: 2,
         keep_checkpoints: 0,
         sample_every: 0,
+        tensorboard: false,
         seed: 0,
     }
 }

@@ -346,3 +346,191 @@ fn previews_show_reconstructions_and_one_sample_per_class_while_training() {
         .fails_with(&["train.sample_every needs validation images"]);
     assert!(!dir.path().join("bad").exists());
 }
+
+/// One value of a TensorBoard event file: `(step, tag, scalar)`, the scalar `None` for an image
+/// (whose PNG's size is checked on reading).
+type Logged = (u64, String, Option<f32>);
+
+/// Reads an event file back: every record's framing and both masked CRC-32Cs checked, every
+/// event's summary values decoded, session restarts as `(step, "START", None)`.
+fn read_events(path: &Path) -> Vec<Logged> {
+    use movq::train::tensorboard::masked_crc;
+    let data = std::fs::read(path).unwrap();
+    let (mut at, mut out) = (0, Vec::new());
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let mut version = None;
+    while at < data.len() {
+        let len_bytes = &data[at..at + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        assert_eq!(u32_at(&data, at + 8), masked_crc(len_bytes), "length CRC");
+        let body = &data[at + 12..at + 12 + len];
+        assert_eq!(u32_at(&data, at + 12 + len), masked_crc(body), "data CRC");
+        at += 12 + len + 4;
+        let mut step = 0;
+        for (field, value) in fields(body) {
+            match (field, value) {
+                (2, Field::Varint(s)) => step = s,
+                (3, Field::Bytes(v)) => version = Some(String::from_utf8(v).unwrap()),
+                (5, Field::Bytes(summary)) => {
+                    for (_, value) in fields(&summary) {
+                        let Field::Bytes(value) = value else { panic!() };
+                        let (mut tag, mut scalar) = (String::new(), None);
+                        for (f, v) in fields(&value) {
+                            match (f, v) {
+                                (1, Field::Bytes(t)) => tag = String::from_utf8(t).unwrap(),
+                                (2, Field::Fixed32(x)) => scalar = Some(f32::from_bits(x)),
+                                (4, Field::Bytes(img)) => {
+                                    let png = fields(&img)
+                                        .into_iter()
+                                        .find_map(|(f, v)| match (f, v) {
+                                            (4, Field::Bytes(p)) => Some(p),
+                                            _ => None,
+                                        })
+                                        .unwrap();
+                                    image::load_from_memory(&png).unwrap();
+                                }
+                                _ => {}
+                            }
+                        }
+                        out.push((step, tag, scalar));
+                    }
+                }
+                (7, Field::Bytes(_)) => out.push((step, "START".into(), None)),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(version.as_deref(), Some("brain.Event:2"));
+    out
+}
+
+enum Field {
+    Varint(u64),
+    Fixed64,
+    Fixed32(u32),
+    Bytes(Vec<u8>),
+}
+
+/// The fields of a protocol-buffer message.
+fn fields(mut b: &[u8]) -> Vec<(u64, Field)> {
+    fn varint(b: &mut &[u8]) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = b[0];
+            *b = &b[1..];
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b);
+        let value = match key & 7 {
+            0 => Field::Varint(varint(&mut b)),
+            1 => {
+                b = &b[8..];
+                Field::Fixed64
+            }
+            5 => {
+                let x = u32::from_le_bytes(b[..4].try_into().unwrap());
+                b = &b[4..];
+                Field::Fixed32(x)
+            }
+            2 => {
+                let n = varint(&mut b) as usize;
+                let v = b[..n].to_vec();
+                b = &b[n..];
+                Field::Bytes(v)
+            }
+            w => panic!("wire type {w}"),
+        };
+        out.push((key >> 3, value));
+    }
+    out
+}
+
+#[test]
+fn tensorboard_event_files_hold_every_metric_and_the_previews() {
+    let dir = tmp();
+    let cfg = tiny_config(dir.path(), |v| {
+        v["train"]["steps"] = 4.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["train"]["log_every"] = 2.into();
+        v["train"]["val_every"] = 2.into();
+        v["train"]["checkpoint_every"] = 2.into();
+        v["train"]["sample_every"] = 4.into();
+    });
+    let run = dir.path().join("vq");
+    train_vq(&cfg, "builtin:shapes:32", &run).ok();
+    let files: Vec<_> = std::fs::read_dir(run.join("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let events = read_events(&files[0]);
+    // every number of metrics.jsonl is in the event file, at its step
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut count = 0;
+    for line in log.lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = rec["step"].as_u64().unwrap();
+        let split = rec["split"].as_str().unwrap();
+        for (k, v) in rec.as_object().unwrap() {
+            let Some(v) = v.as_f64() else { continue };
+            if k == "step" {
+                continue;
+            }
+            let tag = format!("{split}/{k}");
+            let found = events
+                .iter()
+                .find(|(s, t, _)| *s == step && *t == tag)
+                .unwrap_or_else(|| panic!("{tag} at step {step} is missing"));
+            assert_eq!(found.2, Some(v as f32), "{tag}");
+            count += 1;
+        }
+    }
+    assert!(count > 10);
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/steps_per_s",
+        "val/psnr",
+    ] {
+        assert!(events.iter().any(|(_, t, _)| t == tag), "{tag}");
+    }
+    assert!(events
+        .iter()
+        .any(|(s, t, v)| *s == 4 && t == "samples" && v.is_none()));
+    // a resumed run writes a new file that restarts the session at its checkpoint
+    movq(&[
+        "train-vq",
+        "--data",
+        "builtin:shapes:32",
+        "--out",
+        s(&run),
+        "--resume",
+        "--steps",
+        "6",
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    let mut files: Vec<_> = std::fs::read_dir(run.join("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.retain(|f| {
+        !read_events(f)
+            .iter()
+            .any(|e| e.1 == "train/loss" && e.0 == 2)
+    });
+    assert_eq!(files.len(), 1, "the resumed session's own file");
+    let resumed = read_events(&files[0]);
+    assert_eq!(resumed[0], (5, "START".to_string(), None));
+    assert!(resumed.iter().any(|(s, t, _)| *s == 6 && t == "train/loss"));
+}

@@ -145,6 +145,22 @@ pub enum Command {
     Encode(EncodeArgs),
     /// Latents (.safetensors or .npy) or code indices → images.
     Decode(DecodeLatentsArgs),
+    /// Training curves of one or more runs as a PNG (from their metrics.jsonl).
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (stage 1 or 2), overlaid in one colour each.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Metrics, one panel each, comma-separated (default: loss, and psnr or acc where logged);
+    /// training values solid, validation dashed, the moving average's validation as "val ema".
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]

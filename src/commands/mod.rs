@@ -8,6 +8,7 @@ mod eval_samples;
 mod fid;
 mod import;
 mod masked;
+mod plot;
 mod reconstruct;
 mod sample;
 mod train_transformer;
@@ -38,5 +39,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Import(a) => import::run(a),
         Command::Encode(a) => codec::encode(a),
         Command::Decode(a) => codec::decode(a),
+        Command::Plot(a) => plot::run(a),
     }
 }

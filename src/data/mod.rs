@@ -1,5 +1,6 @@
 //! Data: image folders, the built-in procedural set, transforms, loaders and image I/O.
 
+pub mod chart;
 pub mod classes;
 pub mod dataset;
 pub mod folder;

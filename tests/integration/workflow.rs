@@ -534,3 +534,45 @@ fn tensorboard_event_files_hold_every_metric_and_the_previews() {
     assert_eq!(resumed[0], (5, "START".to_string(), None));
     assert!(resumed.iter().any(|(s, t, _)| *s == 6 && t == "train/loss"));
 }
+
+#[test]
+fn plot_overlays_runs_and_names_what_it_cannot_plot() {
+    let dir = tmp();
+    let cfg = quick_config(dir.path(), 4);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train_vq(&cfg, "builtin:shapes:16", &a).ok();
+    train_vq(&cfg, "builtin:shapes:24", &b).ok();
+    let out = dir.path().join("plots/curves.png");
+    movq(&[
+        "plot",
+        s(&a),
+        s(&b),
+        "--out",
+        s(&out),
+        "--metrics",
+        "loss,psnr,rec",
+    ])
+    .ok();
+    let img = image::open(&out).unwrap().to_rgb8();
+    let count = |c: image::Rgb<u8>| img.pixels().filter(|p| **p == c).count();
+    // one colour per run, three panels
+    use movq::data::chart::PALETTE;
+    assert!(count(PALETTE[0]) > 300 && count(PALETTE[1]) > 300);
+    assert_eq!(count(PALETTE[2]), 0);
+    assert!(img.height() > 3 * 200);
+    // the default: loss and psnr
+    movq(&["plot", s(&a), "--out", s(&dir.path().join("d.png"))]).ok();
+    // bad input
+    movq(&["plot", s(&a), "--out", s(&out), "--metrics", "los"]).fails_with(&[
+        "no run logged `los`",
+        "loss",
+        "psnr",
+    ]);
+    movq(&["plot", "/nonexistent/run", "--out", s(&out)])
+        .fails_with(&["/nonexistent/run", "does not exist"]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    movq(&["plot", s(&empty), "--out", s(&dir.path().join("e.png"))])
+        .fails_with(&["has no metrics.jsonl"]);
+    assert!(!dir.path().join("e.png").exists());
+}

@@ -212,6 +212,29 @@ pub struct QuantizerConfig {
     /// Replace codes whose running usage falls below a threshold by current encoder outputs.
     #[serde(default)]
     pub restart_dead_codes: Option<DeadCodeRestart>,
+    /// How the reconstruction's gradient passes the quantizer to the encoder: `ste`
+    /// (straight-through, the default) or `rotation` (the rotation trick).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gradient: QuantizerGradient,
+    /// Weight of the entropy penalty on code usage (0: off): per-vector assignment entropy
+    /// minus the entropy of the batch's mean assignment.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub entropy_weight: f64,
+    /// Temperature τ of the penalty's soft assignments `softmax(−‖e − c‖² / τ)`.
+    #[serde(default = "one", skip_serializing_if = "is_one_f64")]
+    pub entropy_temperature: f64,
+}
+
+/// How the gradient passes the quantizer (`quantizer.gradient`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantizerGradient {
+    /// Straight-through: the gradient at the code is copied to the encoder's vector.
+    #[default]
+    Ste,
+    /// The rotation trick (Fifty et al., 2024): the gradient rotated from the code's direction
+    /// to the vector's and rescaled by their norms' ratio.
+    Rotation,
 }
 
 fn default_beta() -> f64 {
@@ -329,6 +352,18 @@ impl VqConfig {
             if !positive(epsilon) {
                 bail!("model.quantizer.update.ema.epsilon must be positive, got {epsilon}");
             }
+        }
+        if !non_negative(q.entropy_weight) {
+            bail!(
+                "model.quantizer.entropy_weight must be non-negative, got {}",
+                q.entropy_weight
+            );
+        }
+        if !positive(q.entropy_temperature) {
+            bail!(
+                "model.quantizer.entropy_temperature must be positive, got {}",
+                q.entropy_temperature
+            );
         }
         if let Some(r) = &q.restart_dead_codes {
             if r.every == 0 {
@@ -532,6 +567,12 @@ impl TrainConfig {
 
 fn one_usize() -> usize {
     1
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn is_one_f64(x: &f64) -> bool {
+    *x == 1.0
 }
 fn is_one(n: &usize) -> bool {
     *n == 1

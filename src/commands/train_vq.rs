@@ -94,11 +94,14 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
 
     let fresh = match &init {
         Some(src) => {
-            // the codebook's maintenance settings may change; the shapes may not
+            // how the codebook learns may change; the shapes may not
             let free = [
                 "quantizer.beta",
                 "quantizer.update",
                 "quantizer.restart_dead_codes",
+                "quantizer.gradient",
+                "quantizer.entropy_weight",
+                "quantizer.entropy_temperature",
             ];
             src.check_architecture(&["model"], &serde_json::to_value(&*cfg)?, &free)?;
             src.check_fit(|store| Ok(MoVq::new(&cfg.model, store).map(|_| ())?))?

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use crate::config::{CodebookUpdate, QuantizerConfig};
+use crate::config::{CodebookUpdate, QuantizerConfig, QuantizerGradient};
 
 /// The quantizer of VQGAN-style models trained elsewhere: one codebook searched by L2 distance,
 /// learned by gradient (β 0.25, as in VQGAN), no dead-code restarts.
@@ -20,6 +20,9 @@ pub fn single_codebook(codebook_size: usize, code_dim: usize) -> QuantizerConfig
         update: CodebookUpdate::Gradient,
         l2_normalize: false,
         restart_dead_codes: None,
+        gradient: QuantizerGradient::Ste,
+        entropy_weight: 0.0,
+        entropy_temperature: 1.0,
     }
 }
 

@@ -8,8 +8,10 @@ use candle_core::{DType, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
-use crate::config::{CodebookUpdate, QuantizerConfig};
+use crate::config::{CodebookUpdate, QuantizerConfig, QuantizerGradient};
 use crate::nn::params::ParamStore;
+use crate::vq::entropy::entropy_penalty;
+use crate::vq::rotation::rotate_onto;
 
 /// Decay of the running per-code usage that decides which codes are dead.
 const USAGE_DECAY: f64 = 0.99;
@@ -127,14 +129,21 @@ impl Quantizer {
         )?;
         let zq = crate::ops::embedding::embed(&codebook, &indices)?; // [N, d]
         let commitment = (&zf - zq.detach())?.sqr()?.mean_all()?;
-        let loss = match self.ema {
+        let mut loss = match self.ema {
             Some(_) => (commitment * self.cfg.beta)?,
             None => {
                 let codebook_loss = (&zq - zf.detach())?.sqr()?.mean_all()?;
                 (codebook_loss + (commitment * self.cfg.beta)?)?
             }
         };
-        let zq_st = (&zf + (&zq - &zf)?.detach())?;
+        if self.cfg.entropy_weight > 0.0 {
+            let penalty = entropy_penalty(&zf, &codebook, self.cfg.entropy_temperature)?;
+            loss = (loss + (penalty * self.cfg.entropy_weight)?)?;
+        }
+        let zq_st = match self.cfg.gradient {
+            QuantizerGradient::Ste => (&zf + (&zq - &zf)?.detach())?,
+            QuantizerGradient::Rotation => rotate_onto(&zf, &zq)?,
+        };
         let zq_st = zq_st
             .reshape((b, c, h, w, d))?
             .permute((0, 1, 4, 2, 3))? // [B, c, d, h, w]

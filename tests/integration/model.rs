@@ -22,6 +22,9 @@ fn qcfg(channels: usize, k: usize, d: usize) -> QuantizerConfig {
         update: CodebookUpdate::Gradient,
         l2_normalize: false,
         restart_dead_codes: None,
+        gradient: Default::default(),
+        entropy_weight: 0.0,
+        entropy_temperature: 1.0,
     }
 }
 

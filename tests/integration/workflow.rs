@@ -576,3 +576,81 @@ fn plot_overlays_runs_and_names_what_it_cannot_plot() {
         .fails_with(&["has no metrics.jsonl"]);
     assert!(!dir.path().join("e.png").exists());
 }
+
+#[test]
+fn the_rotation_trick_and_the_entropy_penalty_train_resume_exactly_and_run_on_ranks() {
+    let dir = tmp();
+    let cfg = tiny_config(dir.path(), |v| {
+        v["train"]["steps"] = 4.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["train"]["checkpoint_every"] = 2.into();
+        v["model"]["quantizer"]["gradient"] = "rotation".into();
+        v["model"]["quantizer"]["entropy_weight"] = 0.1.into();
+        v["model"]["quantizer"]["entropy_temperature"] = 0.5.into();
+    });
+    let straight = dir.path().join("straight");
+    train_vq(&cfg, "builtin:shapes:16", &straight).ok();
+    let cut = dir.path().join("cut");
+    movq(&[
+        "train-vq",
+        "--config",
+        s(&cfg),
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&cut),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    movq(&[
+        "train-vq",
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&cut),
+        "--resume",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    let file = "checkpoints/step-0000004.safetensors";
+    assert_eq!(
+        std::fs::read(straight.join(file)).unwrap(),
+        std::fs::read(cut.join(file)).unwrap(),
+        "resumed weights differ"
+    );
+    let config = std::fs::read_to_string(straight.join("config.json")).unwrap();
+    assert!(config.contains("\"rotation\"") && config.contains("\"entropy_weight\": 0.1"));
+    movq(&[
+        "train-vq",
+        "--config",
+        s(&cfg),
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&dir.path().join("ranks")),
+        "--ranks",
+        "2",
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    // bad values name the field
+    let bad = dir.path().join("bad");
+    let negative = tiny_config(dir.path(), |v| {
+        v["model"]["quantizer"]["entropy_weight"] = (-1.0).into()
+    });
+    train_vq(&negative, "builtin:shapes:16", &bad)
+        .fails_with(&["model.quantizer.entropy_weight must be non-negative"]);
+    let unknown = tiny_config(dir.path(), |v| {
+        v["model"]["quantizer"]["gradient"] = "gumbel".into()
+    });
+    train_vq(&unknown, "builtin:shapes:16", &bad).fails_with(&["gumbel", "ste", "rotation"]);
+    assert!(!bad.exists());
+}

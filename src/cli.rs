@@ -91,6 +91,10 @@ pub struct TrainFlags {
     /// config must describe the same architecture.
     #[arg(long, value_name = "RUN|CHECKPOINT")]
     pub init: Option<PathBuf>,
+    /// Statistics of real images (`movq fid DATA --save-stats STATS`) that the FID measured
+    /// every train.fid_every steps is computed against.
+    #[arg(long, value_name = "STATS")]
+    pub fid_ref: Option<PathBuf>,
     /// Override the total training steps (also when resuming, to train further).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -572,6 +576,7 @@ impl TrainFlags {
             config,
             resume: self.resume,
             init: self.init.as_deref(),
+            fid_ref: self.fid_ref.as_deref(),
             seed: common.seed,
             steps: self.steps,
             batch_size: self.batch_size,

@@ -483,6 +483,17 @@ pub struct TrainConfig {
     /// per class with a fixed seed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sample_every: usize,
+    /// Measure FID every this many steps and at the end (0 = never; needs `--fid-ref STATS`):
+    /// stage 1 the rFID of its validation images' reconstructions, stage 2 the FID of
+    /// `fid_samples` samples (classes in turn, 12 steps, a fixed seed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fid_every: usize,
+    /// Samples a stage-2 FID measurement generates.
+    #[serde(
+        default = "default_fid_samples",
+        skip_serializing_if = "is_default_fid_samples"
+    )]
+    pub fid_samples: usize,
     /// Write TensorBoard event files to `RUN/tb/` (every logged metric, validation and
     /// previews); on by default.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
@@ -580,6 +591,12 @@ fn is_one(n: &usize) -> bool {
 fn is_true(b: &bool) -> bool {
     *b
 }
+fn default_fid_samples() -> usize {
+    1000
+}
+fn is_default_fid_samples(n: &usize) -> bool {
+    *n == default_fid_samples()
+}
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -630,6 +647,12 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             bail!("train.batch_size must be positive, got 0");
+        }
+        if self.fid_every > 0 && self.fid_samples < 2 {
+            bail!(
+                "train.fid_samples must be at least 2 (FID needs a covariance), got {}",
+                self.fid_samples
+            );
         }
         if self.sample_every > 0 && self.val_images == 0 {
             bail!("train.sample_every needs validation images to show, but train.val_images is 0");

@@ -92,16 +92,19 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
         }
         None => vec![],
     };
+    let fid = prepared.fid_probe("fid")?;
     // a new run holds a copy of the stage-1 config and weights in vq/
-    let session = prepared.create(|run| {
-        if let Some(src) = &init {
-            src.record(run, &fresh)?;
-        }
-        let source = vq_source.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        RunDir::create(&run.root().join("vq"), &source.read_config()?)?
-            .adopt_checkpoint(&source.require_latest()?)
-            .map(|_| ())
-    })?;
+    let session = prepared
+        .create(|run| {
+            if let Some(src) = &init {
+                src.record(run, &fresh)?;
+            }
+            let source = vq_source.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            RunDir::create(&run.root().join("vq"), &source.read_config()?)?
+                .adopt_checkpoint(&source.require_latest()?)
+                .map(|_| ())
+        })?
+        .with_fid(fid);
     let cfg = &session.cfg;
     let tcfg = &cfg.transformer;
     // the token cache is encoded in f32 whatever the transformer trains in
@@ -153,8 +156,8 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
             let val = if shard.is_main() { val.clone() } else { TokenBatch::default() };
             let mut stage = TransformerStage::new(tcfg, layout, cfg.seed, compute, val)?
                 .with_shard(shard.clone());
-            if shard.is_main() && tcfg.train.sample_every > 0 {
-                // previews decode with the tokenizer, on this rank's device
+            if shard.is_main() && (tcfg.train.sample_every > 0 || tcfg.train.fid_every > 0) {
+                // previews and FID samples decode with the tokenizer, on this rank's device
                 let vq_dir = session.run.root().join("vq");
                 stage = stage.with_decoder(VqRun::open_with(&vq_dir, compute)?.model);
             }

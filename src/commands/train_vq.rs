@@ -108,10 +108,13 @@ pub fn run(a: TrainVqArgs) -> Result<ExitCode> {
         }
         None => vec![],
     };
-    let session = prepared.create(|run| match &init {
-        Some(src) => src.record(run, &fresh),
-        None => Ok(()),
-    })?;
+    let fid = prepared.fid_probe("rfid")?;
+    let session = prepared
+        .create(|run| match &init {
+            Some(src) => src.record(run, &fresh),
+            None => Ok(()),
+        })?
+        .with_fid(fid);
     let cfg = &session.cfg;
     let hint = format!(
         "movq train-vq --data {} --out {} --resume",

@@ -2,6 +2,7 @@
 
 pub mod accumulate;
 pub mod ema;
+pub mod fid_probe;
 pub mod init;
 pub mod metrics;
 pub mod optim;

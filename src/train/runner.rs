@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::parallel::Shard;
 use crate::rng::{rng_for, Stream};
+use crate::train::fid_probe::FidProbe;
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Checkpoint, RunDir};
 use crate::train::schedule::lr_at;
@@ -60,6 +61,12 @@ pub trait Stage {
         Ok(None)
     }
 
+    /// The images a FID measurement scores (`train.fid_every`): stage 1 its validation
+    /// images' reconstructions, stage 2 `samples` samples; none when the stage has none.
+    fn fid_images(&mut self, _samples: usize) -> Result<Vec<image::RgbImage>> {
+        Ok(vec![])
+    }
+
     /// Metric names shown on the progress bar.
     fn progress_keys(&self) -> &'static [&'static str] {
         &["loss"]
@@ -79,6 +86,8 @@ pub struct LoopOptions {
     pub keep_checkpoints: usize,
     pub sample_every: usize,
     pub tensorboard: bool,
+    /// FID while training (`train.fid_every`), measured by rank 0.
+    pub fid: Option<std::sync::Arc<FidProbe>>,
     pub seed: u64,
 }
 
@@ -95,6 +104,7 @@ impl LoopOptions {
             keep_checkpoints: cfg.keep_checkpoints,
             sample_every: cfg.sample_every,
             tensorboard: cfg.tensorboard,
+            fid: None,
             seed,
         }
     }
@@ -254,6 +264,32 @@ pub fn run<S: Stage>(
                 crate::data::image::save_png(&img, &dir.join(format!("step-{done:07}.png")))?;
                 if let Some(tb) = &mut tb {
                     tb.image(done, "samples", &img)?;
+                }
+            }
+        }
+        if let Some(probe) = opts
+            .fid
+            .as_deref()
+            .filter(|p| main && p.due(done, opts.steps))
+        {
+            let images = stage.fid_images(probe.samples)?;
+            if images.len() >= 2 {
+                let n = images.len();
+                let fid = probe.measure(images)?;
+                let mut rec = Map::new();
+                rec.insert("step".into(), json!(done));
+                rec.insert("split".into(), json!("fid"));
+                rec.insert(probe.key.into(), json!(fid));
+                rec.insert("images".into(), json!(n));
+                if let Some(tb) = &mut tb {
+                    tb.scalars(done, vec![(format!("fid/{}", probe.key), fid)])?;
+                }
+                run_dir.log(&Value::Object(rec))?;
+                let line = format!("step {done}: {} {fid:.2} ({n} images)", probe.key);
+                if plain_lines {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
                 }
             }
         }

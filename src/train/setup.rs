@@ -18,6 +18,7 @@ use crate::compute::{Compute, ComputeFlags, Precision};
 use crate::config::RunSettings;
 use crate::fsutil;
 use crate::parallel::{check_batch, rank_devices, run_ranks, Placement, Shard};
+use crate::train::fid_probe::FidProbe;
 use crate::train::{self, LoopOptions, Outcome, RunDir, Stage};
 
 /// Exit code of a run stopped by Ctrl-C after saving a checkpoint.
@@ -32,6 +33,8 @@ pub struct TrainRequest<'a> {
     pub resume: bool,
     /// `--init`: the weights a new run starts from.
     pub init: Option<&'a Path>,
+    /// `--fid-ref`: the statistics FID while training is measured against.
+    pub fid_ref: Option<&'a Path>,
     pub seed: Option<u64>,
     pub steps: Option<usize>,
     pub batch_size: Option<usize>,
@@ -127,6 +130,18 @@ impl<'a, C: RunSettings> Prepared<'a, C> {
         self.existing.is_some()
     }
 
+    /// The FID measurement the config asks for (`train.fid_every`, `--fid-ref`), its
+    /// statistics and network loaded on rank 0's device; the metric is logged as `key`.
+    pub fn fid_probe(&self, key: &'static str) -> Result<Option<Arc<FidProbe>>> {
+        let probe = FidProbe::prepare(
+            self.cfg.train(),
+            self.request.fid_ref,
+            key,
+            &self.devices[0],
+        )?;
+        Ok(probe.map(Arc::new))
+    }
+
     /// Writes the run directory: a new run's config (then `extra`, e.g. the files a stage-2
     /// run holds), or a resumed run's config where the overrides changed it.
     pub fn create(self, extra: impl FnOnce(&RunDir) -> Result<()>) -> Result<Session<'a, C>> {
@@ -155,6 +170,7 @@ impl<'a, C: RunSettings> Prepared<'a, C> {
             compute,
             devices,
             request: self.request,
+            fid: None,
         })
     }
 }
@@ -166,6 +182,7 @@ pub struct Session<'a, C> {
     pub compute: Compute,
     devices: Vec<Device>,
     request: TrainRequest<'a>,
+    fid: Option<Arc<FidProbe>>,
 }
 
 /// A stage's batches, from the step given to [`Rank::batches`] on.
@@ -176,6 +193,14 @@ pub struct Rank<S: Stage> {
     pub stage: S,
     /// Batches from the given step on.
     pub batches: Box<dyn FnOnce(usize) -> Result<Batches<S::Batch>>>,
+}
+
+impl<C: RunSettings> Session<'_, C> {
+    /// Measures FID while training with `probe` (see [`Prepared::fid_probe`]).
+    pub fn with_fid(mut self, probe: Option<Arc<FidProbe>>) -> Self {
+        self.fid = probe;
+        self
+    }
 }
 
 impl<C: RunSettings + Sync> Session<'_, C> {
@@ -206,7 +231,8 @@ impl<C: RunSettings + Sync> Session<'_, C> {
                 eprintln!("{}", banner(&stage, start, &described));
             }
             let mut batches = batches(start)?;
-            let opts = LoopOptions::new(train, self.cfg.seed());
+            let mut opts = LoopOptions::new(train, self.cfg.seed());
+            opts.fid = self.fid.clone();
             train::run(
                 &mut stage,
                 &mut *batches,

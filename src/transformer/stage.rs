@@ -120,7 +120,7 @@ impl TransformerStage {
         &self.model
     }
 
-    /// Decodes previews with `tokenizer` (the stage-1 model whose tokens it learns).
+    /// Decodes previews and FID samples with `tokenizer` (the stage-1 model whose tokens it learns).
     pub fn with_decoder(mut self, tokenizer: MoVq) -> Self {
         self.decoder = Some(tokenizer);
         self
@@ -130,6 +130,34 @@ impl TransformerStage {
     /// the parameters `source` lacks.
     pub fn init_from(&mut self, source: &InitSource) -> Result<Vec<String>> {
         source.start(&self.store, &mut self.ema)
+    }
+}
+
+/// Sequences a preview or a FID measurement samples at once.
+const SAMPLE_BATCH: usize = 64;
+
+impl TransformerStage {
+    /// One image per conditioning id of `conds`, 12 MaskGIT steps from the run's seed (the same
+    /// images every time for the same weights), with the weights inference would use; `None`
+    /// without a decoder.
+    fn generate(&self, conds: &[u32]) -> Result<Option<Vec<image::RgbImage>>> {
+        let Some(decoder) = &self.decoder else {
+            return Ok(None);
+        };
+        let layout = *self.model.layout();
+        let images = Ema::with_average(self.ema.as_ref(), &self.store, || {
+            let mut out = Vec::with_capacity(conds.len());
+            for (bi, chunk) in conds.chunks(SAMPLE_BATCH).enumerate() {
+                let mut rows = vec![vec![layout.mask_id(); layout.seq_len()]; chunk.len()];
+                let mut rng = rng_for(self.seed, Stream::Sample, &[bi as u64]);
+                let opts = SamplerOptions::maskgit(12);
+                complete(&self.model, &mut rows, chunk, &opts, &mut rng, &self.device)?;
+                let indices = layout.to_indices(&rows, &self.device)?;
+                out.extend(tensor_to_images(&decoder.decode_indices(&indices)?)?);
+            }
+            Ok(out)
+        })?;
+        Ok(Some(images))
     }
 }
 
@@ -252,31 +280,25 @@ impl Stage for TransformerStage {
     }
 
     fn preview(&mut self) -> Result<Option<image::RgbImage>> {
-        // one sample per class (8 without classes), 12 steps, the same seed every time
-        let Some(decoder) = &self.decoder else {
-            return Ok(None);
-        };
+        // one sample per class (8 without classes)
         let layout = *self.model.layout();
         let conds: Vec<u32> = match layout.n_classes {
             0 => vec![layout.no_class(); 8],
             n => (0..n as u32).collect(),
         };
-        let images = Ema::with_average(self.ema.as_ref(), &self.store, || {
-            let mut rows = vec![vec![layout.mask_id(); layout.seq_len()]; conds.len()];
-            let mut rng = rng_for(self.seed, Stream::Sample, &[]);
-            let opts = SamplerOptions::maskgit(12);
-            complete(
-                &self.model,
-                &mut rows,
-                &conds,
-                &opts,
-                &mut rng,
-                &self.device,
-            )?;
-            let indices = layout.to_indices(&rows, &self.device)?;
-            tensor_to_images(&decoder.decode_indices(&indices)?)
-        })?;
-        Ok(Some(grid(&[images], 2)))
+        Ok(self.generate(&conds)?.map(|images| grid(&[images], 2)))
+    }
+
+    fn fid_images(&mut self, samples: usize) -> Result<Vec<image::RgbImage>> {
+        // the classes in turn
+        let layout = *self.model.layout();
+        let conds: Vec<u32> = (0..samples)
+            .map(|i| match layout.n_classes {
+                0 => layout.no_class(),
+                n => (i % n) as u32,
+            })
+            .collect();
+        Ok(self.generate(&conds)?.unwrap_or_default())
     }
 
     fn progress_keys(&self) -> &'static [&'static str] {

@@ -65,6 +65,21 @@ impl VqStage {
     }
 }
 
+impl VqStage {
+    /// Reconstructions of `images` with the weights inference would use (the moving average
+    /// where there is one), a training batch at a time.
+    fn reconstructions(&self, images: &[RgbImage]) -> Result<Vec<RgbImage>> {
+        Ema::with_average(self.ema.as_ref(), &self.store, || {
+            let mut out = Vec::with_capacity(images.len());
+            for chunk in images.chunks(self.cfg.train.batch_size.max(1)) {
+                let x = images_to_tensor(chunk, &self.device)?;
+                out.extend(tensor_to_images(&self.model.reconstruct(&x)?.0.detach())?);
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// Restores a run's moving average from a checkpoint (nothing when the run keeps none).
 pub fn load_ema(ema: &mut Option<Ema>, ckpt: &Checkpoint, device: &Device) -> Result<()> {
     let Some(ema) = ema else { return Ok(()) };
@@ -401,11 +416,12 @@ impl Stage for VqStage {
         if shown.is_empty() {
             return Ok(None);
         }
-        let rec = Ema::with_average(self.ema.as_ref(), &self.store, || {
-            let x = images_to_tensor(shown, &self.device)?;
-            tensor_to_images(&self.model.reconstruct(&x)?.0.detach())
-        })?;
+        let rec = self.reconstructions(shown)?;
         Ok(Some(grid(&[shown.to_vec(), rec], 2)))
+    }
+
+    fn fid_images(&mut self, _samples: usize) -> Result<Vec<RgbImage>> {
+        self.reconstructions(&self.val_images)
     }
 
     fn progress_keys(&self) -> &'static [&'static str] {

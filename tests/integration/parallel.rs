@@ -377,6 +377,7 @@ fn loop_on_two_ranks(how: LoopRun) -> (tempfile::TempDir, Vec<Result<Outcome, St
             keep_checkpoints: 0,
             sample_every: 0,
             tensorboard: false,
+            fid: None,
             seed: 0,
         };
         let flag = AtomicBool::new((how.interrupted)(shard.rank()));

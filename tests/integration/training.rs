@@ -110,6 +110,7 @@ fn loop_opts(steps: usize) -> LoopOptions {
         keep_checkpoints: 0,
         sample_every: 0,
         tensorboard: false,
+        fid: None,
         seed: 0,
     }
 }

@@ -654,3 +654,98 @@ fn the_rotation_trick_and_the_entropy_penalty_train_resume_exactly_and_run_on_ra
     train_vq(&unknown, "builtin:shapes:16", &bad).fails_with(&["gumbel", "ste", "rotation"]);
     assert!(!bad.exists());
 }
+
+#[test]
+fn fid_while_training_is_logged_for_both_stages() {
+    let dir = tmp();
+    let cfg = tiny_config(dir.path(), |v| {
+        v["train"]["steps"] = 2.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["train"]["fid_every"] = 2.into();
+        v["transformer"]["train"]["steps"] = 2.into();
+        v["transformer"]["train"]["batch_size"] = 4.into();
+        v["transformer"]["train"]["fid_every"] = 1.into();
+        v["transformer"]["train"]["fid_samples"] = 4.into();
+    });
+    let vq = dir.path().join("vq");
+    // bad input first: each one line, nothing written
+    train_vq(&cfg, "builtin:shapes:32", &vq).fails_with(&["train.fid_every is 2", "--fid-ref"]);
+    let plain = quick_config(dir.path(), 2);
+    let stats = dir.path().join("stats.safetensors");
+    let with_ref = |cfg: &Path, out: &Path, stats: &Path, cache: &Path| {
+        crate::harness::movq_with_cache(
+            &[
+                "train-vq",
+                "--config",
+                s(cfg),
+                "--data",
+                "builtin:shapes:32",
+                "--out",
+                s(out),
+                "--fid-ref",
+                s(stats),
+                "--device",
+                "cpu",
+            ],
+            cache,
+        )
+    };
+    let no_cache = std::env::temp_dir().join("movq-tests-no-weights");
+    with_ref(&plain, &vq, &stats, &no_cache).fails_with(&["measures no FID"]);
+    with_ref(&cfg, &vq, &dir.path().join("none.safetensors"), &no_cache)
+        .fails_with(&["--fid-ref", "none.safetensors"]);
+    assert!(!vq.exists());
+    // with the Inception weights (installed by scripts/get-weights)
+    let cache = movq::metrics::cache_dir();
+    if !cache.join("fid-inception.safetensors").is_file() {
+        crate::harness::weights_missing("the FID Inception weights");
+        return;
+    }
+    crate::harness::movq_with_cache(
+        &[
+            "fid",
+            "builtin:shapes:8",
+            "--save-stats",
+            s(&stats),
+            "--device",
+            "cpu",
+        ],
+        &cache,
+    )
+    .ok();
+    with_ref(&cfg, &vq, &stats, &cache).ok();
+    let logged = |run: &Path, key: &str| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["split"] == "fid")
+            .map(|r| (r["step"].as_u64().unwrap(), r[key].as_f64().unwrap()))
+            .collect()
+    };
+    let rfid = logged(&vq, "rfid");
+    assert_eq!(rfid.len(), 1);
+    assert!(rfid[0].0 == 2 && rfid[0].1 > 0.0 && rfid[0].1.is_finite());
+    let tr = dir.path().join("tr");
+    crate::harness::movq_with_cache(
+        &[
+            "train-transformer",
+            "--vq",
+            s(&vq),
+            "--data",
+            "builtin:shapes:32",
+            "--out",
+            s(&tr),
+            "--fid-ref",
+            s(&stats),
+            "--device",
+            "cpu",
+        ],
+        &cache,
+    )
+    .ok();
+    let fid = logged(&tr, "fid");
+    assert_eq!(fid.iter().map(|f| f.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(fid.iter().all(|f| f.1 > 0.0 && f.1.is_finite()));
+}

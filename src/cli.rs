@@ -151,6 +151,49 @@ pub enum Command {
     Decode(DecodeLatentsArgs),
     /// Training curves of one or more runs as a PNG (from their metrics.jsonl).
     Plot(PlotArgs),
+    /// Inpainting, outpainting and class-conditional editing with a stage-2 run.
+    Edit(EditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// Stage-2 run directory (train-transformer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The image to edit, or a folder of images (with --mask a folder of masks of the same
+    /// file names).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Inpainting: an image whose white pixels (≥ 128 in any channel) mark what to regenerate
+    /// (or a folder of them).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Outpainting: grow the canvas, e.g. right=64,bottom=32 (pixels, rounded up to whole
+    /// tokens), and generate the new border.
+    #[arg(long, value_name = "SIDE=PIXELS,…")]
+    pub extend: Option<String>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Class the regenerated region is conditioned on (index or name; default: none).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// MaskGIT decoding steps.
+    #[arg(long, default_value_t = 12)]
+    pub steps: usize,
+    /// Completions per image, with seeds S, S+1, …
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// Grow the token mask by this many positions in every direction.
+    #[arg(long, default_value_t = 0)]
+    pub dilate: usize,
+    /// Put the input's pixels back outside the regenerated region (feathered over one token).
+    #[arg(long)]
+    pub paste: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

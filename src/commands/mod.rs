@@ -3,6 +3,7 @@
 mod bench;
 mod codec;
 mod compare;
+mod edit;
 mod eval;
 mod eval_samples;
 mod fid;
@@ -40,5 +41,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Encode(a) => codec::encode(a),
         Command::Decode(a) => codec::decode(a),
         Command::Plot(a) => plot::run(a),
+        Command::Edit(a) => edit::run(a),
     }
 }

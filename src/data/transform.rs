@@ -4,13 +4,9 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::Rng;
 
-/// Resizes so that the shorter side equals `side` (aspect ratio kept).
-pub fn resize_shorter(img: &RgbImage, side: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    if w.min(h) == side {
-        return img.clone();
-    }
-    let (nw, nh) = if w <= h {
+/// The size of a `w × h` image resized so that its shorter side is `side` (aspect ratio kept).
+pub fn shorter_side_size(w: u32, h: u32, side: u32) -> (u32, u32) {
+    if w <= h {
         (
             side,
             ((h as u64 * side as u64 + w as u64 / 2) / w as u64).max(side as u64) as u32,
@@ -20,8 +16,33 @@ pub fn resize_shorter(img: &RgbImage, side: u32) -> RgbImage {
             ((w as u64 * side as u64 + h as u64 / 2) / h as u64).max(side as u64) as u32,
             side,
         )
-    };
+    }
+}
+
+/// Resizes so that the shorter side equals `side` (aspect ratio kept).
+pub fn resize_shorter(img: &RgbImage, side: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.min(h) == side {
+        return img.clone();
+    }
+    let (nw, nh) = shorter_side_size(w, h, side);
     imageops::resize(img, nw, nh, FilterType::CatmullRom)
+}
+
+/// The evaluation view of a mask drawn over a `w × h` image: the mask brought to that size,
+/// then resized and centre-cropped as [`eval_view`] does the image, with nearest sampling (a
+/// mask stays a mask).
+pub fn mask_view(mask: &RgbImage, w: u32, h: u32, side: u32) -> RgbImage {
+    let mut m = mask.clone();
+    if m.dimensions() != (w, h) {
+        m = imageops::resize(&m, w, h, FilterType::Nearest);
+    }
+    if w.min(h) != side {
+        let (nw, nh) = shorter_side_size(w, h, side);
+        m = imageops::resize(&m, nw, nh, FilterType::Nearest);
+    }
+    let (mw, mh) = m.dimensions();
+    Crop::center(mw, mh, side).apply(&m, side)
 }
 
 /// Where to crop and whether to mirror.

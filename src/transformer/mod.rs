@@ -2,6 +2,7 @@
 //! reconstruction.
 
 pub mod cache;
+pub mod editing;
 pub mod maskgit;
 pub mod masking;
 pub mod model;

@@ -7,6 +7,7 @@ mod class_fidelity;
 mod cli;
 mod devices;
 mod diffusers;
+mod edit;
 mod ema;
 mod fid;
 mod gpu_kernels;

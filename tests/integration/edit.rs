@@ -1,0 +1,381 @@
+//! `movq edit`: inpainting, outpainting and class-conditional editing with a stage-2 run.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::harness::{movq, s, tiny_config, tmp, train_vq};
+
+/// A tiny stage-1 run and its stage-2 run (16 classes of builtin:shapes) in `dir`.
+fn runs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cfg = tiny_config(dir, |v| {
+        v["train"]["steps"] = 2.into();
+        v["train"]["batch_size"] = 4.into();
+        v["train"]["val_images"] = 4.into();
+        v["transformer"]["train"]["steps"] = 2.into();
+        v["transformer"]["train"]["batch_size"] = 4.into();
+    });
+    let (vq, tr) = (dir.join("vq"), dir.join("tr"));
+    train_vq(&cfg, "builtin:shapes:16", &vq).ok();
+    movq(&[
+        "train-transformer",
+        "--vq",
+        s(&vq),
+        "--data",
+        "builtin:shapes:16",
+        "--out",
+        s(&tr),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    (vq, tr)
+}
+
+fn write_image(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
+        .save(path)
+        .unwrap();
+}
+
+fn edit(tr: &Path, args: &[&str]) -> crate::harness::Run {
+    let mut all = vec!["edit", "--model", s(tr), "--device", "cpu"];
+    all.extend_from_slice(args);
+    movq(&all)
+}
+
+fn codes(out: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(out.join("codes.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// Tokens `[c, h, w]` of `t` `[1 or S, c, h, w]` at sample `k` as nested vectors.
+fn grid(t: &Tensor, k: usize) -> Vec<Vec<Vec<u32>>> {
+    t.get(k).unwrap().to_vec3().unwrap()
+}
+
+#[test]
+fn inpainting_keeps_the_known_tokens_and_matches_sampling_under_a_full_mask() {
+    let dir = tmp();
+    let (_, tr) = runs(dir.path());
+    let d = dir.path();
+    let input = d.join("in.png");
+    write_image(&input, 40, 32, |x, y| [(x * 6) as u8, (y * 7) as u8, 90]);
+    // a mask over the top-left quarter, one of nothing, one of everything (another size)
+    let quarter = d.join("quarter.png");
+    write_image(&quarter, 40, 32, |x, y| {
+        if x < 20 && y < 16 {
+            [255, 0, 0]
+        } else {
+            [0, 0, 0]
+        }
+    });
+    let empty = d.join("empty.png");
+    write_image(&empty, 40, 32, |_, _| [0, 0, 0]);
+    let full = d.join("full.png");
+    write_image(&full, 10, 8, |_, _| [200, 200, 200]);
+
+    // an empty mask returns the stage-1 reconstruction's codes
+    let out = d.join("empty-out");
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&empty),
+            "--out",
+            s(&out),
+            "--samples",
+            "1",
+        ],
+    )
+    .ok();
+    let c = codes(&out);
+    assert_eq!(grid(&c["samples"], 0), grid(&c["input"], 0));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["masked_tokens_per_channel"], 0);
+    assert!(
+        m["samples"][0]["psnr_outside_vs_reconstruction"].is_null(),
+        "identical"
+    );
+
+    // known tokens never change; the masked ones are regenerated in every channel
+    let out = d.join("quarter-out");
+    let r = edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&quarter),
+            "--out",
+            s(&out),
+            "--samples",
+            "2",
+            "--seed",
+            "3",
+        ],
+    );
+    r.ok();
+    for f in [
+        "input.png",
+        "mask-overlay.png",
+        "00000.png",
+        "00001.png",
+        "grid.png",
+        "metrics.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let c = codes(&out);
+    let (input_codes, (ch, h, w)) = (
+        grid(&c["input"], 0),
+        c["input"].get(0).unwrap().dims3().unwrap(),
+    );
+    // tiny: f = 2; the input's 40×32 view is its 32×32 centre, the mask's left half reaches x < 16
+    // of the view after the crop (40→32 wide at scale 1: columns 4..36), rows < 16
+    let masked = |y: usize, x: usize| y < 8 && x < 8;
+    let mut regenerated = 0;
+    for k in 0..2 {
+        let g = grid(&c["samples"], k);
+        for cc in 0..ch {
+            for y in 0..h {
+                for x in 0..w {
+                    if !masked(y, x) {
+                        assert_eq!(
+                            g[cc][y][x], input_codes[cc][y][x],
+                            "known token ({cc},{y},{x})"
+                        );
+                    } else if g[cc][y][x] != input_codes[cc][y][x] {
+                        regenerated += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(regenerated > 0);
+    // the same seed gives byte-identical images
+    let again = d.join("quarter-again");
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&quarter),
+            "--out",
+            s(&again),
+            "--samples",
+            "2",
+            "--seed",
+            "3",
+        ],
+    )
+    .ok();
+    for f in ["00000.png", "00001.png"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap()
+        );
+    }
+
+    // a full mask (another size: a notice) with a seed and a class is `movq sample`
+    let out = d.join("full-out");
+    let r = edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&full),
+            "--out",
+            s(&out),
+            "--samples",
+            "1",
+            "--seed",
+            "5",
+            "--class",
+            "3",
+        ],
+    );
+    r.ok();
+    assert!(r.stderr.contains("resized to the image"), "{}", r.stderr);
+    let sampled = d.join("sampled");
+    movq(&[
+        "sample",
+        "--model",
+        s(&tr),
+        "--num",
+        "1",
+        "--seed",
+        "5",
+        "--class",
+        "3",
+        "--out",
+        s(&sampled),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(out.join("00000.png")).unwrap(),
+        std::fs::read(sampled.join("sample-0000.png")).unwrap()
+    );
+}
+
+#[test]
+fn outpainting_keeps_the_original_region_and_folders_edit_every_image() {
+    let dir = tmp();
+    let (vq, tr) = runs(dir.path());
+    let d = dir.path();
+    let inputs = d.join("inputs");
+    let masks = d.join("masks");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    for (name, shade) in [("a.png", 40u8), ("b.png", 200)] {
+        write_image(&inputs.join(name), 32, 32, |x, _| [shade, (x * 8) as u8, 0]);
+        write_image(&masks.join(name), 32, 32, |x, _| {
+            if x >= 24 {
+                [255; 3]
+            } else {
+                [0; 3]
+            }
+        });
+    }
+    // outpainting: 40 px on the right (20 positions at f = 2) and 3 px below (2 positions)
+    let out = d.join("wide");
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&inputs.join("a.png")),
+            "--extend",
+            "right=40,bottom=3",
+            "--out",
+            s(&out),
+            "--samples",
+            "1",
+        ],
+    )
+    .ok();
+    let c = codes(&out);
+    let (orig, wide) = (grid(&c["input"], 0), grid(&c["samples"], 0));
+    assert_eq!((wide[0].len(), wide[0][0].len()), (18, 36));
+    for cc in 0..orig.len() {
+        for y in 0..16 {
+            assert_eq!(wide[cc][y][..16], orig[cc][y][..], "row {y}");
+        }
+    }
+    let img = image::open(out.join("00000.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (72, 36));
+    // a folder of inputs with a folder of masks
+    let out = d.join("many");
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&inputs),
+            "--mask",
+            s(&masks),
+            "--out",
+            s(&out),
+            "--samples",
+            "1",
+            "--paste",
+        ],
+    )
+    .ok();
+    assert!(out.join("a/00000.png").is_file() && out.join("b/00000.png").is_file());
+
+    // bad input: one line each, nothing written
+    let bad = d.join("bad");
+    let input = inputs.join("a.png");
+    let mask = masks.join("a.png");
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&d.join("none.png")),
+            "--out",
+            s(&bad),
+        ],
+    )
+    .fails_with(&["--mask", "none.png"]);
+    let garbage = d.join("garbage.png");
+    std::fs::write(&garbage, b"not a png").unwrap();
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&garbage),
+            "--out",
+            s(&bad),
+        ],
+    )
+    .fails_with(&["--mask", "garbage.png"]);
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&mask),
+            "--extend",
+            "right=8",
+            "--out",
+            s(&bad),
+        ],
+    )
+    .fails_with(&["--mask and --extend cannot be combined"]);
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&mask),
+            "--class",
+            "99",
+            "--out",
+            s(&bad),
+        ],
+    )
+    .fails_with(&["--class 99", "out of range"]);
+    edit(
+        &tr,
+        &[
+            "--input",
+            s(&input),
+            "--mask",
+            s(&mask),
+            "--class",
+            "purple-star",
+            "--out",
+            s(&bad),
+        ],
+    )
+    .fails_with(&["unknown class name", "circle-red"]);
+    edit(
+        &vq,
+        &["--input", s(&input), "--mask", s(&mask), "--out", s(&bad)],
+    )
+    .fails_with(&["edit needs a train-transformer run"]);
+    edit(
+        &tr,
+        &["--input", s(&input), "--extend", "right", "--out", s(&bad)],
+    )
+    .fails_with(&["not side=pixels"]);
+    edit(&tr, &["--input", s(&input), "--out", s(&bad)]).fails_with(&["give --mask"]);
+    edit(
+        &tr,
+        &["--input", s(&inputs), "--mask", s(&mask), "--out", s(&bad)],
+    )
+    .fails_with(&["give the folder of their masks"]);
+    assert!(!bad.exists());
+}

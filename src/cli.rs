@@ -153,6 +153,23 @@ pub enum Command {
     Plot(PlotArgs),
     /// Inpainting, outpainting and class-conditional editing with a stage-2 run.
     Edit(EditArgs),
+    /// A local web page to paint a mask and edit images (and its JSON API).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Stage-2 run directory (train-transformer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

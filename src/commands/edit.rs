@@ -170,6 +170,117 @@ fn paste(generated: &RgbImage, original: &RgbImage, region: &GrayImage, f: u32) 
     })
 }
 
+/// One edit: the input as the model sees it, what to regenerate, and how.
+pub struct EditRequest {
+    /// The input's evaluation view (the model's resolution).
+    pub view: RgbImage,
+    /// Inpainting: the mask's evaluation view (white: regenerate).
+    pub mask: Option<RgbImage>,
+    /// Outpainting: positions added on each side.
+    pub margins: Option<Margins>,
+    /// Conditioning id (a class, or "no class").
+    pub cond: u32,
+    pub samples: usize,
+    /// Completion `k` uses seed `seed + k`.
+    pub seed: u64,
+    pub dilate: usize,
+    pub paste: bool,
+}
+
+/// What an edit produced.
+pub struct EditResult {
+    /// The input on the canvas (grey where it has no pixels).
+    pub input: RgbImage,
+    /// The input with the regenerated region in red.
+    pub overlay: RgbImage,
+    pub completions: Vec<RgbImage>,
+    /// The input's codes `[1, c, h, w]` and the completions' `[S, c, H, W]` (on the CPU).
+    pub input_codes: Tensor,
+    pub codes: Tensor,
+    /// The canvas, the masked tokens and each completion's PSNR/SSIM outside the region.
+    pub record: Value,
+}
+
+/// Runs one edit with the stage-2 run `tr`.
+pub fn edit_image(
+    tr: &TransformerRun,
+    req: &EditRequest,
+    opts: &SamplerOptions,
+) -> Result<EditResult> {
+    let device = tr.compute.device.clone();
+    let mask_id = tr.model.layout().mask_id();
+    let f = tr.vq_cfg.model.downsample_factor();
+    let (rec, q) = tr
+        .vq
+        .reconstruct(&images_to_tensor(std::slice::from_ref(&req.view), &device)?)?;
+    let reconstruction = tensor_to_images(&rec)?.remove(0);
+    let original = TokenCanvas::from_indices(&q.indices)?;
+    // the canvas to complete, and where the input sits in it
+    let (canvas, offset) = match (&req.mask, req.margins) {
+        (Some(m), None) => {
+            let grey = GrayImage::from_fn(m.width(), m.height(), |x, y| {
+                let p = m.get_pixel(x, y).0;
+                image::Luma([p[0].max(p[1]).max(p[2])])
+            });
+            let positions = token_mask(&grey, f, original.h, original.w, req.dilate);
+            let mut c = original.clone();
+            c.forget(&positions, mask_id);
+            (c, (0, 0))
+        }
+        (None, Some(m)) => (original.extend(m, mask_id), (m.left, m.top)),
+        _ => bail!("an edit takes a mask (inpainting) or margins (outpainting), not both"),
+    };
+    let positions = canvas.unknown_positions(mask_id);
+    let region = region_pixels(&positions, canvas.w, f);
+    let place = |img: &RgbImage| {
+        let mut out = RgbImage::from_pixel(region.width(), region.height(), Rgb([128, 128, 128]));
+        image::imageops::replace(&mut out, img, (offset.0 * f) as i64, (offset.1 * f) as i64);
+        out
+    };
+    let (input, rec_canvas) = (place(&req.view), place(&reconstruction));
+    let overlay = overlay(&input, &region);
+    let mut completions = Vec::with_capacity(req.samples);
+    let mut codes = Vec::with_capacity(req.samples);
+    let mut per_sample = Vec::with_capacity(req.samples);
+    for k in 0..req.samples {
+        let mut c = canvas.clone();
+        let mut rng = rng_for(req.seed + k as u64, Stream::Sample, &[0]);
+        c.fill(&tr.model, req.cond, opts, &mut rng, &device)?;
+        let indices = c.to_indices(&device)?;
+        let mut img = tensor_to_images(&tr.vq.decode_indices(&indices)?)?.remove(0);
+        if req.paste {
+            img = paste(&img, &input, &region, f as u32);
+        }
+        let (p_rec, s_rec) = outside(&img, &rec_canvas, &region);
+        let (p_in, s_in) = outside(&img, &input, &region);
+        per_sample.push(json!({
+            "file": format!("{k:05}.png"), "seed": req.seed + k as u64,
+            "psnr_outside_vs_reconstruction": finite(p_rec),
+            "ssim_outside_vs_reconstruction": s_rec,
+            "psnr_outside_vs_input": finite(p_in),
+            "ssim_outside_vs_input": s_in,
+        }));
+        completions.push(img);
+        codes.push(indices.to_device(&candle_core::Device::Cpu)?);
+    }
+    let record = json!({
+        "canvas_tokens": [canvas.h, canvas.w, canvas.c],
+        "masked_tokens_per_channel": positions.iter().filter(|p| **p).count(),
+        "positions": canvas.h * canvas.w,
+        "class": tr.cfg.classes.get(req.cond as usize),
+        "steps": opts.steps,
+        "samples": per_sample,
+    });
+    Ok(EditResult {
+        input,
+        overlay,
+        completions,
+        input_codes: original.to_indices(&candle_core::Device::Cpu)?,
+        codes: Tensor::cat(&codes, 0)?,
+        record,
+    })
+}
+
 pub fn run(a: EditArgs) -> Result<ExitCode> {
     for (flag, v) in [("--steps", a.steps), ("--samples", a.samples)] {
         if v == 0 {
@@ -224,96 +335,45 @@ pub fn run(a: EditArgs) -> Result<ExitCode> {
         };
         loaded.push((eval_view(&img, side), mask));
     }
-    let device = tr.compute.device.clone();
-    let layout = *tr.model.layout();
-    let mask_id = layout.mask_id();
     let seed = a.common.seed.unwrap_or(0);
     let mut summary = Vec::new();
     for (job, (view, mask)) in jobs.iter().zip(loaded) {
+        let request = EditRequest {
+            view,
+            mask,
+            margins: match &edit {
+                Edit::Outpaint(m) => Some(*m),
+                Edit::Inpaint => None,
+            },
+            cond,
+            samples: a.samples,
+            seed,
+            dilate: a.dilate,
+            paste: a.paste,
+        };
+        let result = edit_image(&tr, &request, &opts)?;
         fsutil::create_dir(&job.out)?;
-        let (rec, q) = tr
-            .vq
-            .reconstruct(&images_to_tensor(std::slice::from_ref(&view), &device)?)?;
-        let reconstruction = tensor_to_images(&rec)?.remove(0);
-        let original = TokenCanvas::from_indices(&q.indices)?;
-        // the canvas to complete, and where the input sits in it
-        let (canvas, offset) = match (&edit, &mask) {
-            (Edit::Inpaint, Some(m)) => {
-                let grey = image::imageops::grayscale(&image::DynamicImage::ImageRgb8(
-                    RgbImage::from_fn(m.width(), m.height(), |x, y| {
-                        let p = m.get_pixel(x, y).0;
-                        let v = p[0].max(p[1]).max(p[2]);
-                        Rgb([v, v, v])
-                    }),
-                ));
-                let positions = token_mask(&grey, f, original.h, original.w, a.dilate);
-                let mut c = original.clone();
-                c.forget(&positions, mask_id);
-                (c, (0, 0))
-            }
-            (Edit::Outpaint(m), _) => (original.extend(*m, mask_id), (m.left, m.top)),
-            (Edit::Inpaint, None) => unreachable!("inpainting has a mask"),
-        };
-        let positions = canvas.unknown_positions(mask_id);
-        let region = region_pixels(&positions, canvas.w, f);
-        // the input (and its reconstruction) placed on the canvas, grey where it has no pixels
-        let place = |img: &RgbImage| {
-            let mut out =
-                RgbImage::from_pixel(region.width(), region.height(), Rgb([128, 128, 128]));
-            image::imageops::replace(&mut out, img, (offset.0 * f) as i64, (offset.1 * f) as i64);
-            out
-        };
-        let (input_canvas, rec_canvas) = (place(&view), place(&reconstruction));
-        save_png(&input_canvas, &job.out.join("input.png"))?;
-        let over = overlay(&input_canvas, &region);
-        save_png(&over, &job.out.join("mask-overlay.png"))?;
-        let mut tiles = vec![upscale(&input_canvas, GRID_TILE), upscale(&over, GRID_TILE)];
-        let mut codes = Vec::with_capacity(a.samples);
-        let mut per_sample = Vec::with_capacity(a.samples);
-        for k in 0..a.samples {
-            let mut c = canvas.clone();
-            let mut rng = rng_for(seed + k as u64, Stream::Sample, &[0]);
-            c.fill(&tr.model, cond, &opts, &mut rng, &device)?;
-            let indices = c.to_indices(&device)?;
-            let mut img = tensor_to_images(&tr.vq.decode_indices(&indices)?)?.remove(0);
-            if a.paste {
-                img = paste(&img, &input_canvas, &region, f as u32);
-            }
-            let file = format!("{k:05}.png");
-            save_png(&img, &job.out.join(&file))?;
-            let (p_rec, s_rec) = outside(&img, &rec_canvas, &region);
-            let (p_in, s_in) = outside(&img, &input_canvas, &region);
-            per_sample.push(json!({
-                "file": file, "seed": seed + k as u64,
-                "psnr_outside_vs_reconstruction": finite(p_rec),
-                "ssim_outside_vs_reconstruction": s_rec,
-                "psnr_outside_vs_input": finite(p_in),
-                "ssim_outside_vs_input": s_in,
-            }));
-            tiles.push(upscale(&img, GRID_TILE));
-            codes.push(indices.to_device(&candle_core::Device::Cpu)?);
+        save_png(&result.input, &job.out.join("input.png"))?;
+        save_png(&result.overlay, &job.out.join("mask-overlay.png"))?;
+        let mut tiles = vec![
+            upscale(&result.input, GRID_TILE),
+            upscale(&result.overlay, GRID_TILE),
+        ];
+        for (k, img) in result.completions.iter().enumerate() {
+            save_png(img, &job.out.join(format!("{k:05}.png")))?;
+            tiles.push(upscale(img, GRID_TILE));
         }
         save_png(&grid(&[tiles], 2), &job.out.join("grid.png"))?;
-        let codes = Tensor::cat(&codes, 0)?;
-        let input_codes = original.to_indices(&candle_core::Device::Cpu)?;
         candle_core::safetensors::save(
-            &[("input", input_codes), ("samples", codes)]
+            &[("input", result.input_codes), ("samples", result.codes)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             job.out.join("codes.safetensors"),
         )?;
-        let masked = positions.iter().filter(|p| **p).count();
-        let record = json!({
-            "input": job.input.display().to_string(),
-            "mask": job.mask.as_ref().map(|m| m.display().to_string()),
-            "canvas_tokens": [canvas.h, canvas.w, canvas.c],
-            "masked_tokens_per_channel": masked,
-            "positions": canvas.h * canvas.w,
-            "class": tr.cfg.classes.get(cond as usize),
-            "steps": a.steps,
-            "samples": per_sample,
-        });
+        let mut record = result.record;
+        record["input"] = json!(job.input.display().to_string());
+        record["mask"] = json!(job.mask.as_ref().map(|m| m.display().to_string()));
         fsutil::write_atomic(
             &job.out.join("metrics.json"),
             serde_json::to_string_pretty(&record)?.as_bytes(),

@@ -12,6 +12,7 @@ mod masked;
 mod plot;
 mod reconstruct;
 mod sample;
+mod serve;
 mod train_transformer;
 mod train_vq;
 
@@ -42,5 +43,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(a) => codec::decode(a),
         Command::Plot(a) => plot::run(a),
         Command::Edit(a) => edit::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -10,11 +10,9 @@ use crate::harness::{movq, s, tiny_config, tmp, train_vq};
 /// A tiny stage-1 run and its stage-2 run (16 classes of builtin:shapes) in `dir`.
 fn runs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let cfg = tiny_config(dir, |v| {
+        crate::harness::small_batches(v);
         v["train"]["steps"] = 2.into();
-        v["train"]["batch_size"] = 4.into();
-        v["train"]["val_images"] = 4.into();
         v["transformer"]["train"]["steps"] = 2.into();
-        v["transformer"]["train"]["batch_size"] = 4.into();
     });
     let (vq, tr) = (dir.join("vq"), dir.join("tr"));
     train_vq(&cfg, "builtin:shapes:16", &vq).ok();
@@ -378,4 +376,114 @@ fn outpainting_keeps_the_original_region_and_folders_edit_every_image() {
     )
     .fails_with(&["give the folder of their masks"]);
     assert!(!bad.exists());
+}
+
+/// One HTTP/1.1 request to `port`; returns the status and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_the_page_and_the_edit_api() {
+    use base64::Engine;
+    use std::io::BufRead;
+    let dir = tmp();
+    let (_, tr) = runs(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_movq"))
+        .args(["serve", "--model", s(&tr), "--port", "0", "--device", "cpu"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port: u16 = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    let (status, page) = http(port, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("<canvas id=\"paint\"") && page.contains("/api/edit"));
+    let (status, info) = http(port, "GET", "/api/info", "");
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["classes"].as_array().unwrap().len(), 16);
+    // a full mask with seed 5 and class 3: what `movq sample --seed 5 --class 3` draws
+    let png = |img: image::RgbImage| {
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let body = serde_json::json!({
+        "image": format!("data:image/png;base64,{}", png(image::RgbImage::from_pixel(32, 32, image::Rgb([10, 90, 200])))),
+        "mask": png(image::RgbImage::from_pixel(32, 32, image::Rgb([255, 255, 255]))),
+        "class": "3", "seed": 5, "samples": 1,
+    });
+    let (status, out) = http(port, "POST", "/api/edit", &body.to_string());
+    assert_eq!(status, 200, "{out}");
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let completion = base64::engine::general_purpose::STANDARD
+        .decode(out["completions"][0].as_str().unwrap())
+        .unwrap();
+    let sampled = dir.path().join("sampled");
+    movq(&[
+        "sample",
+        "--model",
+        s(&tr),
+        "--num",
+        "1",
+        "--seed",
+        "5",
+        "--class",
+        "3",
+        "--out",
+        s(&sampled),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+    let want = image::open(sampled.join("sample-0000.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(
+        image::load_from_memory(&completion).unwrap().to_rgb8(),
+        want
+    );
+    assert_eq!(out["metrics"]["masked_tokens_per_channel"], 256);
+    // bad requests: 400 with the reason
+    let (status, err) = http(port, "POST", "/api/edit", r#"{"image": "not base64!"}"#);
+    assert_eq!(status, 400);
+    assert!(err.contains("not base64"), "{err}");
+    let (status, err) = http(
+        port,
+        "POST",
+        "/api/edit",
+        &serde_json::json!({"image": body["image"], "mask": body["mask"], "class": "purple"})
+            .to_string(),
+    );
+    assert_eq!(status, 400);
+    assert!(err.contains("unknown class name"), "{err}");
+    assert_eq!(http(port, "GET", "/nowhere", "").0, 404);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -11,12 +11,10 @@ fn png_bytes(dir: &std::path::Path) -> Vec<u8> {
 fn inference_uses_the_moving_average_unless_asked_for_raw_weights() {
     let dir = tmp();
     let cfg = tiny_config(dir.path(), |v| {
+        crate::harness::small_batches(v);
         v["train"]["steps"] = 6.into();
-        v["train"]["batch_size"] = 4.into();
-        v["train"]["val_images"] = 4.into();
         v["train"]["ema_decay"] = 0.9.into();
         v["transformer"]["train"]["steps"] = 2.into();
-        v["transformer"]["train"]["batch_size"] = 4.into();
         v["transformer"]["train"]["ema_decay"] = 0.9.into();
     });
     let vq = dir.path().join("vq");

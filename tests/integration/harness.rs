@@ -118,6 +118,14 @@ pub fn quick_config(dir: &Path, steps: usize) -> PathBuf {
     })
 }
 
+/// Batches of 4 in both stages and 4 validation images: the settings of the short CLI runs.
+pub fn small_batches(v: &mut serde_json::Value) {
+    v["train"]["batch_size"] = 4.into();
+    v["train"]["val_images"] = 4.into();
+    v["transformer"]["train"]["batch_size"] = 4.into();
+    v["transformer"]["train"]["val_images"] = 4.into();
+}
+
 /// `movq train-vq --config CFG --data DATA --out OUT --device cpu`.
 pub fn train_vq(cfg: &Path, data: &str, out: &Path) -> Run {
     movq(&[

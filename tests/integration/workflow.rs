@@ -107,12 +107,9 @@ fn decoder_only_fine_tuning_leaves_the_frozen_parts_untouched() {
 fn a_fine_tuned_transformer_starts_from_its_source() {
     let dir = tmp();
     let cfg = tiny_config(dir.path(), |v| {
+        crate::harness::small_batches(v);
         v["train"]["steps"] = 2.into();
-        v["train"]["batch_size"] = 4.into();
-        v["train"]["val_images"] = 4.into();
         v["transformer"]["train"]["steps"] = 2.into();
-        v["transformer"]["train"]["batch_size"] = 4.into();
-        v["transformer"]["train"]["val_images"] = 4.into();
     });
     let vq = dir.path().join("vq");
     train_vq(&cfg, "builtin:shapes:16", &vq).ok();
@@ -303,12 +300,10 @@ fn accumulation_trains_on_several_ranks_and_rejects_bad_values() {
 fn previews_show_reconstructions_and_one_sample_per_class_while_training() {
     let dir = tmp();
     let cfg = tiny_config(dir.path(), |v| {
+        crate::harness::small_batches(v);
         v["train"]["steps"] = 4.into();
-        v["train"]["batch_size"] = 4.into();
-        v["train"]["val_images"] = 4.into();
         v["train"]["sample_every"] = 2.into();
         v["transformer"]["train"]["steps"] = 3.into();
-        v["transformer"]["train"]["batch_size"] = 4.into();
         v["transformer"]["train"]["sample_every"] = 2.into();
     });
     let vq = dir.path().join("vq");
@@ -659,12 +654,10 @@ fn the_rotation_trick_and_the_entropy_penalty_train_resume_exactly_and_run_on_ra
 fn fid_while_training_is_logged_for_both_stages() {
     let dir = tmp();
     let cfg = tiny_config(dir.path(), |v| {
+        crate::harness::small_batches(v);
         v["train"]["steps"] = 2.into();
-        v["train"]["batch_size"] = 4.into();
-        v["train"]["val_images"] = 4.into();
         v["train"]["fid_every"] = 2.into();
         v["transformer"]["train"]["steps"] = 2.into();
-        v["transformer"]["train"]["batch_size"] = 4.into();
         v["transformer"]["train"]["fid_every"] = 1.into();
         v["transformer"]["train"]["fid_samples"] = 4.into();
     });

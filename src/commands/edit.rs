@@ -197,7 +197,8 @@ pub struct EditResult {
     /// The input's codes `[1, c, h, w]` and the completions' `[S, c, H, W]` (on the CPU).
     pub input_codes: Tensor,
     pub codes: Tensor,
-    /// The canvas, the masked tokens and each completion's PSNR/SSIM outside the region.
+    /// The canvas, the masked tokens, and per completion whether every known token was kept
+    /// and its PSNR/SSIM outside the region.
     pub record: Value,
 }
 
@@ -246,6 +247,11 @@ pub fn edit_image(
         let mut c = canvas.clone();
         let mut rng = rng_for(req.seed + k as u64, Stream::Sample, &[0]);
         c.fill(&tr.model, req.cond, opts, &mut rng, &device)?;
+        let kept = canvas
+            .tokens
+            .iter()
+            .zip(&c.tokens)
+            .all(|(&before, &after)| before == mask_id || before == after);
         let indices = c.to_indices(&device)?;
         let mut img = tensor_to_images(&tr.vq.decode_indices(&indices)?)?.remove(0);
         if req.paste {
@@ -255,6 +261,7 @@ pub fn edit_image(
         let (p_in, s_in) = outside(&img, &input, &region);
         per_sample.push(json!({
             "file": format!("{k:05}.png"), "seed": req.seed + k as u64,
+            "known_tokens_kept": kept,
             "psnr_outside_vs_reconstruction": finite(p_rec),
             "ssim_outside_vs_reconstruction": s_rec,
             "psnr_outside_vs_input": finite(p_in),

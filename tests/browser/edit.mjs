@@ -1,6 +1,7 @@
 // The page of `movq serve` in a real browser: choose an image, paint a mask with the brush,
 // erase part of it, pick a class and the number of samples, press Edit, and check that the
-// completions arrive and can be downloaded. Run by scripts/browser-test, which trains the tiny
+// completions arrive with every token outside the painted region kept from the input's
+// encoding (the stage-1 reconstruction's), and can be downloaded; then outpaint. Run by scripts/browser-test, which trains the tiny
 // runs it needs; usage: node edit.mjs MOVQ_BINARY STAGE2_RUN INPUT_PNG [SCREENSHOT_PNG]
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -64,9 +65,18 @@ try {
   await page.selectOption("#class", "circle-red");
   await page.fill("#samples", "2");
   await page.fill("#seed", "7");
-  await page.click("#edit");
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/api/edit"), { timeout: 120000 }),
+    page.click("#edit"),
+  ]);
+  const result = await response.json();
   await page.waitForFunction(() => document.querySelectorAll("#results img").length === 3,
                              null, { timeout: 120000 });
+  // outside the painted region the tokens are the input's own: the stage-1 reconstruction
+  if (!(result.metrics.masked_tokens_per_channel > 0)) fail("no token was masked");
+  for (const s of result.metrics.samples) {
+    if (s.known_tokens_kept !== true) fail(`completion ${s.file} changed a known token`);
+  }
   const status = await page.textContent("#status");
   if (!status.includes("2 completions")) fail(`status: ${status}`);
   const sources = await page.$$eval("#results a", (as) => as.map((a) => [a.href.slice(0, 22), a.download]));

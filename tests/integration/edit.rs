@@ -154,6 +154,13 @@ fn inpainting_keeps_the_known_tokens_and_matches_sampling_under_a_full_mask() {
         }
     }
     assert!(regenerated > 0);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(m["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["known_tokens_kept"] == true));
     // the same seed gives byte-identical images
     let again = d.join("quarter-again");
     edit(
@@ -484,6 +491,64 @@ fn serve_answers_the_page_and_the_edit_api() {
     assert_eq!(status, 400);
     assert!(err.contains("unknown class name"), "{err}");
     assert_eq!(http(port, "GET", "/nowhere", "").0, 404);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // no file outside what the page offers
+    for path in [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/api/../../etc/passwd",
+    ] {
+        let (status, body) = http(port, "GET", path, "");
+        assert!(status == 404 || status == 400, "{path}: {status}");
+        assert!(!body.contains("root:"), "{path}");
+    }
+    assert_eq!(http(port, "GET", "/api/edit", "").0, 405);
+    assert_eq!(http(port, "DELETE", "/", "").0, 405);
+    // a mask of another size, and a body over the limit
+    let small_mask =
+        serde_json::json!({"image": body["image"], "mask": png(image::RgbImage::new(8, 8))});
+    let (status, err) = http(port, "POST", "/api/edit", &small_mask.to_string());
+    assert_eq!(status, 400);
+    assert!(err.contains("not the image's size"), "{err}");
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "POST /api/edit HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    }
+    // two clients at once: each gets its own edit (the one a lone request with its seed gets)
+    let request = |seed: u64| {
+        let mut b = body.clone();
+        b["seed"] = seed.into();
+        b.to_string()
+    };
+    let alone: Vec<String> = [11, 12]
+        .iter()
+        .map(|&s| http(port, "POST", "/api/edit", &request(s)).1)
+        .collect();
+    let together: Vec<String> = [11, 12]
+        .map(|seed| {
+            let r = request(seed);
+            std::thread::spawn(move || http(port, "POST", "/api/edit", &r).1)
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let completions =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["completions"].clone();
+    assert_ne!(completions(&alone[0]), completions(&alone[1]));
+    for k in 0..2 {
+        assert_eq!(completions(&together[k]), completions(&alone[k]));
+    }
+    // Ctrl-C stops the server cleanly
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
 }

@@ -23,8 +23,11 @@ use crate::transformer::editing::Margins;
 /// The page, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
 
-/// Largest request body accepted (an image, a mask and their base64 overhead).
-const MAX_BODY: u64 = 64 << 20;
+/// Largest request body accepted: an image and a mask of up to 16 MB each, in base64.
+const MAX_BODY: u64 = 48 << 20;
+
+/// Largest image side accepted, in pixels.
+const MAX_SIDE: u32 = 4096;
 
 /// Most completions one request may ask for.
 const MAX_SAMPLES: usize = 16;
@@ -74,11 +77,39 @@ fn default_choice_temperature() -> f64 {
     4.5
 }
 
+/// A refused request: its status and reason.
+#[derive(Debug)]
+struct Refusal(u16, String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refuse<T>(status: u16, msg: String) -> Result<T> {
+    Err(Refusal(status, msg).into())
+}
+
 fn decode_image(b64: &str, what: &str) -> Result<RgbImage> {
     let data = b64.split_once(";base64,").map_or(b64, |(_, d)| d);
     let bytes = STANDARD
         .decode(data.trim())
         .map_err(|e| anyhow!("{what}: not base64 ({e})"))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("{what}: {e}"))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| anyhow!("{what}: not an image ({e})"))?;
+    if w.max(h) > MAX_SIDE {
+        return refuse(
+            413,
+            format!("{what}: {w}×{h} is larger than {MAX_SIDE} px on a side"),
+        );
+    }
     Ok(image::load_from_memory(&bytes)
         .map_err(|e| anyhow!("{what}: not an image ({e})"))?
         .to_rgb8())
@@ -109,6 +140,15 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
     let (mask, margins) = match (&b.mask, &b.extend) {
         (Some(m), None) => {
             let m = decode_image(m, "mask")?;
+            if m.dimensions() != img.dimensions() {
+                bail!(
+                    "mask: {}×{} is not the image's size {}×{}",
+                    m.width(),
+                    m.height(),
+                    img.width(),
+                    img.height()
+                );
+            }
             (Some(mask_view(&m, img.width(), img.height(), side)), None)
         }
         (None, Some(spec)) => (None, Some(Margins::parse(spec, f)?)),
@@ -137,7 +177,8 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
 /// The response to one request: status, content type and body.
 fn handle(tr: &TransformerRun, model: &str, req: &mut Request) -> (u16, &'static str, Vec<u8>) {
     let as_json = |status: u16, v: Value| (status, "application/json", v.to_string().into_bytes());
-    match (req.method(), req.url()) {
+    let (method, url) = (req.method().clone(), req.url().to_string());
+    match (&method, url.as_str()) {
         (Method::Get, "/") | (Method::Get, "/index.html") => {
             (200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec())
         }
@@ -155,19 +196,39 @@ fn handle(tr: &TransformerRun, model: &str, req: &mut Request) -> (u16, &'static
             )
         }
         (Method::Post, "/api/edit") => {
+            if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
+                return as_json(
+                    413,
+                    json!({"error": format!("the request is larger than {} MiB", MAX_BODY >> 20)}),
+                );
+            }
             let mut body = Vec::new();
-            if let Err(e) = req.as_reader().take(MAX_BODY).read_to_end(&mut body) {
+            if let Err(e) = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
                 return as_json(
                     400,
                     json!({"error": format!("cannot read the request: {e}")}),
                 );
             }
+            if body.len() as u64 > MAX_BODY {
+                return as_json(
+                    413,
+                    json!({"error": format!("the request is larger than {} MiB", MAX_BODY >> 20)}),
+                );
+            }
             match api_edit(tr, &body) {
                 Ok(v) => as_json(200, v),
-                Err(e) => as_json(400, json!({"error": format!("{e:#}")})),
+                Err(e) => {
+                    let status = e.downcast_ref::<Refusal>().map_or(400, |r| r.0);
+                    as_json(status, json!({"error": format!("{e:#}")}))
+                }
             }
         }
-        (_, url) => as_json(404, json!({"error": format!("no such page: {url}")})),
+        (_, "/" | "/index.html" | "/api/info" | "/api/edit") => as_json(
+            405,
+            json!({"error": format!("{method} is not allowed on {url}")}),
+        ),
+        // nothing else is served: no file is ever read from a request's path
+        _ => as_json(404, json!({"error": format!("no such page: {url}")})),
     }
 }
 
@@ -181,9 +242,20 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let tr = TransformerRun::open(&a.model, &a.common.run())?;
     let server = Server::http((a.host.as_str(), a.port))
         .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", a.host, a.port))?;
+    let server = std::sync::Arc::new(server);
+    if !["127.0.0.1", "localhost", "::1"].contains(&a.host.as_str()) {
+        eprintln!(
+            "warning: --host {} lets other machines reach the page and run the model; the server has no authentication",
+            a.host
+        );
+    }
+    // Ctrl-C ends the loop below: the request being answered finishes first
+    let stopper = server.clone();
+    ctrlc::set_handler(move || stopper.unblock()).context("cannot install the Ctrl-C handler")?;
     let addr = server.server_addr().to_ip().context("not an IP address")?;
     let model = a.model.display().to_string();
     eprintln!("serving {model} on http://{addr}/ (Ctrl-C stops)");
+    // one request at a time: the model is never shared between two edits
     for mut req in server.incoming_requests() {
         let (status, content_type, body) = handle(&tr, &model, &mut req);
         eprintln!("{} {} → {status}", req.method(), req.url());
@@ -196,5 +268,6 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             eprintln!("could not answer: {e}");
         }
     }
+    eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -110,15 +110,20 @@ fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-/// About `n` round tick values (1, 2 or 5 × 10^k apart) covering `[lo, hi]`.
+/// About `n` round tick values inside `[lo, hi]`: 1, 2 or 5 × 10^k apart, the spacing whose
+/// count of intervals comes nearest `n`.
 pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    let raw = (hi - lo) / n.max(1) as f64;
+    let n = n.max(1) as f64;
+    let raw = (hi - lo) / n;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
+        .min_by(|a, b| {
+            let off = |s: f64| ((hi - lo) / s - n).abs();
+            off(*a).total_cmp(&off(*b))
+        })
+        .unwrap_or(mag);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).map(|k| k as f64 * step).collect()

@@ -276,7 +276,10 @@ mod tests {
         let lit = |i: &RgbImage| i.pixels().filter(|p| p.0[0] > 200).count();
         assert_eq!(lit(&blank), 0);
         assert!(lit(&text) > 100);
-        assert_eq!(text.height(), 2 * 9 * 2);
+        // two lines of 9-row glyphs (descenders included) and 2 rows of spacing, at scale 2
+        assert_eq!(text.height(), 2 * 11 * 2);
+        assert_eq!(text_width("0.95", 2), 4 * 12 - 2);
+        assert_eq!(text_width("A-z", 1), text_width("a-z", 1));
         assert!(text.width() >= 5 * 12 - 2);
         assert_eq!(upscale(&RgbImage::new(24, 24), 96).width(), 96);
         assert_eq!(upscale(&RgbImage::new(32, 32), 96).width(), 96);

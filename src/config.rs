@@ -865,6 +865,9 @@ pub struct TransformerRunConfig {
     pub vq_run: String,
     /// Class names (empty = unconditional); `--class` accepts a name or an index.
     pub classes: Vec<String>,
+    /// The `--data` it was trained on (for the record, and the examples `movq serve` offers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_spec: Option<String>,
     pub data: DataConfig,
     pub transformer: TransformerSection,
 }

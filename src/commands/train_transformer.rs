@@ -61,6 +61,7 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
                 seed,
                 vq_run: a.vq.display().to_string(),
                 classes: Dataset::open(&a.data, seed)?.classes().to_vec(),
+                data_spec: Some(a.data.clone()),
                 data: vq_cfg.data.clone(),
                 transformer: transformer_section(a.config.as_deref(), &vq_cfg)?,
             })

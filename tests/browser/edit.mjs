@@ -35,9 +35,15 @@ try {
   const classes = await page.$$eval("#class option", (os) => os.map((o) => o.value));
   if (!classes.includes("circle-red")) fail(`classes: ${classes}`);
   if (!(await page.isDisabled("#edit"))) fail("Edit is enabled before an image is chosen");
+  // one of the run's validation images can be chosen too
+  await page.waitForFunction(() => document.querySelectorAll("#examples img").length > 0);
+  await page.click("#examples img");
+  await page.waitForFunction(() => !document.getElementById("edit").disabled);
+  const side = await page.$eval("#image", (c) => c.width);
+  if (side < 8) fail(`the example image is ${side} px wide`);
 
   await page.setInputFiles("#file", input);
-  await page.waitForFunction(() => !document.getElementById("edit").disabled);
+  await page.waitForFunction((w) => document.getElementById("image").width === w, 48);
   // paint a stroke across the middle with a large brush, then erase its right end
   const box = await page.locator("#paint").boundingBox();
   const at = (fx, fy) => [box.x + box.width * fx, box.y + box.height * fy];

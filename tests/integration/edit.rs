@@ -395,8 +395,9 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
         body.len()
     )
     .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     let status = out[9..12].parse().unwrap();
     let body = out
         .split_once("\r\n\r\n")
@@ -411,12 +412,23 @@ fn serve_answers_the_page_and_the_edit_api() {
     use std::io::BufRead;
     let dir = tmp();
     let (_, tr) = runs(dir.path());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_movq"))
-        .args(["serve", "--model", s(&tr), "--port", "0", "--device", "cpu"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    /// The server, stopped however the test ends.
+    struct Serving(std::process::Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Serving(
+        std::process::Command::new(env!("CARGO_BIN_EXE_movq"))
+            .args(["serve", "--model", s(&tr), "--port", "0", "--device", "cpu"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let port: u16 = first
         .split("127.0.0.1:")
@@ -431,6 +443,17 @@ fn serve_answers_the_page_and_the_edit_api() {
     assert_eq!(status, 200);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["classes"].as_array().unwrap().len(), 16);
+    // the run's validation images, by index only
+    assert!(info["examples"].as_u64().unwrap() > 0);
+    let (status, _) = http(port, "GET", "/api/examples/0", "");
+    assert_eq!(status, 200);
+    for bad in [
+        "/api/examples/99",
+        "/api/examples/-1",
+        "/api/examples/../../etc/passwd",
+    ] {
+        assert_eq!(http(port, "GET", bad, "").0, 404, "{bad}");
+    }
     // a full mask with seed 5 and class 3: what `movq sample --seed 5 --class 3` draws
     let png = |img: image::RgbImage| {
         let mut bytes = Vec::new();
@@ -542,12 +565,22 @@ fn serve_answers_the_page_and_the_edit_api() {
         assert_eq!(completions(&together[k]), completions(&alone[k]));
     }
     // Ctrl-C stops the server cleanly
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     std::process::Command::new("kill")
         .args(["-INT", &pid])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the server did not stop on SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");

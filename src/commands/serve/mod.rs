@@ -32,6 +32,36 @@ const MAX_SIDE: u32 = 4096;
 /// Most completions one request may ask for.
 const MAX_SAMPLES: usize = 16;
 
+/// Validation images of the run's data the page offers.
+const EXAMPLES: usize = 8;
+
+/// The first validation images of the data the run was trained on, as PNGs (none when the
+/// run does not record its data or the data is gone).
+fn examples(tr: &TransformerRun) -> Vec<Vec<u8>> {
+    let Some(spec) = &tr.cfg.data_spec else {
+        return vec![];
+    };
+    let load = || -> Result<Vec<Vec<u8>>> {
+        let ds = crate::data::Dataset::open(spec, tr.cfg.seed)?;
+        let (train, val) = ds.split(tr.cfg.data.val_fraction);
+        let items = if val.is_empty() { train } else { val };
+        items
+            .into_iter()
+            .take(EXAMPLES)
+            .map(|i| {
+                let mut png = Vec::new();
+                ds.load_native(i)?
+                    .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+                Ok(png)
+            })
+            .collect()
+    };
+    load().unwrap_or_else(|e| {
+        eprintln!("note: no example images ({spec}: {e:#})");
+        vec![]
+    })
+}
+
 /// `POST /api/edit`'s body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,7 +205,12 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
 }
 
 /// The response to one request: status, content type and body.
-fn handle(tr: &TransformerRun, model: &str, req: &mut Request) -> (u16, &'static str, Vec<u8>) {
+fn handle(
+    tr: &TransformerRun,
+    model: &str,
+    examples: &[Vec<u8>],
+    req: &mut Request,
+) -> (u16, &'static str, Vec<u8>) {
     let as_json = |status: u16, v: Value| (status, "application/json", v.to_string().into_bytes());
     let (method, url) = (req.method().clone(), req.url().to_string());
     match (&method, url.as_str()) {
@@ -192,8 +227,16 @@ fn handle(tr: &TransformerRun, model: &str, req: &mut Request) -> (u16, &'static
                     "resolution": tr.vq_cfg.model.resolution,
                     "factor": tr.vq_cfg.model.downsample_factor(),
                     "tokens": [layout.h, layout.w, layout.channels],
+                    "examples": examples.len(),
                 }),
             )
+        }
+        (Method::Get, path) if path.starts_with("/api/examples/") => {
+            let k = path["/api/examples/".len()..].parse::<usize>().ok();
+            match k.and_then(|k| examples.get(k)) {
+                Some(png) => (200, "image/png", png.clone()),
+                None => as_json(404, json!({"error": format!("no such example: {path}")})),
+            }
         }
         (Method::Post, "/api/edit") => {
             if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
@@ -254,10 +297,11 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     ctrlc::set_handler(move || stopper.unblock()).context("cannot install the Ctrl-C handler")?;
     let addr = server.server_addr().to_ip().context("not an IP address")?;
     let model = a.model.display().to_string();
+    let examples = examples(&tr);
     eprintln!("serving {model} on http://{addr}/ (Ctrl-C stops)");
     // one request at a time: the model is never shared between two edits
     for mut req in server.incoming_requests() {
-        let (status, content_type, body) = handle(&tr, &model, &mut req);
+        let (status, content_type, body) = handle(&tr, &model, &examples, &mut req);
         eprintln!("{} {} → {status}", req.method(), req.url());
         let header =
             Header::from_bytes("Content-Type", content_type).map_err(|_| anyhow!("bad header"))?;

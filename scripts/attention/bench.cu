@@ -2,8 +2,8 @@
 // ATT_SRC at compile time, with the same shared-memory layout) at the transformer's reference shape, with CUDA events: forward, and
 // the backward pass's four launches, as attention.rs makes them. A diagnostic for kernel work:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/att-bench scripts/attention/bench.cu
-// (here: source ~/.cache/movq-cuda/env.sh; add -L with the toolkit's lib folder if the linker
-// misses cudart), then carry the binary to the GPU machine.
+// (add -L with the CUDA toolkit's lib folder if the linker misses cudart), then on a machine with
+// an sm_90 GPU:
 //   /tmp/att-bench [B T H]        (defaults 64 1025 16; head width 48)
 // scripts/attention/sdpa.py times PyTorch's scaled_dot_product_attention at the same shape.
 #ifndef ATT_SRC

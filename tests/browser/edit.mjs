@@ -43,7 +43,8 @@ try {
   if (side < 8) fail(`the example image is ${side} px wide`);
 
   await page.setInputFiles("#file", input);
-  await page.waitForFunction((w) => document.getElementById("image").width === w, 48);
+  const inputWidth = readFileSync(input).readUInt32BE(16); // the PNG's IHDR width
+  await page.waitForFunction((w) => document.getElementById("image").width === w, inputWidth);
   // paint a stroke across the middle with a large brush, then erase its right end
   const box = await page.locator("#paint").boundingBox();
   const at = (fx, fy) => [box.x + box.width * fx, box.y + box.height * fy];

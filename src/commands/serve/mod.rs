@@ -305,9 +305,14 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         eprintln!("{} {} → {status}", req.method(), req.url());
         let header =
             Header::from_bytes("Content-Type", content_type).map_err(|_| anyhow!("bad header"))?;
+        // one request per connection: tiny_http answers a browser's parallel keep-alive
+        // connections one at a time, and a request queued behind another on a reused
+        // connection could wait forever
+        let close = Header::from_bytes("Connection", "close").map_err(|_| anyhow!("bad header"))?;
         let response = Response::from_data(body)
             .with_status_code(status)
-            .with_header(header);
+            .with_header(header)
+            .with_header(close);
         if let Err(e) = req.respond(response) {
             eprintln!("could not answer: {e}");
         }

@@ -37,6 +37,26 @@ fn write_image(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
         .unwrap();
 }
 
+/// `movq sample --num 1 --seed 5 --class 3` into `out`: what a full-mask edit must reproduce.
+fn sample_seed_5_class_3(tr: &Path, out: &Path) {
+    movq(&[
+        "sample",
+        "--model",
+        s(tr),
+        "--num",
+        "1",
+        "--seed",
+        "5",
+        "--class",
+        "3",
+        "--out",
+        s(out),
+        "--device",
+        "cpu",
+    ])
+    .ok();
+}
+
 fn edit(tr: &Path, args: &[&str]) -> crate::harness::Run {
     let mut all = vec!["edit", "--model", s(tr), "--device", "cpu"];
     all.extend_from_slice(args);
@@ -208,22 +228,7 @@ fn inpainting_keeps_the_known_tokens_and_matches_sampling_under_a_full_mask() {
     r.ok();
     assert!(r.stderr.contains("resized to the image"), "{}", r.stderr);
     let sampled = d.join("sampled");
-    movq(&[
-        "sample",
-        "--model",
-        s(&tr),
-        "--num",
-        "1",
-        "--seed",
-        "5",
-        "--class",
-        "3",
-        "--out",
-        s(&sampled),
-        "--device",
-        "cpu",
-    ])
-    .ok();
+    sample_seed_5_class_3(&tr, &sampled);
     assert_eq!(
         std::fs::read(out.join("00000.png")).unwrap(),
         std::fs::read(sampled.join("sample-0000.png")).unwrap()
@@ -476,22 +481,7 @@ fn serve_answers_the_page_and_the_edit_api() {
         .decode(out["completions"][0].as_str().unwrap())
         .unwrap();
     let sampled = dir.path().join("sampled");
-    movq(&[
-        "sample",
-        "--model",
-        s(&tr),
-        "--num",
-        "1",
-        "--seed",
-        "5",
-        "--class",
-        "3",
-        "--out",
-        s(&sampled),
-        "--device",
-        "cpu",
-    ])
-    .ok();
+    sample_seed_5_class_3(&tr, &sampled);
     let want = image::open(sampled.join("sample-0000.png"))
         .unwrap()
         .to_rgb8();

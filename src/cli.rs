@@ -359,6 +359,13 @@ pub struct EvalSamplesArgs {
     pub common: Common,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchSection {
+    All,
+    Reference,
+    Small,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Precisions to measure, comma separated (bf16 is skipped on the CPU).
@@ -367,6 +374,10 @@ pub struct BenchArgs {
     /// Run only the workloads whose "KIND CONFIG BATCH" contains this text (e.g. "vq-train").
     #[arg(long)]
     pub only: Option<String>,
+    /// Which workloads: the reference's large models, the small ones (the fashion-32 preset's
+    /// tokenizer and transformer), or both.
+    #[arg(long, value_enum, default_value_t = BenchSection::All)]
+    pub section: BenchSection,
     /// Timed calls at least.
     #[arg(long, default_value_t = 3)]
     pub min_iters: usize,

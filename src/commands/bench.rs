@@ -1,5 +1,7 @@
 //! `movq bench`: throughput and peak GPU memory on the workloads of the PyTorch reference
 //! benchmark (same shapes and batch sizes), one JSON line per figure and a table at the end.
+//! Two sections: the reference's large models (`--section reference`) and the small models a
+//! user trains first (`--section small`: the `fashion-32` preset's tokenizer and transformer).
 //!
 //! Each figure: a warm-up call (two when the first is fast; sampling warms up with one decoding
 //! step of the same shapes, as the reference does), then timed calls (each ending with a device
@@ -15,7 +17,7 @@ use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde_json::json;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchSection};
 use crate::compute::{set_tf32, Precision};
 use crate::config::{OptimizerKind, RunConfig, TransformerConfig, TransformerSection};
 use crate::data::loader::ImageBatch;
@@ -39,7 +41,13 @@ struct Workload {
     batch: usize,
 }
 
-/// The reference script's workloads (or a tiny stand-in for each with `smoke`).
+/// The small section's token layout: the `fashion-32` preset's 8×8 grid of 2 channels.
+const SMALL_LAYOUT: &str = "8x8x2";
+/// The small section's stage-1 preset.
+const SMALL_PRESET: &str = "fashion-32";
+
+/// The reference script's workloads, then the small section (or a tiny stand-in for each with
+/// `smoke`).
 fn workloads(smoke: bool) -> Vec<Workload> {
     let w = |kind, config: &str, batch| Workload {
         kind,
@@ -53,6 +61,9 @@ fn workloads(smoke: bool) -> Vec<Workload> {
             w("vq-decode", "tiny", 4),
             w("tr-train", "16x16x4", 2),
             w("tr-sample", "16x16x4", 2),
+            w("vq-train", SMALL_PRESET, 2),
+            w("tr-train", SMALL_LAYOUT, 2),
+            w("tr-sample", SMALL_LAYOUT, 2),
         ];
     }
     vec![
@@ -65,7 +76,31 @@ fn workloads(smoke: bool) -> Vec<Workload> {
         w("tr-train", "16x16x1", 64),
         w("tr-sample", "16x16x4", 64),
         w("tr-sample", "16x16x1", 256),
+        w("vq-train", SMALL_PRESET, 64),
+        w("vq-infer", SMALL_PRESET, 256),
+        w("tr-train", SMALL_LAYOUT, 128),
+        w("tr-sample", SMALL_LAYOUT, 256),
     ]
+}
+
+impl Workload {
+    /// The small section: the `fashion-32` preset's models.
+    fn is_small(&self) -> bool {
+        self.config == SMALL_PRESET || self.config == SMALL_LAYOUT
+    }
+}
+
+/// The transformer section a tr-* workload trains: the small preset's own (8 × 256), or the
+/// reference's MaskGIT-base.
+fn transformer_section(w: &Workload, smoke: bool) -> Result<TransformerSection> {
+    let preset = if w.is_small() { SMALL_PRESET } else { "tiny" };
+    let mut section = RunConfig::resolve(preset)?
+        .transformer
+        .with_context(|| format!("the {preset} preset has a transformer section"))?;
+    if !w.is_small() {
+        section.model = transformer_config(smoke);
+    }
+    Ok(section)
 }
 
 /// The reference transformer: 24 layers, width 768, 16 heads, MLP 3072 (2 × 64 with `smoke`).
@@ -87,7 +122,8 @@ fn transformer_config(smoke: bool) -> TransformerConfig {
     }
 }
 
-/// `16x16x4` → a layout of 1024 codes, 1000 classes.
+/// `16x16x4` → a layout of 1024 codes, 1000 classes; the small section's `8x8x2` has the
+/// `fashion-32` preset's 512 codes and 10 classes.
 fn token_layout(spec: &str) -> Result<TokenLayout> {
     let dims: Vec<usize> = spec
         .split('x')
@@ -97,12 +133,17 @@ fn token_layout(spec: &str) -> Result<TokenLayout> {
     let [h, w, channels] = dims[..] else {
         bail!("token layout {spec}: expected HxWxC");
     };
+    let (codebook_size, n_classes) = if spec == SMALL_LAYOUT {
+        (512, 10)
+    } else {
+        (1024, 1000)
+    };
     Ok(TokenLayout {
         h,
         w,
         channels,
-        codebook_size: 1024,
-        n_classes: 1000,
+        codebook_size,
+        n_classes,
     })
 }
 
@@ -185,15 +226,18 @@ fn run_workload(
     let dtype = precision.compute_dtype(device);
     match w.kind {
         "vq-train" => {
-            // The reference's loss: L1 + codebook/commitment, AdamW (0.5, 0.9), decay 0.01.
+            // The reference's loss: L1 + codebook/commitment; the large models with AdamW
+            // (0.5, 0.9), decay 0.01; the small one with its preset's Adam and clipping at 1.
             let mut cfg = RunConfig::resolve(&w.config)?;
             cfg.loss.discriminator = None;
             cfg.loss.perceptual_weight = 0.0;
             cfg.model.quantizer.restart_dead_codes = None;
-            cfg.train.optimizer = OptimizerKind::AdamW;
-            cfg.train.betas = (0.5, 0.9);
-            cfg.train.weight_decay = 0.01;
-            cfg.train.grad_clip = None;
+            if !w.is_small() {
+                cfg.train.optimizer = OptimizerKind::AdamW;
+                cfg.train.betas = (0.5, 0.9);
+                cfg.train.weight_decay = 0.01;
+                cfg.train.grad_clip = None;
+            }
             cfg.train.precision = precision;
             let mut stage = VqStage::new(
                 &cfg,
@@ -249,11 +293,10 @@ fn run_workload(
             Ok((s, n, w.batch, "img/s"))
         }
         "tr-train" => {
+            // The reference's loss: cross-entropy on the masked tokens, AdamW (0.9, 0.96),
+            // decay 0.045; the small transformer clips at 1 as its preset does.
             let layout = token_layout(&w.config)?;
-            let mut section: TransformerSection = RunConfig::resolve("tiny")?
-                .transformer
-                .context("the tiny preset has a transformer section")?;
-            section.model = transformer_config(a.smoke);
+            let mut section = transformer_section(w, a.smoke)?;
             section.label_smoothing = 0.0;
             section.class_dropout = 0.0;
             section.micro_batch = micro_batch;
@@ -261,7 +304,7 @@ fn run_workload(
             t.optimizer = OptimizerKind::AdamW;
             t.betas = (0.9, 0.96);
             t.weight_decay = 0.045;
-            t.grad_clip = None;
+            t.grad_clip = if w.is_small() { Some(1.0) } else { None };
             t.precision = precision;
             let batches = [
                 random_tokens(&layout, w.batch, 1),
@@ -283,9 +326,9 @@ fn run_workload(
         "tr-sample" => {
             let layout = token_layout(&w.config)?;
             let store = ParamStore::frozen(0, device);
-            let model =
-                MaskTransformer::new(&transformer_config(a.smoke), layout, store.var_builder())?
-                    .with_dtype(dtype);
+            let section = transformer_section(w, a.smoke)?;
+            let model = MaskTransformer::new(&section.model, layout, store.var_builder())?
+                .with_dtype(dtype);
             let opts = SamplerOptions::maskgit(12);
             let rows = vec![vec![layout.mask_id(); layout.seq_len()]; w.batch];
             let counts = step_counts(&rows, layout.mask_id(), layout.seq_len(), &opts);
@@ -322,14 +365,18 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         "bf16" => Some(Precision::Bf16),
         _ => None,
     })?;
-    let all = workloads(a.smoke);
-    let selected: Vec<Workload> = match a.only.as_deref() {
-        None => all,
-        Some(filter) => all
-            .into_iter()
-            .filter(|w| format!("{} {} {}", w.kind, w.config, w.batch).contains(filter))
-            .collect(),
-    };
+    let selected: Vec<Workload> = workloads(a.smoke)
+        .into_iter()
+        .filter(|w| match a.section {
+            BenchSection::All => true,
+            BenchSection::Reference => !w.is_small(),
+            BenchSection::Small => w.is_small(),
+        })
+        .filter(|w| match a.only.as_deref() {
+            None => true,
+            Some(filter) => format!("{} {} {}", w.kind, w.config, w.batch).contains(filter),
+        })
+        .collect();
     let mut out = match &a.out {
         Some(p) => Some(
             std::fs::OpenOptions::new()

@@ -548,3 +548,55 @@ fn stage2_bad_input() {
     ])
     .fails_with(&["not a stage-2 run"]);
 }
+
+/// `movq bench --section small` measures the small models (the fashion-32 preset's tokenizer and
+/// its 8 × 256 transformer over 8×8×2 tokens of 512 codes) and nothing else; the JSON lines name
+/// each workload with its shape and a positive throughput.
+#[test]
+fn bench_small_section_measures_the_fashion_models() {
+    let dir = tmp();
+    let out = dir.path().join("bench.jsonl");
+    movq(&[
+        "bench",
+        "--smoke",
+        "--section",
+        "small",
+        "--min-iters",
+        "1",
+        "--target-seconds",
+        "0",
+        "--out",
+        s(&out),
+    ])
+    .ok();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .expect("bench lines")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["workload"].as_str().unwrap(),
+                r["config"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["vq-train fashion-32", "tr-train 8x8x2", "tr-sample 8x8x2"]
+    );
+    for r in &rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // the token layout of the small section: 8×8×2 tokens + the class token per sequence
+    let tokens =
+        rows[1]["throughput"].as_f64().unwrap() * rows[1]["median_ms"].as_f64().unwrap() / 1e3;
+    assert!(
+        (tokens - 2.0 * 129.0).abs() < 1e-6,
+        "{tokens} tokens per call"
+    );
+}

@@ -397,7 +397,7 @@ pub struct BenchArgs {
 #[derive(Debug, Args)]
 pub struct TrainVqArgs {
     /// Config file, or a preset name (shapes, tiny, ffhq-256, imagenet-256, kandinsky-movq,
-    /// fashion-32, fashion-32-full); required for a new run (with --resume the run's own config.json is used).
+    /// fashion-32, fashion-32-full, fashion-32-f2); required for a new run (with --resume the run's own config.json is used).
     #[arg(long)]
     pub config: Option<String>,
     /// Image folder (recursive; class subfolders are used as labels), idx:PATH[:test] (MNIST-style

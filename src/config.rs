@@ -27,6 +27,7 @@ pub const PRESETS: &[(&str, &str)] = &[
         "fashion-32-full",
         include_str!("../configs/fashion-32-full.json"),
     ),
+    ("fashion-32-f2", include_str!("../configs/fashion-32-f2.json")),
 ];
 
 /// The full configuration of a stage-1 run, written as `config.json` into the run directory.

@@ -27,7 +27,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "fashion-32-full",
         include_str!("../configs/fashion-32-full.json"),
     ),
-    ("fashion-32-f2", include_str!("../configs/fashion-32-f2.json")),
+    (
+        "fashion-32-f2",
+        include_str!("../configs/fashion-32-f2.json"),
+    ),
 ];
 
 /// The full configuration of a stage-1 run, written as `config.json` into the run directory.
@@ -822,6 +825,23 @@ impl RunConfig {
     }
 
     /// A config file path, or the name of a built-in preset.
+    /// A new stage-1 run's config: `--config` (required), with `--seed` and `--freeze` applied.
+    pub fn for_new_run(
+        spec: Option<&str>,
+        seed: Option<u64>,
+        freeze: Option<&str>,
+    ) -> Result<Self> {
+        let spec = spec.context(
+            "--config is required for a new run (a file or a preset name such as tiny); --resume continues an existing one",
+        )?;
+        let mut cfg = Self::resolve(spec)?;
+        cfg.seed = seed.unwrap_or(cfg.seed);
+        if let Some(parts) = freeze {
+            cfg.train.freeze = ModelPart::parse_list(parts)?;
+        }
+        Ok(cfg)
+    }
+
     pub fn resolve(spec: &str) -> Result<Self> {
         let path = Path::new(spec);
         if path.exists() {
@@ -871,6 +891,40 @@ pub struct TransformerRunConfig {
     pub data_spec: Option<String>,
     pub data: DataConfig,
     pub transformer: TransformerSection,
+}
+
+impl TransformerSection {
+    /// The transformer section a stage-2 run on the tokens of a stage-1 run (config `vq_cfg`)
+    /// uses: from `--config spec` (whose tokenizer must match that run's) or from the stage-1
+    /// run's own config.
+    pub fn for_tokens_of(spec: Option<&str>, vq_cfg: &RunConfig) -> Result<Self> {
+        let Some(spec) = spec else {
+            return vq_cfg.transformer.clone().context(
+                "the stage-1 run's config has no `transformer` section; pass --config with one (for example --config tiny)",
+            );
+        };
+        let cfg = RunConfig::resolve(spec)?;
+        let (want, got) = (&vq_cfg.model, &cfg.model);
+        for (field, w, g) in [
+            (
+                "model.quantizer.codebook_size",
+                want.quantizer.codebook_size,
+                got.quantizer.codebook_size,
+            ),
+            (
+                "model.quantizer.channels",
+                want.quantizer.channels,
+                got.quantizer.channels,
+            ),
+            ("latent size", want.latent_size(), got.latent_size()),
+        ] {
+            if w != g {
+                bail!("--config {spec}: its {field} ({g}) disagrees with the stage-1 run's ({w}); the transformer must be trained on that run's tokens");
+            }
+        }
+        cfg.transformer
+            .with_context(|| format!("--config {spec} has no `transformer` section"))
+    }
 }
 
 impl TransformerRunConfig {

@@ -13,6 +13,7 @@ pub mod order;
 pub mod samples;
 pub mod shapes;
 pub mod source;
+pub mod training_set;
 pub mod transform;
 
 pub use dataset::Dataset;

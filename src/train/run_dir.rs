@@ -176,6 +176,14 @@ impl RunDir {
         fsutil::write_atomic(&self.latest_path(), format!("step-{step:07}\n").as_bytes())
     }
 
+    /// A new run directory at `dest` holding this run's config and its latest checkpoint's
+    /// weights (a stage-2 run's copy of its tokenizer).
+    pub fn copy_latest_to(&self, dest: &Path) -> Result<()> {
+        RunDir::create(dest, &self.read_config()?)?
+            .adopt_checkpoint(&self.require_latest()?)
+            .map(|_| ())
+    }
+
     /// Copies another run's checkpoint weights (`ckpt`, its model file and its EMA weights if
     /// any) into this run as its latest checkpoint at the same step, without training state: a
     /// stage-2 run's frozen tokenizer.

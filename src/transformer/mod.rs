@@ -9,6 +9,7 @@ pub mod model;
 pub mod schedule;
 pub mod stage;
 pub mod tokens;
+pub mod training_tokens;
 
 pub use model::MaskTransformer;
 pub use tokens::TokenLayout;

@@ -126,6 +126,21 @@ impl TransformerStage {
         self
     }
 
+    /// Checks, before anything is written, that `source` can start a run of `cfg` over
+    /// `layout`: the same architecture and tensors that load into it. Returns the parameters
+    /// `source` lacks (they start fresh).
+    pub fn check_init(
+        source: &InitSource,
+        cfg: &crate::config::TransformerRunConfig,
+        layout: TokenLayout,
+    ) -> Result<Vec<String>> {
+        source.check_architecture(&["transformer", "model"], &serde_json::to_value(cfg)?, &[])?;
+        source.check_fit(|store| {
+            MaskTransformer::new(&cfg.transformer.model, layout, store.var_builder())?;
+            Ok(())
+        })
+    }
+
     /// Starts from `source`'s weights (a new fine-tuning run, before its first step); returns
     /// the parameters `source` lacks.
     pub fn init_from(&mut self, source: &InitSource) -> Result<Vec<String>> {

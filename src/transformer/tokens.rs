@@ -19,6 +19,21 @@ pub struct TokenLayout {
 }
 
 impl TokenLayout {
+    /// "128 tokens per image (8×8×2), 10 classes" (or "…, unconditional").
+    pub fn describe(&self) -> String {
+        let classes = match self.n_classes {
+            0 => "unconditional".to_string(),
+            n => format!("{n} classes"),
+        };
+        format!(
+            "{} tokens per image ({}×{}×{}), {classes}",
+            self.seq_len(),
+            self.h,
+            self.w,
+            self.channels
+        )
+    }
+
     /// The layout of a stage-1 model's codes with `n_classes` classes.
     pub fn of(vq: &crate::config::VqConfig, n_classes: usize) -> Self {
         Self {

@@ -31,6 +31,38 @@ pub fn adaptive_weight(rec_grad_norm: f64, gan_grad_norm: f64) -> f64 {
 }
 
 /// A perceptual distance usable as a training loss (LPIPS fills this slot).
+/// The LPIPS-VGG weights the perceptual term of `cfg` needs (`None` without the term); an
+/// error, before anything is written, says how to get them when they are missing.
+pub fn perceptual_weights(
+    cfg: &crate::config::RunConfig,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use crate::metrics::lpips::{locate, missing_note, Backbone};
+    use anyhow::Context;
+    if cfg.loss.perceptual_weight <= 0.0 {
+        return Ok(None);
+    }
+    let weight = cfg.loss.perceptual_weight;
+    locate(None, Backbone::Vgg)?
+        .with_context(|| {
+            format!(
+                "loss.perceptual_weight is {weight} but {}; or set loss.perceptual_weight to 0",
+                missing_note(Backbone::Vgg)
+            )
+        })
+        .map(Some)
+}
+
+/// The perceptual network of [`perceptual_weights`] on `device` (`None` without the term).
+pub fn load_perceptual(
+    weights: Option<&std::path::Path>,
+    device: &candle_core::Device,
+) -> anyhow::Result<Option<Box<dyn PerceptualLoss>>> {
+    Ok(match weights {
+        Some(path) => Some(Box::new(crate::metrics::lpips::Lpips::load(path, device)?)),
+        None => None,
+    })
+}
+
 pub trait PerceptualLoss {
     /// Mean perceptual distance between two image batches in [-1, 1], differentiable in `xrec`.
     fn loss(&self, x: &Tensor, xrec: &Tensor) -> Result<Tensor>;

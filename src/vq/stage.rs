@@ -162,6 +162,22 @@ impl VqStage {
         &self.model
     }
 
+    /// Checks, before anything is written, that `source` can start a run of `cfg`: the same
+    /// architecture (how the codebook learns may change, its shapes may not) and tensors that
+    /// load into it. Returns the parameters `source` lacks (they start fresh).
+    pub fn check_init(source: &InitSource, cfg: &RunConfig) -> Result<Vec<String>> {
+        let free = [
+            "quantizer.beta",
+            "quantizer.update",
+            "quantizer.restart_dead_codes",
+            "quantizer.gradient",
+            "quantizer.entropy_weight",
+            "quantizer.entropy_temperature",
+        ];
+        source.check_architecture(&["model"], &serde_json::to_value(cfg)?, &free)?;
+        source.check_fit(|store| Ok(MoVq::new(&cfg.model, store).map(|_| ())?))
+    }
+
     /// Starts from `source`'s weights (a new fine-tuning run, before its first step); the
     /// weights' moving average starts from them too. Returns the parameters `source` lacks.
     pub fn init_from(&mut self, source: &InitSource) -> Result<Vec<String>> {

@@ -928,6 +928,28 @@ impl TransformerSection {
 }
 
 impl TransformerRunConfig {
+    /// A new stage-2 run's config: on the tokens of the stage-1 run at `vq_run` (config
+    /// `vq_cfg`), for the classes of the `--data spec`, with the transformer section of `--config`
+    /// or of that run, and `--seed` (default: that run's).
+    pub fn for_new_run(
+        vq_run: &std::path::Path,
+        vq_cfg: &RunConfig,
+        data_spec: &str,
+        classes: impl FnOnce(u64) -> Result<Vec<String>>,
+        config: Option<&str>,
+        seed: Option<u64>,
+    ) -> Result<Self> {
+        let seed = seed.unwrap_or(vq_cfg.seed);
+        Ok(Self {
+            seed,
+            vq_run: vq_run.display().to_string(),
+            classes: classes(seed)?,
+            data_spec: Some(data_spec.to_string()),
+            data: vq_cfg.data.clone(),
+            transformer: TransformerSection::for_tokens_of(config, vq_cfg)?,
+        })
+    }
+
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let cfg: Self =
             serde_json::from_str(text).with_context(|| format!("invalid config {origin}"))?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use crate::cli::TrainTransformerArgs;
-use crate::config::{RunConfig, TransformerRunConfig, TransformerSection};
+use crate::config::{RunConfig, TransformerRunConfig};
 use crate::data::Dataset;
 use crate::train::init::{InitSource, StageKind};
 use crate::train::runs::VqRun;
@@ -21,17 +21,17 @@ pub fn run(a: TrainTransformerArgs) -> Result<ExitCode> {
     let source = || source.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"));
     let request = a.train.request(&a.out, a.config.as_deref(), &a.common)?;
     let prepared = setup::prepare(request, |seed| {
-        let vq_cfg: RunConfig = source()?.config()?;
+        let vq_cfg = source()?.config()?;
         source()?.require_latest()?;
-        let seed = seed.unwrap_or(vq_cfg.seed);
-        Ok(TransformerRunConfig {
+        let classes = |seed| Ok(Dataset::open(&a.data, seed)?.classes().to_vec());
+        TransformerRunConfig::for_new_run(
+            &a.vq,
+            &vq_cfg,
+            &a.data,
+            classes,
+            a.config.as_deref(),
             seed,
-            vq_run: a.vq.display().to_string(),
-            classes: Dataset::open(&a.data, seed)?.classes().to_vec(),
-            data_spec: Some(a.data.clone()),
-            data: vq_cfg.data.clone(),
-            transformer: TransformerSection::for_tokens_of(a.config.as_deref(), &vq_cfg)?,
-        })
+        )
     })?;
     let ds = Dataset::open(&a.data, prepared.cfg.seed)?;
     if prepared.resuming() && ds.classes() != prepared.cfg.classes.as_slice() {

@@ -600,3 +600,72 @@ fn bench_small_section_measures_the_fashion_models() {
         "{tokens} tokens per call"
     );
 }
+
+/// `scripts/bench_table.py` joins `movq bench`'s lines with the PyTorch reference's eager and
+/// compiled figures of the same workload: throughputs, both ratios, MFU against the matmul
+/// peak measured in the same run, and the memory of all three.
+#[test]
+fn bench_table_joins_movq_eager_and_compiled() {
+    let dir = tmp();
+    let (movq_lines, torch_lines) = (
+        dir.path().join("movq.jsonl"),
+        dir.path().join("torch.jsonl"),
+    );
+    std::fs::write(
+        &movq_lines,
+        r#"{"workload":"tr-train","config":"8x8x2","batch":128,"prec":"bf16","status":"ok","throughput":200.0,"peak_alloc_gib":1.5,"peak_mem_gib":5.0}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &torch_lines,
+        r#"{"section":"ceil","mode":"matmul","prec":"bf16","status":"ok","tflops":100.0}
+{"section":"small","config":"MaskGIT-small 8x256 seq 128+1","mode":"train","prec":"bf16","batch":128,"status":"ok","throughput":100.0,"flops_per_item":1e9,"peak_mem_steady_gib":3.0}
+{"section":"compile","config":"MaskGIT-small 8x256 seq 128+1","mode":"train+compile","prec":"bf16","batch":128,"status":"ok","throughput":400.0,"peak_mem_steady_gib":1.0}
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench_table.py"
+        ))
+        .args([&movq_lines, &torch_lines])
+        .output()
+        .expect("python3 runs scripts/bench_table.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.contains("transformer 8×256 train"))
+        .unwrap_or_else(|| panic!("no row for the small transformer:\n{table}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(
+        cells[1..],
+        [
+            "128",
+            "bf16",
+            "200.0 tok/s",
+            "100.0 tok/s",
+            "400.0 tok/s",
+            "2.000×",
+            "0.500×",
+            "0.002",
+            "0.004",
+            "1.5 / 5.0",
+            "3.0 / 1.0"
+        ]
+    );
+    // rows only for what movq measured
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains("×"))
+            .count(),
+        1
+    );
+}

@@ -41,7 +41,8 @@ struct Workload {
     batch: usize,
 }
 
-/// The small section's token layout: the `fashion-32` preset's 8×8 grid of 2 channels.
+/// The small section's token layout, as workloads name it (the `fashion-32` preset's 8×8 grid
+/// of 2 channels; [`token_layout`] takes it from the preset).
 const SMALL_LAYOUT: &str = "8x8x2";
 /// The small section's stage-1 preset.
 const SMALL_PRESET: &str = "fashion-32";
@@ -122,9 +123,15 @@ fn transformer_config(smoke: bool) -> TransformerConfig {
     }
 }
 
-/// `16x16x4` → a layout of 1024 codes, 1000 classes; the small section's `8x8x2` has the
-/// `fashion-32` preset's 512 codes and 10 classes.
+/// `16x16x4` → a layout of 1024 codes, 1000 classes; the small section's layout is the
+/// `fashion-32` preset's tokens (8×8×2 of 512 codes) for Fashion-MNIST's 10 classes.
 fn token_layout(spec: &str) -> Result<TokenLayout> {
+    if spec == SMALL_LAYOUT {
+        return Ok(TokenLayout::of(
+            &RunConfig::resolve(SMALL_PRESET)?.model,
+            10,
+        ));
+    }
     let dims: Vec<usize> = spec
         .split('x')
         .map(str::parse)
@@ -133,17 +140,12 @@ fn token_layout(spec: &str) -> Result<TokenLayout> {
     let [h, w, channels] = dims[..] else {
         bail!("token layout {spec}: expected HxWxC");
     };
-    let (codebook_size, n_classes) = if spec == SMALL_LAYOUT {
-        (512, 10)
-    } else {
-        (1024, 1000)
-    };
     Ok(TokenLayout {
         h,
         w,
         channels,
-        codebook_size,
-        n_classes,
+        codebook_size: 1024,
+        n_classes: 1000,
     })
 }
 

@@ -604,27 +604,23 @@ mod cuda_against_cpu {
         );
     }
 
-    /// One step's gradient in bf16 points the same way as in f32, for every weight tensor.
-    #[test]
-    fn bf16_gradients_align_with_f32() {
-        let gpu = crate::harness::cuda_device();
-        let cfg = RunConfig::resolve("tiny").unwrap();
-        let store = ParamStore::new(1, &gpu);
-        let model = MoVq::new(&cfg.model, &store).unwrap();
-        let x = randn(&[4, 3, 32, 32], 0, &gpu);
-        let grads = |m: &MoVq| {
-            let (y, q) = m.forward(&x).unwrap();
-            let loss = ((y - &x).unwrap().abs().unwrap().mean_all().unwrap() + q.loss).unwrap();
-            loss.backward().unwrap()
-        };
-        let g32 = grads(&model);
-        let g16 = grads(&model.clone().with_dtype(DType::BF16));
+    /// The lowest cosine between the f32 and the bf16 gradient of any weight tensor of `store`
+    /// (and of `extra`, a tensor the losses also differentiate), with its name.
+    fn lowest_cosine(
+        store: &ParamStore,
+        extra: Option<&Tensor>,
+        g32: &candle_core::backprop::GradStore,
+        g16: &candle_core::backprop::GradStore,
+    ) -> (f64, String) {
+        let mut tensors: Vec<(String, Tensor)> = store
+            .trainable()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        tensors.extend(extra.map(|t| ("input".to_string(), t.clone())));
         let mut worst = (1.0f64, String::new());
-        for (name, var) in store.trainable() {
-            let (a, b) = (
-                to_vec(g32.get(var.as_tensor()).unwrap()),
-                to_vec(g16.get(var.as_tensor()).unwrap()),
-            );
+        for (name, t) in tensors {
+            let (a, b) = (to_vec(g32.get(&t).unwrap()), to_vec(g16.get(&t).unwrap()));
             let dot: f64 = a
                 .iter()
                 .zip(&b)
@@ -640,8 +636,69 @@ mod cuda_against_cpu {
                 worst = (cos, name);
             }
         }
+        worst
+    }
+
+    /// One step's gradient in bf16 points the same way as in f32, for every weight tensor.
+    #[test]
+    fn bf16_gradients_align_with_f32() {
+        let gpu = crate::harness::cuda_device();
+        let cfg = RunConfig::resolve("tiny").unwrap();
+        let store = ParamStore::new(1, &gpu);
+        let model = MoVq::new(&cfg.model, &store).unwrap();
+        let x = randn(&[4, 3, 32, 32], 0, &gpu);
+        let grads = |m: &MoVq| {
+            let (y, q) = m.forward(&x).unwrap();
+            let loss = ((y - &x).unwrap().abs().unwrap().mean_all().unwrap() + q.loss).unwrap();
+            loss.backward().unwrap()
+        };
+        let worst = lowest_cosine(
+            &store,
+            None,
+            &grads(&model),
+            &grads(&model.clone().with_dtype(DType::BF16)),
+        );
         println!(
             "bf16 vs f32 gradients: lowest cosine {:.5} ({})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 > 0.98, "{worst:?}");
+    }
+
+    /// The critic's hinge loss in bf16 gives its weights, and the generator's loss gives the
+    /// fake images, the gradients of f32 (the `fashion-32-f2` critic on one-channel images).
+    #[test]
+    fn bf16_discriminator_gradients_align_with_f32() {
+        use candle_core::Var;
+        use movq::vq::losses::{generator_loss, hinge_d_loss};
+        let gpu = crate::harness::cuda_device();
+        let cfg = RunConfig::resolve("fashion-32-f2").unwrap();
+        let store = ParamStore::new(3, &gpu);
+        let d = Discriminator::new(
+            cfg.loss.discriminator.as_ref().unwrap(),
+            1,
+            store.var_builder().pp("disc"),
+        )
+        .unwrap();
+        let real = randn(&[8, 1, 32, 32], 4, &gpu);
+        let fake = Var::from_tensor(&(randn(&[8, 1, 32, 32], 5, &gpu) * 0.3).unwrap()).unwrap();
+        let grads = |d: &Discriminator| {
+            let critic = hinge_d_loss(
+                &d.forward(&real).unwrap(),
+                &d.forward(&fake.as_tensor().detach()).unwrap(),
+            )
+            .unwrap();
+            let gen = generator_loss(&d.forward(fake.as_tensor()).unwrap()).unwrap();
+            (critic + gen).unwrap().backward().unwrap()
+        };
+        let worst = lowest_cosine(
+            &store,
+            Some(fake.as_tensor()),
+            &grads(&d),
+            &grads(&d.clone().with_dtype(DType::BF16)),
+        );
+        println!(
+            "discriminator, bf16 vs f32 gradients: lowest cosine {:.5} ({})",
             worst.0, worst.1
         );
         assert!(worst.0 > 0.98, "{worst:?}");

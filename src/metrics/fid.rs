@@ -1,8 +1,11 @@
 //! Fréchet Inception Distance between two feature sets:
-//! `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂)`, in f64. The trace of the matrix square root is
-//! `Σᵢ √λᵢ` over the eigenvalues of the symmetric `√Σ₁ Σ₂ √Σ₁` (similar to `Σ₁Σ₂`), with `√Σ₁`
-//! from a symmetric eigendecomposition; tiny negative eigenvalues from rounding count as 0.
-//! Covariances use `N − 1` (as `numpy.cov` in the reference tools).
+//! `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂)`, in f64. Covariances use `N − 1` (as `numpy.cov`
+//! in the reference tools). The trace of the matrix square root is `Σᵢ √λᵢ` over the eigenvalues
+//! of `Σ₁Σ₂`, read from a symmetric matrix with the same non-zero eigenvalues, the smallest one
+//! available: `Y Σ₁ Yᵀ` when `Σ₂ = YᵀY` comes from N ≤ D features (a class of
+//! `eval-samples`), `Lᵀ Σ₂ L` when `Σ₁ = LLᵀ` has a Cholesky factor (large sets), and
+//! `√Σ₁ Σ₂ √Σ₁` from an eigendecomposition otherwise. Tiny negative eigenvalues from rounding
+//! count as 0.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,9 @@ pub struct FeatureStats {
     pub count: usize,
     pub mean: DVector<f64>,
     pub cov: DMatrix<f64>,
+    /// The centred features over `√(N − 1)` (`cov = factorᵀ · factor`), kept when N ≤ D: the
+    /// low-rank form the distance uses for small sets.
+    factor: Option<DMatrix<f64>>,
 }
 
 impl FeatureStats {
@@ -41,11 +47,13 @@ impl FeatureStats {
         for mut row in centred.row_iter_mut() {
             row -= mean.transpose();
         }
-        let cov = (centred.transpose() * &centred) / (n as f64 - 1.0);
+        centred /= (n as f64 - 1.0).sqrt();
+        let cov = centred.transpose() * &centred;
         Ok(Self {
             count: n,
             mean,
             cov,
+            factor: (n <= d).then_some(centred),
         })
     }
 
@@ -71,6 +79,14 @@ impl FeatureStats {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// The same statistics without the low-rank factor, as [`Self::load`] gives them back.
+    pub fn without_factor(&self) -> Self {
+        Self {
+            factor: None,
+            ..self.clone()
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let t = candle_core::safetensors::load(path, &Device::Cpu)
             .with_context(|| format!("cannot read FID statistics {}", path.display()))?;
@@ -94,6 +110,7 @@ impl FeatureStats {
             count,
             mean: DVector::from_vec(mean),
             cov: DMatrix::from_row_slice(d, d, &rows),
+            factor: None,
         })
     }
 }
@@ -103,6 +120,43 @@ fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
     let eig = SymmetricEigen::new(m.clone());
     let roots = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
     &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+}
+
+/// `tr √(Σ_a Σ_b)`: the sum of the square roots of the eigenvalues of a symmetric matrix
+/// similar to `Σ_a Σ_b` (up to zero eigenvalues), the smallest of those the two sets allow.
+fn trace_sqrt_product(a: &FeatureStats, b: &FeatureStats) -> f64 {
+    let similar = match (&a.factor, &b.factor) {
+        // XᵀX YᵀY shares its non-zero eigenvalues with M Mᵀ and Mᵀ M, M = X Yᵀ (N_a × N_b)
+        (Some(x), Some(y)) => {
+            let m = x * y.transpose();
+            if m.nrows() <= m.ncols() {
+                &m * m.transpose()
+            } else {
+                m.transpose() * &m
+            }
+        }
+        // Σ YᵀY shares its non-zero eigenvalues with Y Σ Yᵀ
+        (None, Some(y)) => y * &a.cov * y.transpose(),
+        (Some(x), None) => x * &b.cov * x.transpose(),
+        // L Lᵀ Σ_b is similar to Lᵀ Σ_b L; a singular Σ_a has no Cholesky factor
+        (None, None) => match a.cov.clone().cholesky() {
+            Some(c) => {
+                let l = c.l();
+                l.transpose() * &b.cov * &l
+            }
+            None => {
+                let root = sqrt_psd(&a.cov);
+                &root * &b.cov * &root
+            }
+        },
+    };
+    // symmetrise against rounding before the symmetric eigensolver
+    let similar = (&similar + similar.transpose()) * 0.5;
+    similar
+        .symmetric_eigenvalues()
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum()
 }
 
 /// The Fréchet distance between two feature distributions.
@@ -115,16 +169,7 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
         );
     }
     let diff = (&a.mean - &b.mean).norm_squared();
-    let root_a = sqrt_psd(&a.cov);
-    let mut inner = &root_a * &b.cov * &root_a;
-    // symmetrise against rounding before the symmetric eigensolver
-    inner = (&inner + inner.transpose()) * 0.5;
-    let trace_sqrt: f64 = SymmetricEigen::new(inner)
-        .eigenvalues
-        .iter()
-        .map(|l| l.max(0.0).sqrt())
-        .sum();
-    Ok(diff + a.cov.trace() + b.cov.trace() - 2.0 * trace_sqrt)
+    Ok(diff + a.cov.trace() + b.cov.trace() - 2.0 * trace_sqrt_product(a, b))
 }
 
 /// The Inception network: `explicit`, or `fid-inception.safetensors` in the movq cache.

@@ -31,6 +31,38 @@ fn frechet_distance_matches_scipy() {
     assert!(same.abs() < 1e-6, "FID(A, A) = {same}");
 }
 
+/// Sets of fewer images than feature dimensions (a class of `eval-samples`) have singular
+/// covariances: the distance takes the low-rank form, and the file-loaded form (covariance only)
+/// agrees with it and with scipy.
+#[test]
+fn frechet_distance_of_small_sets_matches_scipy() {
+    let t =
+        candle_core::safetensors::load(data_dir().join("fid-features.safetensors"), &Device::Cpu)
+            .unwrap();
+    let rows = |k: &str, n: usize| FeatureStats::from_features(&t[k].narrow(0, 0, n).unwrap());
+    let (a20, b25, b) = (
+        rows("a", 20).unwrap(),
+        rows("b", 25).unwrap(),
+        rows("b", 150).unwrap(),
+    );
+    // numpy.cov + scipy.linalg.sqrtm(s1 @ s2) on the first 20 rows of A and 25 (or all 150) of B
+    for (x, y, want) in [
+        (&a20, &b25, 191.0316974621462),
+        (&a20, &b, 143.49964680475819),
+    ] {
+        for got in [
+            frechet_distance(x, y).unwrap(),
+            frechet_distance(y, x).unwrap(),
+            frechet_distance(&x.without_factor(), y).unwrap(),
+            frechet_distance(&x.without_factor(), &y.without_factor()).unwrap(),
+        ] {
+            assert!((got - want).abs() / want < 1e-6, "FID {got}, scipy {want}");
+        }
+    }
+    let same = frechet_distance(&a20, &a20).unwrap();
+    assert!(same.abs() < 1e-6, "FID(A, A) = {same}");
+}
+
 #[test]
 fn statistics_round_trip_through_a_file() {
     let (a, b) = sets();

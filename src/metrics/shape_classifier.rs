@@ -91,34 +91,52 @@ fn distance(p: &[f32; 3], q: &[f32; 3]) -> f32 {
     (0..3).map(|k| (p[k] - q[k]).powi(2)).sum::<f32>().sqrt()
 }
 
-/// The background ramp along `t` and its trimmed mean residual.
-fn fit_background(px: &[[f32; 3]], t: &[f32]) -> (Ramp, f32) {
+/// The share (%) of an image's pixels that are surely background: shapes cover at most half.
+const BACKGROUND_SHARE: usize = 40;
+
+/// The background ramp along `t` and its trimmed mean residual. The first fit uses the image's
+/// outer ring only (a shape stays inside the image, so the ring is mostly background even when
+/// the shape fills half of it), the later ones every pixel close to the previous fit.
+fn fit_background(px: &[[f32; 3]], t: &[f32], side: usize) -> (Ramp, f32) {
     let n = px.len();
-    let mut keep = vec![true; n];
-    let mut ramp = Ramp::fit(px, t, &keep);
+    let ring = (side / 16).max(1);
+    let mut keep: Vec<bool> = (0..n)
+        .map(|i| {
+            let (x, y) = (i % side, i / side);
+            x.min(y).min(side - 1 - x).min(side - 1 - y) < ring
+        })
+        .collect();
     let residuals = |ramp: &Ramp| -> Vec<f32> {
         px.iter()
             .zip(t)
             .map(|(p, &t)| distance(p, &ramp.at(t)))
             .collect()
     };
-    for _ in 0..3 {
-        let r = residuals(&ramp);
-        let mut sorted = r.clone();
-        sorted.sort_by(f32::total_cmp);
-        let cut = sorted[(n * 55 / 100).min(n - 1)];
-        keep = r.iter().map(|&d| d <= cut).collect();
-        ramp = Ramp::fit(px, t, &keep);
+    // trimmed: the ring's pixels nearest to a first fit, where a shape touches the ring
+    let mut ramp = Ramp::fit(px, t, &keep);
+    let ring_residuals = residuals(&ramp);
+    let mut on_ring: Vec<f32> = ring_residuals
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(&r, _)| r)
+        .collect();
+    on_ring.sort_by(f32::total_cmp);
+    let cut = on_ring[on_ring.len() * 3 / 4];
+    for (k, r) in keep.iter_mut().zip(&ring_residuals) {
+        *k = *k && *r <= cut;
     }
-    let r = residuals(&ramp);
+    ramp = Ramp::fit(px, t, &keep);
     let margin = 0.08f32;
-    keep = r.iter().map(|&d| d <= margin).collect();
-    if keep.iter().filter(|&&k| k).count() >= n / 3 {
-        ramp = Ramp::fit(px, t, &keep);
+    for _ in 0..2 {
+        keep = residuals(&ramp).iter().map(|&d| d <= margin).collect();
+        if keep.iter().filter(|&&k| k).count() >= n / 5 {
+            ramp = Ramp::fit(px, t, &keep);
+        }
     }
     let mut sorted = residuals(&ramp);
     sorted.sort_by(f32::total_cmp);
-    let best = &sorted[..(n * 55 / 100).max(1)];
+    let best = &sorted[..(n * BACKGROUND_SHARE / 100).max(1)];
     (ramp, best.iter().sum::<f32>() / best.len() as f32)
 }
 
@@ -229,8 +247,8 @@ pub fn classify(img: &RgbImage) -> Verdict {
     let coord = |i: usize| (((i % side) as f32 + 0.5) / s, ((i / side) as f32 + 0.5) / s);
     let tx: Vec<f32> = (0..px.len()).map(|i| coord(i).0).collect();
     let ty: Vec<f32> = (0..px.len()).map(|i| coord(i).1).collect();
-    let (rx, ex) = fit_background(&px, &tx);
-    let (ry, ey) = fit_background(&px, &ty);
+    let (rx, ex) = fit_background(&px, &tx, side);
+    let (ry, ey) = fit_background(&px, &ty, side);
     let (ramp, t) = if ex <= ey { (rx, &tx) } else { (ry, &ty) };
     let bg: Vec<[f32; 3]> = t.iter().map(|&t| ramp.at(t)).collect();
 
@@ -300,8 +318,8 @@ pub fn classify(img: &RgbImage) -> Verdict {
         .unwrap_or((Shape::Circle, f32::INFINITY));
     verdict.shape = shape;
     verdict.silhouette_error = error;
-    // the data's shapes cover 6.5 %–36 % of the image
-    let plausible_area = (0.03..0.5).contains(&verdict.area);
+    // the data's shapes cover 15 %–50 % of the image
+    let plausible_area = (0.07..0.65).contains(&verdict.area);
     if plausible_area && similarity >= MIN_COLOUR_SIMILARITY && error <= MAX_SILHOUETTE_ERROR {
         verdict.class = Some(class_of(shape, colour));
     }

@@ -26,6 +26,10 @@ fn classifies_freshly_rendered_shapes() {
     }
     assert!(seen.iter().all(|&n| n > 0), "classes seen: {seen:?}");
     let accuracy = right as f64 / set.count as f64;
+    println!(
+        "{right} of {} rendered shapes classified right at {SIDE} px",
+        set.count
+    );
     assert!(accuracy >= 0.98, "accuracy {accuracy} on rendered shapes");
 }
 
@@ -39,6 +43,7 @@ fn classifies_shapes_at_other_resolutions() {
         let right = (0..set.count)
             .filter(|&i| classify(&set.render(i, side)).class == Some(set.label(i)))
             .count();
+        println!("{right} of 200 rendered shapes classified right at {side} px");
         assert!(right >= 190, "{right} of 200 at {side} px");
     }
 }

@@ -604,14 +604,16 @@ mod cuda_against_cpu {
         );
     }
 
-    /// The lowest cosine between the f32 and the bf16 gradient of any weight tensor of `store`
-    /// (and of `extra`, a tensor the losses also differentiate), with its name.
-    fn lowest_cosine(
+    /// Asserts that the f32 and the bf16 gradient of every weight tensor of `store` (and of
+    /// `extra`, a tensor the losses also differentiate) point the same way: the lowest cosine,
+    /// printed with its tensor's name, above 0.98.
+    fn assert_gradients_align(
+        what: &str,
         store: &ParamStore,
         extra: Option<&Tensor>,
         g32: &candle_core::backprop::GradStore,
         g16: &candle_core::backprop::GradStore,
-    ) -> (f64, String) {
+    ) {
         let mut tensors: Vec<(String, Tensor)> = store
             .trainable()
             .into_iter()
@@ -636,7 +638,11 @@ mod cuda_against_cpu {
                 worst = (cos, name);
             }
         }
-        worst
+        println!(
+            "{what}, bf16 vs f32 gradients: lowest cosine {:.5} ({})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 > 0.98, "{what}: {worst:?}");
     }
 
     /// One step's gradient in bf16 points the same way as in f32, for every weight tensor.
@@ -652,17 +658,13 @@ mod cuda_against_cpu {
             let loss = ((y - &x).unwrap().abs().unwrap().mean_all().unwrap() + q.loss).unwrap();
             loss.backward().unwrap()
         };
-        let worst = lowest_cosine(
+        assert_gradients_align(
+            "MoVQ (tiny)",
             &store,
             None,
             &grads(&model),
             &grads(&model.clone().with_dtype(DType::BF16)),
         );
-        println!(
-            "bf16 vs f32 gradients: lowest cosine {:.5} ({})",
-            worst.0, worst.1
-        );
-        assert!(worst.0 > 0.98, "{worst:?}");
     }
 
     /// The critic's hinge loss in bf16 gives its weights, and the generator's loss gives the
@@ -691,16 +693,12 @@ mod cuda_against_cpu {
             let gen = generator_loss(&d.forward(fake.as_tensor()).unwrap()).unwrap();
             (critic + gen).unwrap().backward().unwrap()
         };
-        let worst = lowest_cosine(
+        assert_gradients_align(
+            "discriminator",
             &store,
             Some(fake.as_tensor()),
             &grads(&d),
             &grads(&d.clone().with_dtype(DType::BF16)),
         );
-        println!(
-            "discriminator, bf16 vs f32 gradients: lowest cosine {:.5} ({})",
-            worst.0, worst.1
-        );
-        assert!(worst.0 > 0.98, "{worst:?}");
     }
 }

@@ -1,15 +1,20 @@
 //! Stage-2 CPU throughput: tokens/s of a transformer training step and images/s of 12-step
-//! MaskGIT sampling (tokens only, without the stage-1 decoder), for the tiny preset's transformer
-//! and a small base model. Median of several timed runs after a warm-up; one JSON line per figure.
+//! MaskGIT sampling (tokens only, without the stage-1 decoder), for the tiny preset's
+//! transformer, the quickstart's (`shapes`) and a small base model; and the quickstart's block
+//! stack alone, movq's fused node against candle's composed ops in the same run. Median of
+//! several timed runs after a warm-up; one JSON line per figure.
 //!
 //! `cargo bench --bench stage2` (set `MOVQ_BENCH_ITERS` to change the number of timed runs).
 
 mod common;
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use common::{iterations, median_time};
 use movq::config::{RunConfig, TransformerConfig};
+use movq::gpu::side_grads::SideGrads;
+use movq::ops::block::Block;
 use movq::rng::{rng_for, Stream};
 use movq::train::{Stage, StepContext};
 use movq::transformer::maskgit::{complete, SamplerOptions};
@@ -83,6 +88,46 @@ fn bench(
     Ok(())
 }
 
+/// The block stack alone, forward and backward (every gradient), as movq's fused CPU node and as
+/// candle's composed ops, in the same process: `batch` sequences of `tokens`.
+fn blocks(
+    name: &str,
+    model: &TransformerConfig,
+    batch: usize,
+    tokens: usize,
+    iters: usize,
+) -> Result<()> {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    let ws: Vec<Block> = (0..model.layers)
+        .map(|i| Block::new(model, vb.pp(format!("blocks.{i}"))))
+        .collect::<candle_core::Result<_>>()?;
+    let x = Var::randn(0f32, 1.0, (batch, tokens, model.width), &Device::Cpu)?;
+    let r = Tensor::randn(0f32, 1.0, (batch, tokens, model.width), &Device::Cpu)?;
+    let side = SideGrads::new();
+    let mut ms = Vec::new();
+    for fused in [false, true] {
+        let secs = median_time(iters, |_| {
+            let y = if fused {
+                movq::cpu::block::blocks(&x, &ws, &side)?
+            } else {
+                movq::ops::block::composed(&x, &ws)?
+            };
+            let mut grads = (y * &r)?.sum_all()?.backward()?;
+            side.drain_into(&mut grads)?;
+            Ok(())
+        })?;
+        ms.push(secs * 1e3);
+    }
+    println!(
+        "{}",
+        json!({"bench": "stage2_blocks_forward_backward", "config": name, "batch": batch,
+        "tokens": tokens, "composed_ms": ms[0], "fused_ms": ms[1], "speedup": ms[0] / ms[1],
+        "device": "cpu"})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let iters = iterations();
     let tiny = RunConfig::resolve("tiny")?;
@@ -98,6 +143,31 @@ fn main() -> Result<()> {
         n_classes: 16,
     };
     bench("tiny", t.model, layout, 16, iters)?;
+    // The quickstart's: the `shapes` preset's transformer over 6×6 codes of K = 256, batch 64.
+    let shapes = RunConfig::resolve("shapes")?
+        .transformer
+        .expect("shapes has a transformer section");
+    let layout = TokenLayout {
+        h: 6,
+        w: 6,
+        channels: 1,
+        codebook_size: 256,
+        n_classes: 16,
+    };
+    bench(
+        "shapes",
+        shapes.model.clone(),
+        layout,
+        shapes.train.batch_size,
+        iters,
+    )?;
+    blocks(
+        "shapes",
+        &shapes.model,
+        shapes.train.batch_size,
+        layout.seq_len() + 1,
+        iters,
+    )?;
     // A small base model: 6 layers × 256 wide, 8 heads, over 8×8×4 tokens with K = 1024.
     let base = TransformerConfig {
         layers: 6,

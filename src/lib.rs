@@ -19,3 +19,10 @@ pub mod rng;
 pub mod train;
 pub mod transformer;
 pub mod vq;
+
+/// One allocator for the binary, the tests and the benches (they link this library): mimalloc
+/// keeps freed pages for reuse where glibc's malloc maps and unmaps each large tensor buffer, and
+/// the kernel then spends the CPU paths' time zeroing fresh pages. Settled here so a bench
+/// measures what `movq` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -12,6 +12,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -14,7 +14,7 @@
 //! crate candle itself uses). f32, contiguous `[B, C, H, W]` input, `[O, C, k, k]` weights,
 //! square kernel, any stride, the same zero padding on every side.
 
-use super::values;
+use super::{gemm, values, Mat};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -153,45 +153,6 @@ impl Geometry {
     }
 }
 
-/// A row-major matrix view: `rs` between rows, `cs` between columns.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst [m, n] (row-major, contiguous) (+)= a [m, k] · b [k, n]`, single-threaded.
-fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs);
-    assert!(n == 0 || k == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs);
-    // SAFETY: the asserts above keep every index gemm touches inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// Runs `f(image index, chunk)` over the `chunk`-sized pieces of `out`, in parallel.
 fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     if chunk == 0 {
@@ -233,7 +194,7 @@ impl Forward {
                 rs: hw,
                 cs: 1,
             };
-            gemm(g.o, hw, rows, out, wm, cm, false);
+            gemm(g.o, hw, rows, out, wm, cm, false, false);
             if let Some(bias) = bias {
                 for (row, &b) in out.chunks_mut(hw).zip(bias) {
                     row.iter_mut().for_each(|v| *v += b);
@@ -407,7 +368,7 @@ impl CustomOp2 for InputGrad {
                 rs: hw,
                 cs: 1,
             };
-            gemm(rows, hw, g.o, &mut cols, wt, dym, false);
+            gemm(rows, hw, g.o, &mut cols, wt, dym, false, false);
             g.fold(&cols, out);
         });
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
@@ -465,7 +426,7 @@ impl CustomOp2 for WeightGrad {
                         rs: 1,
                         cs: hw,
                     };
-                    gemm(g.o, rows, hw, &mut dw, dym, ct, n > 0);
+                    gemm(g.o, rows, hw, &mut dw, dym, ct, n > 0, false);
                 }
                 dw
             })

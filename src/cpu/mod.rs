@@ -1,9 +1,11 @@
 //! CPU kernels behind candle custom ops, forward and backward: convolution as matrix products
-//! over unfolded windows, and fused GroupNorm (+ SpatialNorm modulation) (+ SiLU). MaskGIT's
+//! over unfolded windows, fused GroupNorm (+ SpatialNorm modulation) (+ SiLU), and the
+//! transformer's block stack as one node. MaskGIT's
 //! token choice has its CPU kernel beside its CUDA one, in [`crate::ops::token_choice`].
 //! [`crate::ops`] decides when they run; each is tested against the composed ops it replaces
 //! (`tests/integration/kernels.rs`).
 
+pub mod block;
 pub mod conv;
 pub mod group_norm;
 
@@ -17,5 +19,80 @@ pub(crate) fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// A row-major matrix view: `rs` between rows, `cs` between columns.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// `data` as a `[rows, cols]` row-major matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of `data` read as a `[rows, cols]` row-major matrix.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `dst [m, n] (row-major, contiguous) (+)= a [m, k] · b [k, n]`, on every thread of the pool
+/// when `parallel` (else on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs);
+    assert!(n == 0 || k == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs);
+    let threads = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index gemm touches inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            threads,
+        )
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! While training in bf16 on CUDA, the whole stack runs as one graph node with its own backward
 //! pass ([`crate::gpu::block`], the parameters' gradients handed back through a
-//! [`SideGrads`]); elsewhere block after block of the ops below. Both read the same [`Block`].
+//! [`SideGrads`]), and so it does in f32 on the CPU ([`crate::cpu::block`]); elsewhere block
+//! after block of the ops below. Both read the same [`Block`].
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -108,7 +109,8 @@ impl Block {
 }
 
 /// The blocks one after the other on `x` `[B, T, D]`. As one fused node (parameter gradients to
-/// `side`) when training in bf16 on CUDA with head widths the fused attention takes.
+/// `side`) when training in bf16 on CUDA with head widths the fused attention takes, and in f32
+/// on the CPU ([`crate::cpu::block`]).
 pub fn stack(x: &Tensor, blocks: &[Block], side: &SideGrads) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if fused_kernels(x.device())
@@ -126,7 +128,19 @@ pub fn stack(x: &Tensor, blocks: &[Block], side: &SideGrads) -> Result<Tensor> {
             return crate::gpu::block::blocks(x, blocks, side);
         }
     }
-    let _ = (fused_kernels, side);
+    if fused_kernels(x.device())
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && x.rank() == 3
+        && !blocks.is_empty()
+    {
+        return crate::cpu::block::blocks(x, blocks, side);
+    }
+    composed(x, blocks)
+}
+
+/// [`stack`] composed of candle ops, block after block (and the reference of the fused stacks).
+pub fn composed(x: &Tensor, blocks: &[Block]) -> Result<Tensor> {
     let mut h = x.clone();
     for block in blocks {
         h = block.forward(&h)?;

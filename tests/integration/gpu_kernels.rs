@@ -476,121 +476,17 @@ fn fused_attention_refuses_what_it_does_not_take() {
 /// Two fused transformer blocks (one graph node, their own backward pass) against the same
 /// blocks composed of layers over the same kernels, in bf16: output, and the gradients of the
 /// input and of all 24 parameters (those through the side list). Rows of 256 take LayerNorm's
-/// one-pass backward kernel, with the residual gradient added in it.
+/// one-pass backward kernel, with the residual gradient added in it. The fused blocks round once
+/// where the layers round twice (bias, then residual), so the two differ by bf16 roundings: the
+/// file's bf16 tolerances.
 #[test]
 fn fused_blocks_match_composed_layers() {
-    use candle_core::Module;
-    use movq::gpu::side_grads::SideGrads;
-    use movq::nn::layers::{LayerNorm, Linear};
-    let dev = cuda_device();
-    let (b, t, d, m, heads) = (2, 77, 256, 512, 4);
-    let var = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
-        Var::from_tensor(&randn(shape, seed, &dev).affine(scale, shift).unwrap()).unwrap()
-    };
-    let block_params = |s: u64| {
-        [
-            var(&[d], s, 0.1, 1.0),
-            var(&[d], s + 1, 0.1, 0.0),
-            var(&[3 * d, d], s + 2, 0.05, 0.0),
-            var(&[3 * d], s + 3, 0.1, 0.0),
-            var(&[d, d], s + 4, 0.05, 0.0),
-            var(&[d], s + 5, 0.1, 0.0),
-            var(&[d], s + 6, 0.1, 1.0),
-            var(&[d], s + 7, 0.1, 0.0),
-            var(&[m, d], s + 8, 0.05, 0.0),
-            var(&[m], s + 9, 0.1, 0.0),
-            var(&[d, m], s + 10, 0.05, 0.0),
-            var(&[d], s + 11, 0.1, 0.0),
-        ]
-    };
-    let params = [block_params(60), block_params(80)];
-    let p: Vec<Vec<Tensor>> = params
-        .iter()
-        .map(|ps| ps.iter().map(|v| v.as_tensor().clone()).collect())
-        .collect();
-    fn block(p: &[Tensor], heads: usize) -> movq::ops::block::Block {
-        let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
-        let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
-        movq::ops::block::Block {
-            ln1: ln(0),
-            qkv: lin(2),
-            proj: lin(4),
-            ln2: ln(6),
-            fc1: lin(8),
-            fc2: lin(10),
-            heads,
-        }
-    }
-    let ws = [block(&p[0], heads), block(&p[1], heads)];
-    let x = Var::from_tensor(&randn(&[b, t, d], 72, &dev).to_dtype(DType::BF16).unwrap()).unwrap();
-    let r = randn(&[b, t, d], 73, &dev);
-    let grads_of = |y: &Tensor, side: Option<&SideGrads>| {
-        let loss = (y.to_dtype(DType::F32).unwrap() * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let mut store = loss.backward().unwrap();
-        if let Some(side) = side {
-            side.drain_into(&mut store).unwrap();
-        }
-        let mut gs = vec![store
-            .get(x.as_tensor())
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()];
-        gs.extend(p.iter().flatten().map(|q| {
-            store
-                .get(q)
-                .expect("a gradient for every parameter")
-                .clone()
-        }));
-        gs
-    };
-    let side = SideGrads::new();
-    let fused = movq::gpu::block::blocks(x.as_tensor(), &ws, &side).unwrap();
-    let g1 = grads_of(&fused, Some(&side));
-    // the same blocks from the layers the composed model uses
-    let composed_block = |p: &[Tensor], xs: &Tensor| {
-        let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
-        let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
-        let qkv = lin(2).forward(&ln(0).forward(xs).unwrap()).unwrap();
-        let a = movq::gpu::attention::attention(&qkv, heads).unwrap();
-        let x2 = (xs + lin(4).forward(&a).unwrap()).unwrap();
-        let h = lin(8).forward_gelu(&ln(6).forward(&x2).unwrap()).unwrap();
-        (&x2 + lin(10).forward(&h).unwrap()).unwrap()
-    };
-    let composed = composed_block(&p[1], &composed_block(&p[0], x.as_tensor()));
-    let g0 = grads_of(&composed, None);
-    let e = rel_err(
-        &fused.to_dtype(DType::F32).unwrap(),
-        &composed.to_dtype(DType::F32).unwrap(),
-    );
-    // the fused blocks round once where the layers round twice (bias, then residual), so the two
-    // differ by bf16 roundings: the file's bf16 tolerances
-    assert!(e < BF16_TOL.0, "blocks' output: relative error {e}");
-    let names = [
-        "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b", "ln2.w", "ln2.b", "fc1.w", "fc1.b",
-        "fc2.w", "fc2.b",
-    ];
-    let names: Vec<String> = std::iter::once("x".to_string())
-        .chain((0..2).flat_map(|i| names.iter().map(move |n| format!("block {i} {n}"))))
-        .collect();
-    let mut worst = 0f64;
-    for (name, (a, b)) in names.iter().zip(g1.iter().zip(&g0)) {
-        assert_eq!(a.dims(), b.dims(), "{name}");
-        let e = rel_err(a, b);
-        assert!(e < BF16_TOL.1, "gradient of {name}: relative error {e}");
-        worst = worst.max(e);
-    }
-    // a second backward pass through the same node is refused, not silently wrong
-    let again = (fused.to_dtype(DType::F32).unwrap() * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward();
-    assert!(again.is_err());
-    println!(
-        "fused blocks vs composed layers (bf16): output {e:.1e}, largest gradient error {worst:.1e}"
+    crate::kernels::blocks_match_composed(
+        &cuda_device(),
+        DType::BF16,
+        (2, 77, 256, 512, 4),
+        &movq::gpu::block::blocks,
+        BF16_TOL,
     );
 }
 

@@ -338,3 +338,162 @@ fn cpu_token_choice_matches_composed_ops() {
         }
     }
 }
+
+/// Two fused transformer blocks (`fused`: one graph node with its own backward pass) against the
+/// same blocks composed of layers ([`movq::ops::block::composed`]) on `dev`, the input in `dt`,
+/// at `(batch, tokens, width, mlp, heads)`: the output, and the gradients of the input and of all
+/// 24 parameters (those of the fused node through its side list), within `tol`; a second backward
+/// pass through the node is refused.
+pub fn blocks_match_composed(
+    dev: &Device,
+    dt: DType,
+    (b, t, d, m, heads): (usize, usize, usize, usize, usize),
+    fused: &dyn Fn(
+        &Tensor,
+        &[movq::ops::block::Block],
+        &movq::gpu::side_grads::SideGrads,
+    ) -> candle_core::Result<Tensor>,
+    tol: (f64, f64),
+) {
+    use movq::gpu::side_grads::SideGrads;
+    use movq::nn::layers::{LayerNorm, Linear};
+    let var = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
+        Var::from_tensor(&randn(shape, seed, dev).affine(scale, shift).unwrap()).unwrap()
+    };
+    let block_params = |s: u64| {
+        [
+            var(&[d], s, 0.1, 1.0),
+            var(&[d], s + 1, 0.1, 0.0),
+            var(&[3 * d, d], s + 2, 0.05, 0.0),
+            var(&[3 * d], s + 3, 0.1, 0.0),
+            var(&[d, d], s + 4, 0.05, 0.0),
+            var(&[d], s + 5, 0.1, 0.0),
+            var(&[d], s + 6, 0.1, 1.0),
+            var(&[d], s + 7, 0.1, 0.0),
+            var(&[m, d], s + 8, 0.05, 0.0),
+            var(&[m], s + 9, 0.1, 0.0),
+            var(&[d, m], s + 10, 0.05, 0.0),
+            var(&[d], s + 11, 0.1, 0.0),
+        ]
+    };
+    let params = [block_params(60), block_params(80)];
+    let p: Vec<Vec<Tensor>> = params
+        .iter()
+        .map(|ps| ps.iter().map(|v| v.as_tensor().clone()).collect())
+        .collect();
+    let block = |p: &[Tensor]| {
+        let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
+        let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
+        movq::ops::block::Block {
+            ln1: ln(0),
+            qkv: lin(2),
+            proj: lin(4),
+            ln2: ln(6),
+            fc1: lin(8),
+            fc2: lin(10),
+            heads,
+        }
+    };
+    let ws = [block(&p[0]), block(&p[1])];
+    let x = Var::from_tensor(&randn(&[b, t, d], 72, dev).to_dtype(dt).unwrap()).unwrap();
+    let r = randn(&[b, t, d], 73, dev);
+    let grads_of = |y: &Tensor, side: Option<&SideGrads>| {
+        let loss = (y.to_dtype(DType::F32).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let mut store = loss.backward().unwrap();
+        if let Some(side) = side {
+            side.drain_into(&mut store).unwrap();
+        }
+        let mut gs = vec![store
+            .get(x.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()];
+        gs.extend(p.iter().flatten().map(|q| {
+            store
+                .get(q)
+                .expect("a gradient for every parameter")
+                .clone()
+        }));
+        gs
+    };
+    let side = SideGrads::new();
+    let out = fused(x.as_tensor(), &ws, &side).unwrap();
+    let g1 = grads_of(&out, Some(&side));
+    let composed = movq::ops::block::composed(x.as_tensor(), &ws).unwrap();
+    let g0 = grads_of(&composed, None);
+    let e = rel_err(
+        &out.to_dtype(DType::F32).unwrap(),
+        &composed.to_dtype(DType::F32).unwrap(),
+    );
+    assert!(e < tol.0, "blocks' output: relative error {e}");
+    let names = [
+        "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b", "ln2.w", "ln2.b", "fc1.w", "fc1.b",
+        "fc2.w", "fc2.b",
+    ];
+    let names: Vec<String> = std::iter::once("x".to_string())
+        .chain((0..2).flat_map(|i| names.iter().map(move |n| format!("block {i} {n}"))))
+        .collect();
+    let mut worst = 0f64;
+    for (name, (a, b)) in names.iter().zip(g1.iter().zip(&g0)) {
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        let e = rel_err(a, b);
+        assert!(e < tol.1, "gradient of {name}: relative error {e}");
+        worst = worst.max(e);
+    }
+    // a second backward pass through the same node is refused, not silently wrong
+    let again = (out.to_dtype(DType::F32).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward();
+    assert!(again.is_err());
+    println!(
+        "fused blocks vs composed layers ({dt:?} on {dev:?}): output {e:.1e}, largest gradient error {worst:.1e}"
+    );
+}
+
+/// The CPU's fused block stack against the composed blocks, in f32, at the quickstart
+/// transformer's head width (128 / 4) over 37 tokens, and with heads of 24 over an odd 19.
+#[test]
+fn cpu_blocks_match_composed_layers() {
+    for dims in [(3, 37, 128, 512, 4), (2, 19, 48, 96, 2)] {
+        blocks_match_composed(
+            &Device::Cpu,
+            DType::F32,
+            dims,
+            &movq::cpu::block::blocks,
+            F32_TOL,
+        );
+    }
+}
+
+/// Without a graph to train (parameters and input detached, as when sampling) the fused CPU
+/// stack returns the composed blocks' output and builds no node.
+#[test]
+fn cpu_blocks_for_inference_match_composed_layers() {
+    use movq::nn::layers::{LayerNorm, Linear};
+    let dev = Device::Cpu;
+    let (d, m) = (64, 128);
+    let t = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
+        randn(shape, seed, &dev).affine(scale, shift).unwrap()
+    };
+    let ws = [movq::ops::block::Block {
+        ln1: LayerNorm::new(t(&[d], 1, 0.1, 1.0), t(&[d], 2, 0.1, 0.0), 1e-5),
+        qkv: Linear::new(t(&[3 * d, d], 3, 0.05, 0.0), Some(t(&[3 * d], 4, 0.1, 0.0))),
+        proj: Linear::new(t(&[d, d], 5, 0.05, 0.0), Some(t(&[d], 6, 0.1, 0.0))),
+        ln2: LayerNorm::new(t(&[d], 7, 0.1, 1.0), t(&[d], 8, 0.1, 0.0), 1e-5),
+        fc1: Linear::new(t(&[m, d], 9, 0.05, 0.0), Some(t(&[m], 10, 0.1, 0.0))),
+        fc2: Linear::new(t(&[d, m], 11, 0.05, 0.0), Some(t(&[d], 12, 0.1, 0.0))),
+        heads: 4,
+    }];
+    let x = t(&[5, 11, d], 13, 1.0, 0.0);
+    let side = movq::gpu::side_grads::SideGrads::new();
+    let fused = movq::cpu::block::blocks(&x, &ws, &side).unwrap();
+    let composed = movq::ops::block::composed(&x, &ws).unwrap();
+    let e = rel_err(&fused, &composed);
+    assert!(e < F32_TOL.0, "relative error {e}");
+    assert!(!fused.track_op());
+}

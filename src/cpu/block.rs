@@ -1,0 +1,588 @@
+//! The transformer's pre-LayerNorm blocks on the CPU (f32), each `x + attn(ln1(x))` then
+//! `+ mlp(ln2(·))`, as one node of candle's graph with its backward pass written out: the CPU
+//! counterpart of [`crate::gpu::block`].
+//!
+//! Composed of candle ops, a block is some thirty ops forward and more backward, each allocating
+//! its output and most of them one pass over memory on one thread; at the quickstart's size (4
+//! blocks of width 128 over 64 × 37 tokens) that overhead took about three times the matrix
+//! products' time. Here each LayerNorm, bias (+ GELU) (+ residual) and attention head is one pass
+//! over rows on the thread pool, matrix products go straight to `gemm`, and the forward pass keeps
+//! what the backward pass needs (attention probabilities included: at 37 tokens they are smaller
+//! than recomputing them costs). The parameters' gradients go to a [`SideGrads`] list, as on the
+//! GPU; without a graph to train (sampling) the node is skipped and the output returned as is.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{gemm, Mat};
+use crate::gpu::side_grads::SideGrads;
+use crate::ops::block::Block;
+
+/// Rows per task of the row-parallel passes (enough work per task to amortise the scheduling).
+const ROWS_PER_TASK: usize = 32;
+
+/// The blocks `ws` one after the other for `x` `[B, T, D]` (f32 on the CPU; see
+/// [`crate::ops::block::stack`]).
+pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
+    let Some(first) = ws.first() else {
+        candle_core::bail!("fused transformer blocks: no blocks")
+    };
+    let (b, t, d) = x.dims3()?;
+    let dims = Dims { b, t, d };
+    let training = x.track_op() || first.ln1.parts().0.track_op();
+    let mut h = x.detach().flatten_all()?.to_vec1::<f32>()?;
+    let mut layers = Vec::with_capacity(if training { ws.len() } else { 0 });
+    for w in ws {
+        let p = Params::of(w, d)?;
+        let (out, saved) = p.forward(h, dims, training);
+        if let Some(saved) = saved {
+            layers.push(Layer { p, saved });
+        }
+        h = out;
+    }
+    if !training {
+        return Tensor::from_vec(h, (b, t, d), x.device());
+    }
+    // the node's second input is a parameter, so that it is on the graph's path to the
+    // parameters even where `x` is not (its gradient goes to the side list with the others)
+    x.apply_op2(
+        first.ln1.parts().0,
+        Node {
+            out: Mutex::new(Some(h)),
+            layers: Mutex::new(Some(layers)),
+            grads: grads.clone(),
+            dims,
+        },
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+}
+
+/// One block's parameters as f32 values, in the order of [`Block::parameters`] (ln1 scale and
+/// shift, qkv weight and bias, proj, ln2, fc1, fc2), with the tensors they came from (the keys
+/// of their gradients).
+struct Params {
+    v: [Vec<f32>; 12],
+    keys: [Tensor; 12],
+    eps: f32,
+    heads: usize,
+    /// The MLP's hidden width.
+    m: usize,
+}
+
+/// What a block's backward pass takes from its forward pass (rows of `[B·T, ·]`).
+struct Saved {
+    x: Vec<f32>,
+    y1: Vec<f32>,
+    /// Mean and reciprocal standard deviation of each row, for both LayerNorms.
+    st1: Vec<f32>,
+    qkv: Vec<f32>,
+    /// Attention probabilities `[B, H, T, T]`.
+    probs: Vec<f32>,
+    a: Vec<f32>,
+    x2: Vec<f32>,
+    y2: Vec<f32>,
+    st2: Vec<f32>,
+    /// fc1's output with its bias, before the GELU, and after it.
+    u: Vec<f32>,
+    h: Vec<f32>,
+}
+
+struct Layer {
+    p: Params,
+    saved: Saved,
+}
+
+impl Params {
+    fn of(blk: &Block, d: usize) -> Result<Self> {
+        let (p, eps) = blk.parameters()?;
+        let values = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1();
+        let v = [
+            values(p[0])?,
+            values(p[1])?,
+            values(p[2])?,
+            values(p[3])?,
+            values(p[4])?,
+            values(p[5])?,
+            values(p[6])?,
+            values(p[7])?,
+            values(p[8])?,
+            values(p[9])?,
+            values(p[10])?,
+            values(p[11])?,
+        ];
+        let m = p[8].dim(0)?;
+        if d % blk.heads != 0 || v[2].len() != 3 * d * d || v[8].len() != m * d {
+            candle_core::bail!("fused transformer blocks: width {d} does not fit the block's weights or its {} heads", blk.heads)
+        }
+        Ok(Self {
+            v,
+            keys: p.map(|p| p.clone()),
+            eps,
+            heads: blk.heads,
+            m,
+        })
+    }
+
+    /// The block for the rows `x`: its output rows, and what the backward pass needs when
+    /// `keep`.
+    fn forward(&self, x: Vec<f32>, dims: Dims, keep: bool) -> (Vec<f32>, Option<Saved>) {
+        let (n, d, m) = (dims.rows(), dims.d, self.m);
+        let v = &self.v;
+        let (y1, st1) = layer_norm(&x, &v[0], &v[1], d, self.eps);
+        let qkv = linear(&y1, &v[2], &v[3], None, n, d, 3 * d);
+        let (a, probs) = attention(&qkv, dims, self.heads);
+        let x2 = linear(&a, &v[4], &v[5], Some(&x), n, d, d);
+        let (y2, st2) = layer_norm(&x2, &v[6], &v[7], d, self.eps);
+        let u = linear(&y2, &v[8], &v[9], None, n, d, m);
+        let h = rows_map(&u, m, |u, h| {
+            h.iter_mut().zip(u).for_each(|(h, &u)| *h = gelu(u))
+        });
+        let out = linear(&h, &v[10], &v[11], Some(&x2), n, m, d);
+        let saved = keep.then_some(Saved {
+            x,
+            y1,
+            st1,
+            qkv,
+            probs,
+            a,
+            x2,
+            y2,
+            st2,
+            u,
+            h,
+        });
+        (out, saved)
+    }
+}
+
+impl Layer {
+    /// The gradient of the block's input rows from its output rows' `g`; the parameters'
+    /// gradients go to `side`.
+    fn backward(self, g: Vec<f32>, dims: Dims, side: &SideGrads) -> Result<Vec<f32>> {
+        let Self { p, saved: s } = self;
+        let (n, d, m) = (dims.rows(), dims.d, p.m);
+        let v = &p.v;
+        let mut grads: Vec<(usize, Vec<f32>)> = Vec::with_capacity(12);
+        // out = x2 + h W2ᵀ + b2, h = gelu(u), u = y2 W1ᵀ + b1
+        let mut dh = linear_back(&g, &s.h, &v[10], n, m, d, 10, &mut grads);
+        drop(s.h);
+        rows_zip(&mut dh, &s.u, m, |dh, u| {
+            dh.iter_mut().zip(u).for_each(|(g, &u)| *g *= gelu_grad(u))
+        });
+        drop(s.u);
+        let dy2 = linear_back(&dh, &s.y2, &v[8], n, d, m, 8, &mut grads);
+        drop((dh, s.y2));
+        // the residual path's g joins LayerNorm's input gradient in its pass
+        let dx2 = layer_norm_back(&s.x2, &v[6], &s.st2, &dy2, &g, d, 6, &mut grads);
+        drop((g, dy2, s.x2));
+        // x2 = x + a Wprojᵀ + bproj, a = attention(qkv), qkv = y1 Wqkvᵀ + bqkv
+        let da = linear_back(&dx2, &s.a, &v[4], n, d, d, 4, &mut grads);
+        drop(s.a);
+        let dqkv = attention_back(&s.qkv, &s.probs, &da, dims, p.heads);
+        drop((da, s.qkv, s.probs));
+        let dy1 = linear_back(&dqkv, &s.y1, &v[2], n, d, 3 * d, 2, &mut grads);
+        drop((dqkv, s.y1));
+        let dx = layer_norm_back(&s.x, &v[0], &s.st1, &dy1, &dx2, d, 0, &mut grads);
+        let dev = candle_core::Device::Cpu;
+        for (i, g) in grads {
+            let key = &p.keys[i];
+            side.push(key, Tensor::from_vec(g, key.shape(), &dev)?);
+        }
+        Ok(dx)
+    }
+}
+
+struct Node {
+    /// The last block's output, handed over by the first (only) forward call.
+    out: Mutex<Option<Vec<f32>>>,
+    /// Taken by the backward pass (a second backward pass through the blocks is an error).
+    layers: Mutex<Option<Vec<Layer>>>,
+    grads: SideGrads,
+    dims: Dims,
+}
+
+impl CustomOp2 for Node {
+    fn name(&self) -> &'static str {
+        "movq-transformer-blocks-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(out) = out else {
+            candle_core::bail!("fused transformer blocks: the output was already handed over")
+        };
+        let Dims { b, t, d } = self.dims;
+        Ok((CpuStorage::F32(out), Shape::from((b, t, d))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(layers) = layers else {
+            candle_core::bail!("fused transformer blocks: a second backward pass through them")
+        };
+        let mut g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        for layer in layers.into_iter().rev() {
+            g = layer.backward(g, self.dims, &self.grads)?;
+        }
+        Ok((Some(Tensor::from_vec(g, x.shape(), x.device())?), None))
+    }
+}
+
+/// A new `[rows, out_w]` buffer whose rows are `f(input row, output row)` of `x`'s `in_w`-wide
+/// rows, in parallel.
+fn rows_map_to(
+    x: &[f32],
+    in_w: usize,
+    out_w: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() / in_w * out_w];
+    out.par_chunks_mut(out_w * ROWS_PER_TASK)
+        .zip(x.par_chunks(in_w * ROWS_PER_TASK))
+        .for_each(|(o, x)| {
+            o.chunks_mut(out_w)
+                .zip(x.chunks(in_w))
+                .for_each(|(o, x)| f(x, o))
+        });
+    out
+}
+
+/// [`rows_map_to`] with rows of one width.
+fn rows_map(x: &[f32], w: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) -> Vec<f32> {
+    rows_map_to(x, w, w, f)
+}
+
+/// `f(row of y, row of x)` over the `w`-wide rows of `y` and `x`, in parallel.
+fn rows_zip(y: &mut [f32], x: &[f32], w: usize, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
+    y.par_chunks_mut(w * ROWS_PER_TASK)
+        .zip(x.par_chunks(w * ROWS_PER_TASK))
+        .for_each(|(y, x)| y.chunks_mut(w).zip(x.chunks(w)).for_each(|(y, x)| f(y, x)));
+}
+
+/// Sums over rows of `f(row index, row, sums)` accumulations into `k` `w`-wide vectors, the rows
+/// split into tasks whose partial sums are added at the end.
+fn row_sums(n: usize, w: usize, k: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    (0..n.div_ceil(ROWS_PER_TASK * 4))
+        .into_par_iter()
+        .map(|task| {
+            let mut acc = vec![0f32; k * w];
+            let start = task * ROWS_PER_TASK * 4;
+            for r in start..(start + ROWS_PER_TASK * 4).min(n) {
+                f(r, &mut acc);
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; k * w],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// LayerNorm over `d`-wide rows: the output and each row's (mean, 1/σ).
+fn layer_norm(x: &[f32], w: &[f32], b: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let stats = rows_map_to(x, d, 2, |x, st| {
+        let mean = x.iter().sum::<f32>() / d as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        st[0] = mean;
+        st[1] = 1.0 / (var + eps).sqrt();
+    });
+    let mut y = x.to_vec();
+    y.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(stats.par_chunks(2 * ROWS_PER_TASK))
+        .for_each(|(y, st)| {
+            for (y, st) in y.chunks_mut(d).zip(st.chunks(2)) {
+                for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
+                    *y = (*y - st[0]) * st[1] * w + b;
+                }
+            }
+        });
+    (y, stats)
+}
+
+/// Backward through LayerNorm (scale `w`, statistics `st`) from its output's gradient `dy`, where
+/// its input also feeds the residual path that brings the gradient `r`: the input's gradient
+/// (with `r`) returned, the scale's and shift's into `grads` at `i` and `i + 1`.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_back(
+    x: &[f32],
+    w: &[f32],
+    st: &[f32],
+    dy: &[f32],
+    r: &[f32],
+    d: usize,
+    i: usize,
+    grads: &mut Vec<(usize, Vec<f32>)>,
+) -> Vec<f32> {
+    let n = x.len() / d;
+    let sums = row_sums(n, d, 2, |row, acc| {
+        let (mean, rstd) = (st[2 * row], st[2 * row + 1]);
+        let (dw, db) = acc.split_at_mut(d);
+        for j in 0..d {
+            let g = dy[row * d + j];
+            dw[j] += g * (x[row * d + j] - mean) * rstd;
+            db[j] += g;
+        }
+    });
+    let mut dx = r.to_vec();
+    dx.par_chunks_mut(d).enumerate().for_each(|(row, dx)| {
+        let (mean, rstd) = (st[2 * row], st[2 * row + 1]);
+        let (x, dy) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
+        let (mut c1, mut c2) = (0f32, 0f32);
+        for j in 0..d {
+            let g = dy[j] * w[j];
+            c1 += g * (x[j] - mean) * rstd;
+            c2 += g;
+        }
+        let (c1, c2) = (c1 / d as f32, c2 / d as f32);
+        for j in 0..d {
+            let xhat = (x[j] - mean) * rstd;
+            dx[j] += rstd * (dy[j] * w[j] - c2 - xhat * c1);
+        }
+    });
+    let (dw, db) = sums.split_at(d);
+    grads.extend([(i, dw.to_vec()), (i + 1, db.to_vec())]);
+    dx
+}
+
+/// `x Wᵀ + b (+ residual)` for `x` `[n, i]`, `w` `[o, i]`: the bias (and residual) written
+/// first, the product added onto them.
+fn linear(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    residual: Option<&[f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Vec<f32> {
+    let mut y = match residual {
+        Some(r) => rows_map(r, o, |r, y| {
+            y.iter_mut()
+                .zip(r)
+                .zip(b)
+                .for_each(|((y, r), b)| *y = r + b)
+        }),
+        None => {
+            let mut y = vec![0f32; n * o];
+            y.par_chunks_mut(o * ROWS_PER_TASK)
+                .for_each(|y| y.chunks_mut(o).for_each(|y| y.copy_from_slice(b)));
+            y
+        }
+    };
+    gemm(
+        n,
+        o,
+        i,
+        &mut y,
+        Mat::rows(x, i),
+        Mat::transposed(w, i),
+        true,
+        true,
+    );
+    y
+}
+
+/// Backward through `x Wᵀ + b` (`x` `[n, i]`, `w` `[o, i]`) from its output's gradient `g`: the
+/// input's gradient returned, the weight's and bias's into `grads` at `k` and `k + 1`.
+#[allow(clippy::too_many_arguments)]
+fn linear_back(
+    g: &[f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    i: usize,
+    o: usize,
+    k: usize,
+    grads: &mut Vec<(usize, Vec<f32>)>,
+) -> Vec<f32> {
+    let mut dw = vec![0f32; o * i];
+    gemm(
+        o,
+        i,
+        n,
+        &mut dw,
+        Mat::transposed(g, o),
+        Mat::rows(x, i),
+        false,
+        true,
+    );
+    let db = row_sums(n, o, 1, |row, acc| {
+        acc.iter_mut()
+            .zip(&g[row * o..(row + 1) * o])
+            .for_each(|(a, g)| *a += g)
+    });
+    grads.extend([(k, dw), (k + 1, db)]);
+    let mut dx = vec![0f32; n * i];
+    gemm(
+        n,
+        i,
+        o,
+        &mut dx,
+        Mat::rows(g, o),
+        Mat::rows(w, i),
+        false,
+        true,
+    );
+    dx
+}
+
+/// Multi-head attention without a mask from the packed `qkv` rows `[B·T, 3·D]` (query, key,
+/// value, each `H` heads of `D / H`, as [`crate::ops::attention::composed`] reads them): the
+/// output rows `[B·T, D]` and the probabilities `[B, H, T, T]`. One task per sequence.
+fn attention(qkv: &[f32], dims: Dims, heads: usize) -> (Vec<f32>, Vec<f32>) {
+    let Dims { b, t, d } = dims;
+    let dh = d / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut a = vec![0f32; b * t * d];
+    let mut probs = vec![0f32; b * heads * t * t];
+    a.par_chunks_mut(t * d)
+        .zip(probs.par_chunks_mut(heads * t * t))
+        .zip(qkv.par_chunks(t * 3 * d))
+        .for_each(|((a, p), qkv)| {
+            let mut head = vec![0f32; t * dh];
+            for h in 0..heads {
+                let p = &mut p[h * t * t..(h + 1) * t * t];
+                let (q, k, v) = head_views(qkv, d, h * dh);
+                gemm(t, t, dh, p, q, transpose(k), false, false);
+                for row in p.chunks_mut(t) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut sum = 0f32;
+                    for s in row.iter_mut() {
+                        *s = ((*s - max) * scale).exp();
+                        sum += *s;
+                    }
+                    row.iter_mut().for_each(|s| *s /= sum);
+                }
+                gemm(t, dh, t, &mut head, Mat::rows(p, t), v, false, false);
+                scatter_head(&head, a, d, h * dh);
+            }
+        });
+    (a, probs)
+}
+
+/// Backward through [`attention`] from the output rows' gradient `da`: the gradient of `qkv`.
+fn attention_back(qkv: &[f32], probs: &[f32], da: &[f32], dims: Dims, heads: usize) -> Vec<f32> {
+    let Dims { b, t, d } = dims;
+    let dh = d / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut dqkv = vec![0f32; b * t * 3 * d];
+    dqkv.par_chunks_mut(t * 3 * d)
+        .zip(qkv.par_chunks(t * 3 * d))
+        .zip(probs.par_chunks(heads * t * t))
+        .zip(da.par_chunks(t * d))
+        .for_each(|(((dqkv, qkv), p), da)| {
+            let (mut ds, mut head) = (vec![0f32; t * t], vec![0f32; t * dh]);
+            for h in 0..heads {
+                let p = &p[h * t * t..(h + 1) * t * t];
+                let (q, k, v) = head_views(qkv, d, h * dh);
+                let dout = Mat {
+                    data: &da[h * dh..],
+                    rs: d,
+                    cs: 1,
+                };
+                // dV = Pᵀ dO
+                gemm(
+                    t,
+                    dh,
+                    t,
+                    &mut head,
+                    Mat::transposed(p, t),
+                    dout,
+                    false,
+                    false,
+                );
+                scatter_head(&head, dqkv, 3 * d, 2 * d + h * dh);
+                // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ dP ⊙ P) times the scale
+                gemm(t, t, dh, &mut ds, dout, transpose(v), false, false);
+                for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let dot: f32 = ds.iter().zip(p).map(|(g, p)| g * p).sum();
+                    ds.iter_mut()
+                        .zip(p)
+                        .for_each(|(g, p)| *g = p * (*g - dot) * scale);
+                }
+                // dQ = dS K, dK = dSᵀ Q
+                gemm(t, dh, t, &mut head, Mat::rows(&ds, t), k, false, false);
+                scatter_head(&head, dqkv, 3 * d, h * dh);
+                gemm(
+                    t,
+                    dh,
+                    t,
+                    &mut head,
+                    Mat::transposed(&ds, t),
+                    q,
+                    false,
+                    false,
+                );
+                scatter_head(&head, dqkv, 3 * d, d + h * dh);
+            }
+        });
+    dqkv
+}
+
+/// One head's query, key and value `[T, D/H]` within a sequence's packed rows `[T, 3·D]`, from
+/// the head's first column `c`.
+fn head_views(qkv: &[f32], d: usize, c: usize) -> (Mat<'_>, Mat<'_>, Mat<'_>) {
+    let at = |off: usize| Mat {
+        data: &qkv[off + c..],
+        rs: 3 * d,
+        cs: 1,
+    };
+    (at(0), at(d), at(2 * d))
+}
+
+fn transpose(m: Mat<'_>) -> Mat<'_> {
+    Mat {
+        data: m.data,
+        rs: m.cs,
+        cs: m.rs,
+    }
+}
+
+/// Writes one head's `[T, w]` block into the `stride`-wide rows of `dst` from column `c`.
+fn scatter_head(head: &[f32], dst: &mut [f32], stride: usize, c: usize) {
+    let w = head.len() / (dst.len() / stride);
+    for (src, row) in head.chunks(w).zip(dst.chunks_mut(stride)) {
+        row[c..c + w].copy_from_slice(src);
+    }
+}
+
+/// The exact (erf) GELU.
+fn gelu(u: f32) -> f32 {
+    0.5 * u * (1.0 + libm::erff(u * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// The derivative of [`gelu`]: `Φ(u) + u·φ(u)`.
+fn gelu_grad(u: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + libm::erff(u * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + u * INV_SQRT_2PI * (-0.5 * u * u).exp()
+}

@@ -477,7 +477,7 @@ fn attention(qkv: &[f32], dims: Dims, heads: usize) -> (Vec<f32>, Vec<f32>) {
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0f32;
                     for s in row.iter_mut() {
-                        *s = ((*s - max) * scale).exp();
+                        *s = exp((*s - max) * scale);
                         sum += *s;
                     }
                     row.iter_mut().for_each(|s| *s /= sum);
@@ -577,12 +577,53 @@ fn scatter_head(head: &[f32], dst: &mut [f32], stride: usize, c: usize) {
 
 /// The exact (erf) GELU.
 fn gelu(u: f32) -> f32 {
-    0.5 * u * (1.0 + libm::erff(u * std::f32::consts::FRAC_1_SQRT_2))
+    u * normal_cdf_and_density(u).0
 }
 
 /// The derivative of [`gelu`]: `Φ(u) + u·φ(u)`.
 fn gelu_grad(u: f32) -> f32 {
+    let (cdf, density) = normal_cdf_and_density(u);
+    cdf + u * density
+}
+
+/// The standard normal distribution's `Φ(u)` and `φ(u)`, branch-free so that loops over them
+/// vectorise: erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), which needs the
+/// density's `exp(−u²/2)` anyway.
+#[inline(always)]
+fn normal_cdf_and_density(u: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let cdf = 0.5 * (1.0 + libm::erff(u * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + u * INV_SQRT_2PI * (-0.5 * u * u).exp()
+    let x = u.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let e = exp(-x * x);
+    let t = 1.0 / (1.0 + P * x);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let erf_abs = 1.0 - poly * e;
+    let erf = if u < 0.0 { -erf_abs } else { erf_abs };
+    (0.5 * (1.0 + erf), INV_SQRT_2PI * e)
+}
+
+/// `eˣ` for `x ≤ 0` (softmax and the normal density): `2ⁿ · e^r` with `n = round(x / ln 2)`,
+/// `|r| ≤ ln 2 / 2` by a degree-6 polynomial (relative error about 2e-7), inlined so that loops
+/// over it vectorise; 0 below −87.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // rounding by adding and subtracting 1.5 · 2²³
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{gemm, Mat};
+use super::{fast_exp, gemm, Mat};
 use crate::gpu::side_grads::SideGrads;
 use crate::ops::block::Block;
 
@@ -477,7 +477,7 @@ fn attention(qkv: &[f32], dims: Dims, heads: usize) -> (Vec<f32>, Vec<f32>) {
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0f32;
                     for s in row.iter_mut() {
-                        *s = exp((*s - max) * scale);
+                        *s = fast_exp((*s - max) * scale);
                         sum += *s;
                     }
                     row.iter_mut().for_each(|s| *s /= sum);
@@ -601,29 +601,10 @@ fn normal_cdf_and_density(u: f32) -> (f32, f32) {
     ];
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let x = u.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let e = exp(-x * x);
+    let e = fast_exp(-x * x);
     let t = 1.0 / (1.0 + P * x);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
     let erf_abs = 1.0 - poly * e;
     let erf = if u < 0.0 { -erf_abs } else { erf_abs };
     (0.5 * (1.0 + erf), INV_SQRT_2PI * e)
-}
-
-/// `eˣ` for `x ≤ 0` (softmax and the normal density): `2ⁿ · e^r` with `n = round(x / ln 2)`,
-/// `|r| ≤ ln 2 / 2` by a degree-6 polynomial (relative error about 2e-7), inlined so that loops
-/// over it vectorise; 0 below −87.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // rounding by adding and subtracting 1.5 · 2²³
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }

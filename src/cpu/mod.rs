@@ -1,12 +1,13 @@
 //! CPU kernels behind candle custom ops, forward and backward: convolution as matrix products
 //! over unfolded windows, fused GroupNorm (+ SpatialNorm modulation) (+ SiLU), and the
-//! transformer's block stack as one node. MaskGIT's
+//! transformer's block stack as one node, and the masked-token cross-entropy. MaskGIT's
 //! token choice has its CPU kernel beside its CUDA one, in [`crate::ops::token_choice`].
 //! [`crate::ops`] decides when they run; each is tested against the composed ops it replaces
 //! (`tests/integration/kernels.rs`).
 
 pub mod block;
 pub mod conv;
+pub mod cross_entropy;
 pub mod group_norm;
 
 use candle_core::{CpuStorage, Layout, Result};
@@ -95,4 +96,23 @@ pub(crate) fn gemm(
             threads,
         )
     }
+}
+
+/// `eˣ` for `x ≤ 0` (softmax, the normal density): `2ⁿ · e^r` with `n = round(x / ln 2)`,
+/// `|r| ≤ ln 2 / 2` by a degree-6 polynomial (relative error about 2e-7), inlined so that loops
+/// over it vectorise; 0 below −87.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // rounding by adding and subtracting 1.5 · 2²³
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }

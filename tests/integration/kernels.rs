@@ -497,3 +497,57 @@ fn cpu_blocks_for_inference_match_composed_layers() {
     assert!(e < F32_TOL.0, "relative error {e}");
     assert!(!fused.track_op());
 }
+
+/// The CPU's one-op masked cross-entropy against the composed ops: loss, accuracy and the
+/// logits' gradient, with label smoothing and a quarter of the rows weighted 0 (whose targets
+/// must not matter).
+#[test]
+fn cpu_cross_entropy_matches_composed_ops() {
+    use movq::transformer::model::masked_cross_entropy_composed;
+    let dev = Device::Cpu;
+    let (b, l, k) = (3, 37, 50);
+    let logits = randn(&[b, l, k], 5, &dev).affine(3.0, 0.0).unwrap();
+    let targets: Vec<u32> = (0..b * l).map(|i| ((i * 7919) % k) as u32).collect();
+    let targets = Tensor::from_vec(targets, (b, l), &dev).unwrap();
+    let weights: Vec<f32> = (0..b * l)
+        .map(|i| if i % 4 == 1 { 0.0 } else { 1.0 })
+        .collect();
+    let weights = Tensor::from_vec(weights, (b, l), &dev).unwrap();
+    let run = |composed: bool| {
+        let x = Var::from_tensor(&logits).unwrap();
+        let (loss, acc) = if composed {
+            masked_cross_entropy_composed(x.as_tensor(), &targets, &weights, 0.1).unwrap()
+        } else {
+            movq::cpu::cross_entropy::masked_cross_entropy(
+                &x.as_tensor().reshape((b * l, k)).unwrap(),
+                &targets.reshape(b * l).unwrap(),
+                &weights.reshape(b * l).unwrap(),
+                0.1,
+            )
+            .unwrap()
+        };
+        let g = loss.backward().unwrap();
+        let grad = g.get(x.as_tensor()).unwrap().reshape((b, l, k)).unwrap();
+        (loss.to_scalar::<f32>().unwrap(), acc, grad)
+    };
+    let (l0, a0, g0) = run(true);
+    let (l1, a1, g1) = run(false);
+    assert!(
+        ((l1 - l0) / l0).abs() < 1e-5,
+        "loss {l1} against {l0} composed"
+    );
+    assert!((a1 - a0).abs() < 1e-9, "accuracy {a1} against {a0}");
+    let e = rel_err(&g1, &g0);
+    assert!(e < F32_TOL.1, "gradient: relative error {e}");
+    // rows of weight 0 get no gradient
+    let row = g1.get(0).unwrap().get(1).unwrap();
+    assert_eq!(
+        row.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+}

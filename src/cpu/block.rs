@@ -346,28 +346,33 @@ fn layer_norm_back(
     let sums = row_sums(n, d, 2, |row, acc| {
         let (mean, rstd) = (st[2 * row], st[2 * row + 1]);
         let (dw, db) = acc.split_at_mut(d);
-        for j in 0..d {
-            let g = dy[row * d + j];
-            dw[j] += g * (x[row * d + j] - mean) * rstd;
-            db[j] += g;
+        let (x, dy) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
+        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+            *dw += g * (x - mean) * rstd;
+            *db += g;
         }
     });
     let mut dx = r.to_vec();
-    dx.par_chunks_mut(d).enumerate().for_each(|(row, dx)| {
-        let (mean, rstd) = (st[2 * row], st[2 * row + 1]);
-        let (x, dy) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
-        let (mut c1, mut c2) = (0f32, 0f32);
-        for j in 0..d {
-            let g = dy[j] * w[j];
-            c1 += g * (x[j] - mean) * rstd;
-            c2 += g;
-        }
-        let (c1, c2) = (c1 / d as f32, c2 / d as f32);
-        for j in 0..d {
-            let xhat = (x[j] - mean) * rstd;
-            dx[j] += rstd * (dy[j] * w[j] - c2 - xhat * c1);
-        }
-    });
+    dx.par_chunks_mut(d * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, dx)| {
+            for (k, dx) in dx.chunks_mut(d).enumerate() {
+                let row = task * ROWS_PER_TASK + k;
+                let (mean, rstd) = (st[2 * row], st[2 * row + 1]);
+                let (x, dy) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
+                let (mut c1, mut c2) = (0f32, 0f32);
+                for ((&g, &x), &w) in dy.iter().zip(x).zip(w) {
+                    let g = g * w;
+                    c1 += g * (x - mean) * rstd;
+                    c2 += g;
+                }
+                let (c1, c2) = (c1 / d as f32, c2 / d as f32);
+                for (((dx, &g), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
+                    let xhat = (x - mean) * rstd;
+                    *dx += rstd * (g * w - c2 - xhat * c1);
+                }
+            }
+        });
     let (dw, db) = sums.split_at(d);
     grads.extend([(i, dw.to_vec()), (i + 1, db.to_vec())]);
     dx

@@ -125,7 +125,11 @@ impl Params {
             values(p[11])?,
         ];
         let m = p[8].dim(0)?;
-        if d % blk.heads != 0 || v[2].len() != 3 * d * d || v[8].len() != m * d {
+        if blk.heads == 0
+            || !d.is_multiple_of(blk.heads)
+            || v[2].len() != 3 * d * d
+            || v[8].len() != m * d
+        {
             candle_core::bail!("fused transformer blocks: width {d} does not fit the block's weights or its {} heads", blk.heads)
         }
         Ok(Self {

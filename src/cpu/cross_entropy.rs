@@ -42,12 +42,20 @@ struct Loss {
     accuracy: Arc<Mutex<f64>>,
 }
 
+/// The op's inputs as rows: logits `[N, k]`, targets and weights `[N]`.
+struct Rows<'a> {
+    x: &'a [f32],
+    t: &'a [u32],
+    w: &'a [f32],
+    k: usize,
+}
+
 /// The rows' shapes and values, checked.
 fn inputs<'a>(
     logits: (&'a CpuStorage, &Layout),
     targets: (&'a CpuStorage, &Layout),
     weights: (&'a CpuStorage, &Layout),
-) -> Result<(&'a [f32], &'a [u32], &'a [f32], usize)> {
+) -> Result<Rows<'a>> {
     let x = values(logits.0, logits.1, "cross-entropy logits")?;
     let CpuStorage::U32(t) = targets.0 else {
         candle_core::bail!("cross-entropy targets must be u32")
@@ -69,7 +77,7 @@ fn inputs<'a>(
     if let Some(&bad) = t.iter().find(|&&t| t as usize >= k) {
         candle_core::bail!("cross-entropy: target {bad} out of range for {k} classes")
     }
-    Ok((x, t, w, k))
+    Ok(Rows { x, t, w, k })
 }
 
 /// A row's maximum, its first index, and `log Σ exp`.
@@ -98,7 +106,7 @@ impl CustomOp3 for Loss {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, t, w, k) = inputs((s1, l1), (s2, l2), (s3, l3))?;
+        let Rows { x, t, w, k } = inputs((s1, l1), (s2, l2), (s3, l3))?;
         let eps = self.eps;
         // (weighted loss, weighted correct, weight) summed in f64 over tasks of rows
         let (loss, correct, count) = x
@@ -151,7 +159,7 @@ impl CustomOp3 for Loss {
         else {
             candle_core::bail!("the CPU cross-entropy's inputs must be on the CPU")
         };
-        let (x, t, w, k) = inputs((ls, ll), (ts, tl), (ws, wl))?;
+        let Rows { x, t, w, k } = inputs((ls, ll), (ts, tl), (ws, wl))?;
         let count = w.iter().map(|&w| w as f64).sum::<f64>().max(1.0) as f32;
         let (eps, smooth) = (self.eps, self.eps / k as f32);
         let mut dx = vec![0f32; x.len()];

@@ -339,6 +339,13 @@ fn cpu_token_choice_matches_composed_ops() {
     }
 }
 
+/// A fused block stack: input, blocks, the list its parameters' gradients go to.
+pub type FusedBlocks = dyn Fn(
+    &Tensor,
+    &[movq::ops::block::Block],
+    &movq::gpu::side_grads::SideGrads,
+) -> candle_core::Result<Tensor>;
+
 /// Two fused transformer blocks (`fused`: one graph node with its own backward pass) against the
 /// same blocks composed of layers ([`movq::ops::block::composed`]) on `dev`, the input in `dt`,
 /// at `(batch, tokens, width, mlp, heads)`: the output, and the gradients of the input and of all
@@ -348,11 +355,7 @@ pub fn blocks_match_composed(
     dev: &Device,
     dt: DType,
     (b, t, d, m, heads): (usize, usize, usize, usize, usize),
-    fused: &dyn Fn(
-        &Tensor,
-        &[movq::ops::block::Block],
-        &movq::gpu::side_grads::SideGrads,
-    ) -> candle_core::Result<Tensor>,
+    fused: &FusedBlocks,
     tol: (f64, f64),
 ) {
     use movq::gpu::side_grads::SideGrads;

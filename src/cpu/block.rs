@@ -11,14 +11,12 @@
 //! than recomputing them costs). The parameters' gradients go to a [`SideGrads`] list, as on the
 //! GPU; without a graph to train (sampling) the node is skipped and the output returned as is.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{fast_exp, gemm, Mat};
 use crate::gpu::side_grads::SideGrads;
-use crate::ops::block::Block;
+use crate::ops::block::{Block, Handover};
 
 /// Rows per task of the row-parallel passes (enough work per task to amortise the scheduling).
 const ROWS_PER_TASK: usize = 32;
@@ -50,8 +48,8 @@ pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
     x.apply_op2(
         first.ln1.parts().0,
         Node {
-            out: Mutex::new(Some(h)),
-            layers: Mutex::new(Some(layers)),
+            out: Handover::new(h),
+            layers: Handover::new(layers),
             grads: grads.clone(),
             dims,
         },
@@ -212,9 +210,9 @@ impl Layer {
 
 struct Node {
     /// The last block's output, handed over by the first (only) forward call.
-    out: Mutex<Option<Vec<f32>>>,
+    out: Handover<Vec<f32>>,
     /// Taken by the backward pass (a second backward pass through the blocks is an error).
-    layers: Mutex<Option<Vec<Layer>>>,
+    layers: Handover<Vec<Layer>>,
     grads: SideGrads,
     dims: Dims,
 }
@@ -231,10 +229,7 @@ impl CustomOp2 for Node {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(out) = out else {
-            candle_core::bail!("fused transformer blocks: the output was already handed over")
-        };
+        let out = self.out.take("the output was already handed over")?;
         let Dims { b, t, d } = self.dims;
         Ok((CpuStorage::F32(out), Shape::from((b, t, d))))
     }
@@ -246,10 +241,7 @@ impl CustomOp2 for Node {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(layers) = layers else {
-            candle_core::bail!("fused transformer blocks: a second backward pass through them")
-        };
+        let layers = self.layers.take("a second backward pass through them")?;
         let mut g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         for layer in layers.into_iter().rev() {
             g = layer.backward(g, self.dims, &self.grads)?;

@@ -13,8 +13,6 @@
 //! backward pass. The forward pass keeps what the backward pass needs (fewer tensors than the
 //! composed ops keep) and the backward pass frees it block by block.
 
-use std::sync::Mutex;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -22,7 +20,7 @@ use super::attention::{attention_backward, attention_saving, Lse};
 use super::bias::{bias_act, bias_gelu_backward, column_sum, linear, linear_residual};
 use super::layer_norm::{layer_norm_backward, layer_norm_saving, InputGrad, Stats};
 use super::side_grads::SideGrads;
-use crate::ops::block::Block;
+use crate::ops::block::{Block, Handover};
 
 /// The blocks `ws` one after the other for `x` `[B, T, D]` (bf16 on CUDA; see
 /// [`crate::ops::block::stack`]), as one node of the graph.
@@ -43,8 +41,8 @@ pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
     x.apply_op2(
         first.ln1.parts().0,
         Node {
-            out: Mutex::new(Some(h.reshape((b, t, d))?)),
-            layers: Mutex::new(Some(layers)),
+            out: Handover::new(h.reshape((b, t, d))?),
+            layers: Handover::new(layers),
             grads: grads.clone(),
         },
     )
@@ -200,9 +198,9 @@ struct Saved {
 
 struct Node {
     /// The last block's output, handed over by the first (only) forward call.
-    out: Mutex<Option<Tensor>>,
+    out: Handover<Tensor>,
     /// Taken by the backward pass (a second backward pass through the blocks is an error).
-    layers: Mutex<Option<Vec<Layer>>>,
+    layers: Handover<Vec<Layer>>,
     grads: SideGrads,
 }
 
@@ -220,10 +218,7 @@ impl CustomOp2 for Node {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(out) = out else {
-            candle_core::bail!("fused transformer blocks: the output was already handed over")
-        };
+        let out = self.out.take("the output was already handed over")?;
         let (s, l) = out.storage_and_layout();
         match &*s {
             Storage::Cuda(s) => Ok((s.try_clone(l)?, l.shape().clone())),
@@ -238,10 +233,7 @@ impl CustomOp2 for Node {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(layers) = layers else {
-            candle_core::bail!("fused transformer blocks: a second backward pass through them")
-        };
+        let layers = self.layers.take("a second backward pass through them")?;
         let (b, t, d) = x.dims3()?;
         let mut g = grad
             .to_dtype(x.dtype())?

@@ -6,6 +6,8 @@
 //! [`SideGrads`]), and so it does in f32 on the CPU ([`crate::cpu::block`]); elsewhere block
 //! after block of the ops below. Both read the same [`Block`].
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -146,4 +148,23 @@ pub fn composed(x: &Tensor, blocks: &[Block]) -> Result<Tensor> {
         h = block.forward(&h)?;
     }
     Ok(h)
+}
+
+/// What a fused stack's graph node hands over once: its output to the forward call, what its
+/// forward pass kept to the backward pass. A second taker gets an error naming `what` was taken
+/// (a second backward pass through the same node is refused, not silently wrong).
+pub struct Handover<T>(Mutex<Option<T>>);
+
+impl<T> Handover<T> {
+    pub fn new(value: T) -> Self {
+        Self(Mutex::new(Some(value)))
+    }
+
+    /// The value, once; `taken` says what an error should report.
+    pub fn take(&self, taken: &str) -> Result<T> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(v) => Ok(v),
+            None => candle_core::bail!("fused transformer blocks: {taken}"),
+        }
+    }
 }

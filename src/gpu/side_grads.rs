@@ -1,6 +1,6 @@
 //! Parameter gradients that reach the optimizer beside candle's graph: an op that runs its own
-//! backward pass for a whole sub-network (the fused transformer blocks on the GPU,
-//! `gpu::block`) hands back only its input's gradient through the graph and leaves its
+//! backward pass for a whole sub-network (the fused transformer blocks, `gpu::block` on CUDA
+//! and `cpu::block` on the CPU) hands back only its input's gradient through the graph and leaves its
 //! parameters' gradients here; the model moves them into the backward pass's gradient store
 //! ([`SideGrads::drain_into`]).
 

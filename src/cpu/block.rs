@@ -108,20 +108,10 @@ impl Params {
     fn of(blk: &Block, d: usize) -> Result<Self> {
         let (p, eps) = blk.parameters()?;
         let values = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1();
-        let v = [
-            values(p[0])?,
-            values(p[1])?,
-            values(p[2])?,
-            values(p[3])?,
-            values(p[4])?,
-            values(p[5])?,
-            values(p[6])?,
-            values(p[7])?,
-            values(p[8])?,
-            values(p[9])?,
-            values(p[10])?,
-            values(p[11])?,
-        ];
+        let v: Vec<Vec<f32>> = p.iter().map(|t| values(t)).collect::<Result<_>>()?;
+        let Ok(v) = <[Vec<f32>; 12]>::try_from(v) else {
+            unreachable!("Block::parameters gives twelve tensors")
+        };
         let m = p[8].dim(0)?;
         if blk.heads == 0
             || !d.is_multiple_of(blk.heads)

@@ -80,8 +80,8 @@ fn inputs<'a>(
     Ok(Rows { x, t, w, k })
 }
 
-/// A row's maximum, its first index, and `log Σ exp`.
-fn log_sum_exp(x: &[f32]) -> (f32, usize, f32) {
+/// A row's first maximum's index, and `log Σ exp`.
+fn log_sum_exp(x: &[f32]) -> (usize, f32) {
     let (mut max, mut arg) = (f32::NEG_INFINITY, 0);
     for (i, &v) in x.iter().enumerate() {
         if v > max {
@@ -89,7 +89,7 @@ fn log_sum_exp(x: &[f32]) -> (f32, usize, f32) {
         }
     }
     let sum: f32 = x.iter().map(|&v| fast_exp(v - max)).sum();
-    (max, arg, max + sum.ln())
+    (arg, max + sum.ln())
 }
 
 impl CustomOp3 for Loss {
@@ -120,7 +120,7 @@ impl CustomOp3 for Loss {
                     if w == 0.0 {
                         continue;
                     }
-                    let (_, arg, lse) = log_sum_exp(x);
+                    let (arg, lse) = log_sum_exp(x);
                     let mean = x.iter().sum::<f32>() / k as f32;
                     let per = (1.0 - eps) * (lse - x[t as usize]) + eps * (lse - mean);
                     acc.0 += (w * per) as f64;
@@ -173,7 +173,7 @@ impl CustomOp3 for Loss {
                         continue;
                     }
                     let scale = g * w / count;
-                    let (_, _, lse) = log_sum_exp(x);
+                    let (_, lse) = log_sum_exp(x);
                     for (d, &v) in dx.iter_mut().zip(x) {
                         *d = scale * (fast_exp(v - lse) - smooth);
                     }

@@ -1,10 +1,12 @@
 //! CPU kernels behind candle custom ops, forward and backward: convolution as matrix products
 //! over unfolded windows, fused GroupNorm (+ SpatialNorm modulation) (+ SiLU), and the
-//! transformer's block stack as one node, and the masked-token cross-entropy. MaskGIT's
+//! transformer's block stack as one node, the masked-token cross-entropy, and Adam's update in
+//! place. MaskGIT's
 //! token choice has its CPU kernel beside its CUDA one, in [`crate::ops::token_choice`].
 //! [`crate::ops`] decides when they run; each is tested against the composed ops it replaces
 //! (`tests/integration/kernels.rs`).
 
+pub mod adam;
 pub mod block;
 pub mod conv;
 pub mod cross_entropy;

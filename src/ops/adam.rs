@@ -1,8 +1,9 @@
 //! One Adam / AdamW update of a parameter and its moments, and the gradients' global norm.
 //!
 //! On CUDA one kernel per tensor updates parameter and moments in place
-//! ([`crate::gpu::adam`]); elsewhere, and as its reference, the update is composed of candle
-//! ops.
+//! ([`crate::gpu::adam`]), on the CPU in f32 three in-place passes per tensor
+//! ([`crate::cpu::adam`]); elsewhere, and as their reference, the update is composed of candle
+//! ops ([`step_composed`]).
 
 use candle_core::{DType, Result, Tensor, Var};
 
@@ -29,7 +30,21 @@ pub fn step(param: &Var, m: &mut Tensor, v: &mut Tensor, grad: &Tensor, s: AdamS
     if fused_kernels(param.device()) && param.device().is_cuda() {
         return crate::gpu::adam::step(param.as_tensor(), m, v, &grad.contiguous()?, s);
     }
-    let _ = fused_kernels;
+    if fused_kernels(param.device()) && param.device().is_cpu() && param.dtype() == DType::F32 {
+        let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+        return crate::cpu::adam::step(param.as_tensor(), m, v, &grad, s);
+    }
+    step_composed(param, m, v, grad, s)
+}
+
+/// [`step`] composed of candle ops (any device and dtype; the fused steps' reference).
+pub fn step_composed(
+    param: &Var,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    grad: &Tensor,
+    s: AdamStep,
+) -> Result<()> {
     let (lr, wd) = (s.lr as f64, s.weight_decay as f64);
     let (b1, b2) = (s.betas.0 as f64, s.betas.1 as f64);
     let mut g = if s.grad_scale < 1.0 {
@@ -78,7 +93,9 @@ pub fn sum_of_squares(grads: &[&Tensor]) -> Result<f64> {
             return Ok(acc.to_vec1::<f32>()?[0] as f64);
         }
     }
-    let _ = first;
+    if fused_kernels(first.device()) && first.device().is_cpu() {
+        return crate::cpu::adam::sum_of_squares(grads);
+    }
     let squares = grads
         .iter()
         // over the last dimension first: a sum over all elements at once runs as one block on

@@ -154,39 +154,16 @@ fn fused_channel_bias_matches_composed_ops() {
     }
 }
 
-/// The gradient norm's sum of squares, one kernel per tensor into one accumulator, against
-/// candle's composed sum: a scalar, a bias, a weight larger than one grid's stride, a view.
+/// The gradient norm's sum of squares, one kernel per tensor into one accumulator.
 #[test]
-fn fused_sum_of_squares_matches_composed_ops() {
-    let dev = cuda_device();
-    let big = randn(&[1100, 1031], 61, &dev);
-    let ts = [
-        randn(&[], 62, &dev),
-        randn(&[300], 63, &dev),
-        big.clone(),
-        big.narrow(0, 7, 5).unwrap(),
-        randn(&[2, 3, 4, 5], 64, &dev),
-    ];
-    let refs: Vec<&Tensor> = ts.iter().collect();
-    let got = movq::ops::adam::sum_of_squares(&refs).unwrap();
-    let want: f64 = ts
-        .iter()
-        .map(|t| {
-            t.to_dtype(DType::F64)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        })
-        .sum();
-    assert!(
-        ((got - want) / want).abs() < 1e-5,
-        "sum of squares {got}, composed {want}"
-    );
-    assert_eq!(movq::ops::adam::sum_of_squares(&[]).unwrap(), 0.0);
+fn fused_sum_of_squares_matches_f64() {
+    crate::kernels::sum_of_squares_matches_f64(&cuda_device());
+}
+
+/// The fused Adam step against the composed update on the CPU, one step at a time.
+#[test]
+fn fused_adam_step_matches_the_composed_update() {
+    crate::kernels::adam_matches_composed(&cuda_device());
 }
 
 /// `--device cuda` makes the GPU's memory pool keep freed memory (its release threshold at the

@@ -554,3 +554,91 @@ fn cpu_cross_entropy_matches_composed_ops() {
         0.0
     );
 }
+
+/// The Adam / AdamW step `movq::ops::adam::step` takes on `dev` (the fused one where there is
+/// one) against the composed update on the CPU: parameter and both moments after three steps,
+/// for AdamW and for Adam's L2 term, with and without gradient clipping.
+pub fn adam_matches_composed(dev: &Device) {
+    use movq::ops::adam::{step, step_composed, AdamStep};
+    let cpu = Device::Cpu;
+    let shape = [37, 5];
+    for decoupled in [true, false] {
+        for grad_scale in [1.0f32, 0.4] {
+            let init = randn(&shape, 70, &cpu);
+            let zeros = || Tensor::zeros(&shape[..], DType::F32, &cpu).unwrap();
+            let (p0, mut m0, mut v0) = (Var::from_tensor(&init).unwrap(), zeros(), zeros());
+            let on_dev = |t: &Tensor| t.to_device(dev).unwrap();
+            let p1 = Var::from_tensor(&on_dev(&init)).unwrap();
+            let (mut m1, mut v1) = (on_dev(&zeros()), on_dev(&zeros()));
+            for t in 1..=3 {
+                let s = AdamStep {
+                    lr: 1e-2,
+                    betas: (0.9, 0.96),
+                    eps: 1e-8,
+                    weight_decay: 0.05,
+                    decoupled,
+                    bias: (1.0 - 0.9f32.powi(t), 1.0 - 0.96f32.powi(t)),
+                    grad_scale,
+                };
+                let g = randn(&shape, 80 + t as u64, &cpu);
+                step_composed(&p0, &mut m0, &mut v0, &g, s).unwrap();
+                step(&p1, &mut m1, &mut v1, &on_dev(&g), s).unwrap();
+            }
+            for (what, got, want) in [
+                ("parameter", p1.as_tensor(), p0.as_tensor()),
+                ("m", &m1, &m0),
+                ("v", &v1, &v0),
+            ] {
+                let e = rel_err(&got.to_device(&cpu).unwrap(), want);
+                assert!(
+                    e < 1e-5,
+                    "decoupled {decoupled}, grad scale {grad_scale}: {what} relative error {e}"
+                );
+            }
+        }
+    }
+    println!("Adam on {dev:?} matches the composed update (AdamW and Adam, clipped or not)");
+}
+
+/// The gradient norm's sum of squares on `dev` against an f64 sum: a scalar, a bias, a weight
+/// larger than one CUDA grid's stride, a non-contiguous view, a 4-d tensor, and no tensor.
+pub fn sum_of_squares_matches_f64(dev: &Device) {
+    let big = randn(&[1100, 1031], 61, dev);
+    let ts = [
+        randn(&[], 62, dev),
+        randn(&[300], 63, dev),
+        big.clone(),
+        big.narrow(1, 7, 5).unwrap(),
+        randn(&[2, 3, 4, 5], 64, dev),
+    ];
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    let got = movq::ops::adam::sum_of_squares(&refs).unwrap();
+    let want: f64 = ts
+        .iter()
+        .map(|t| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        ((got - want) / want).abs() < 1e-5,
+        "sum of squares {got}, f64 sum {want}"
+    );
+    assert_eq!(movq::ops::adam::sum_of_squares(&[]).unwrap(), 0.0);
+}
+
+#[test]
+fn cpu_adam_matches_composed_update() {
+    adam_matches_composed(&Device::Cpu);
+}
+
+#[test]
+fn cpu_sum_of_squares_matches_f64() {
+    sum_of_squares_matches_f64(&Device::Cpu);
+}

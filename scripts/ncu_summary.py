@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where the GPU time of a training step goes, kernel by kernel, from an Nsight Compute CSV.
 
-The CSV comes from `bash scripts/gpu-run.sh kernel-profile` on the GPU machine (ncu with the one
-metric gpu__time_duration.sum over `movq bench`; plain or .xz). Training steps are told apart by
+The CSV comes from Nsight Compute over `movq bench` (docs/gpu.md: `ncu --csv --page raw movq
+bench --device cuda --only vq-train ...`; plain or .xz). Training steps are told apart by
 the optimizer: a run of adam_step kernels ends a step. Prints, per step, its kernel count and
 time, and for the steps asked for (default: the second of each workload, after a warm-up) the
 kernels grouped by name, largest first.

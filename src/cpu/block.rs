@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::{fast_exp, gemm, Mat};
 use crate::gpu::side_grads::SideGrads;
-use crate::ops::block::{Block, Handover};
+use crate::ops::block::{Block, Handover, OutputLayers};
 
 /// Rows per task of the row-parallel passes (enough work per task to amortise the scheduling).
 const ROWS_PER_TASK: usize = 32;
@@ -24,6 +24,22 @@ const ROWS_PER_TASK: usize = 32;
 /// The blocks `ws` one after the other for `x` `[B, T, D]` (f32 on the CPU; see
 /// [`crate::ops::block::stack`]).
 pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
+    run(x, ws, None, grads)
+}
+
+/// The blocks, then the output layers on the positions `1..T` (after the conditioning slot):
+/// logits `[B, T − 1, K]`, one node with the blocks while training (see
+/// [`crate::ops::block::logits`]).
+pub fn blocks_and_output(
+    x: &Tensor,
+    ws: &[Block],
+    out: OutputLayers,
+    grads: &SideGrads,
+) -> Result<Tensor> {
+    run(x, ws, Some(out), grads)
+}
+
+fn run(x: &Tensor, ws: &[Block], top: Option<OutputLayers>, grads: &SideGrads) -> Result<Tensor> {
     let Some(first) = ws.first() else {
         candle_core::bail!("fused transformer blocks: no blocks")
     };
@@ -40,16 +56,26 @@ pub fn blocks(x: &Tensor, ws: &[Block], grads: &SideGrads) -> Result<Tensor> {
         }
         h = out;
     }
+    let (h, shape, head) = match top {
+        None => (h, Shape::from((b, t, d)), None),
+        Some(top) => {
+            let p = OutputParams::of(top, d)?;
+            let (logits, saved) = p.forward(&h, dims, training);
+            let k = p.k;
+            let head = saved.map(|saved| Output { p, saved });
+            (logits, Shape::from((b, t - 1, k)), head)
+        }
+    };
     if !training {
-        return Tensor::from_vec(h, (b, t, d), x.device());
+        return Tensor::from_vec(h, shape, x.device());
     }
     // the node's second input is a parameter, so that it is on the graph's path to the
     // parameters even where `x` is not (its gradient goes to the side list with the others)
     x.apply_op2(
         first.ln1.parts().0,
         Node {
-            out: Handover::new(h),
-            layers: Handover::new(layers),
+            out: Handover::new((h, shape)),
+            layers: Handover::new((layers, head)),
             grads: grads.clone(),
             dims,
         },
@@ -199,10 +225,10 @@ impl Layer {
 }
 
 struct Node {
-    /// The last block's output, handed over by the first (only) forward call.
-    out: Handover<Vec<f32>>,
+    /// The node's output and its shape, handed over by the first (only) forward call.
+    out: Handover<(Vec<f32>, Shape)>,
     /// Taken by the backward pass (a second backward pass through the blocks is an error).
-    layers: Handover<Vec<Layer>>,
+    layers: Handover<(Vec<Layer>, Option<Output>)>,
     grads: SideGrads,
     dims: Dims,
 }
@@ -219,9 +245,8 @@ impl CustomOp2 for Node {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.out.take("the output was already handed over")?;
-        let Dims { b, t, d } = self.dims;
-        Ok((CpuStorage::F32(out), Shape::from((b, t, d))))
+        let (out, shape) = self.out.take("the output was already handed over")?;
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -231,12 +256,96 @@ impl CustomOp2 for Node {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let layers = self.layers.take("a second backward pass through them")?;
+        let (layers, head) = self.layers.take("a second backward pass through them")?;
         let mut g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(head) = head {
+            g = head.backward(g, self.dims, &self.grads)?;
+        }
         for layer in layers.into_iter().rev() {
             g = layer.backward(g, self.dims, &self.grads)?;
         }
         Ok((Some(Tensor::from_vec(g, x.shape(), x.device())?), None))
+    }
+}
+
+/// The output layers' parameters as f32 values (final LayerNorm scale and shift, head weight
+/// `[K, D]` and bias), with the tensors they came from.
+struct OutputParams {
+    v: [Vec<f32>; 4],
+    keys: [Tensor; 4],
+    eps: f32,
+    /// The head's width: logits per position.
+    k: usize,
+}
+
+/// What the output layers' backward pass takes from their forward pass: their input rows (the
+/// positions after the conditioning slot), the normalised rows, and the LayerNorm statistics.
+struct OutputSaved {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    st: Vec<f32>,
+}
+
+struct Output {
+    p: OutputParams,
+    saved: OutputSaved,
+}
+
+impl OutputParams {
+    fn of(top: OutputLayers, d: usize) -> Result<Self> {
+        let (w, b, eps) = top.ln_f.parts();
+        let Some(bias) = top.head.bias() else {
+            candle_core::bail!("fused transformer output: the head has no bias")
+        };
+        let keys = [w, b, top.head.weight(), bias].map(|t| t.clone());
+        let values = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1();
+        let v: Vec<Vec<f32>> = keys.iter().map(values).collect::<Result<_>>()?;
+        let Ok(v) = <[Vec<f32>; 4]>::try_from(v) else {
+            unreachable!("four output parameters")
+        };
+        let k = keys[2].dim(0)?;
+        if v[0].len() != d || v[2].len() != k * d || v[3].len() != k {
+            candle_core::bail!(
+                "fused transformer output: width {d} does not fit the head's weights"
+            )
+        }
+        Ok(Self { v, keys, eps, k })
+    }
+
+    /// Logits `[B·(T − 1), K]` of the block output rows `h` `[B·T, D]` at the positions after
+    /// each sequence's first, and what the backward pass needs when `keep`.
+    fn forward(&self, h: &[f32], dims: Dims, keep: bool) -> (Vec<f32>, Option<OutputSaved>) {
+        let Dims { b, t, d } = dims;
+        let n = b * (t - 1);
+        let x: Vec<f32> = h.chunks(t * d).flat_map(|seq| &seq[d..]).copied().collect();
+        let (y, st) = layer_norm(&x, &self.v[0], &self.v[1], d, self.eps);
+        let logits = linear(&y, &self.v[2], &self.v[3], None, n, d, self.k);
+        (logits, keep.then_some(OutputSaved { x, y, st }))
+    }
+}
+
+impl Output {
+    /// The gradient of the block output rows `[B·T, D]` (zero at each sequence's first
+    /// position) from the logits' `g`; the parameters' gradients go to `side`.
+    fn backward(self, g: Vec<f32>, dims: Dims, side: &SideGrads) -> Result<Vec<f32>> {
+        let Self { p, saved: s } = self;
+        let Dims { b, t, d } = dims;
+        let n = b * (t - 1);
+        let mut grads: Vec<(usize, Vec<f32>)> = Vec::with_capacity(4);
+        let dy = linear_back(&g, &s.y, &p.v[2], n, d, p.k, 2, &mut grads);
+        drop((g, s.y));
+        let no_residual = vec![0f32; n * d];
+        let dx = layer_norm_back(&s.x, &p.v[0], &s.st, &dy, &no_residual, d, 0, &mut grads);
+        let mut dh = vec![0f32; b * t * d];
+        for (seq, rows) in dh.chunks_mut(t * d).zip(dx.chunks((t - 1) * d)) {
+            seq[d..].copy_from_slice(rows);
+        }
+        let dev = candle_core::Device::Cpu;
+        for (i, g) in grads {
+            let key = &p.keys[i];
+            side.push(key, Tensor::from_vec(g, key.shape(), &dev)?);
+        }
+        Ok(dh)
     }
 }
 

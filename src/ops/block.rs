@@ -141,6 +141,41 @@ pub fn stack(x: &Tensor, blocks: &[Block], side: &SideGrads) -> Result<Tensor> {
     composed(x, blocks)
 }
 
+/// The layers after the blocks: the final LayerNorm and the head, which maps each position's
+/// features to logits.
+#[derive(Clone, Copy)]
+pub struct OutputLayers<'a> {
+    pub ln_f: &'a LayerNorm,
+    pub head: &'a Linear,
+}
+
+/// The blocks on `x` `[B, T, D]`, then the output layers on the positions `1..T` (after the
+/// conditioning slot): logits `[B, T − 1, K]` in the compute dtype. While training in f32 on
+/// the CPU, blocks and output layers are one node ([`crate::cpu::block::blocks_and_output`]);
+/// elsewhere [`stack`] then the output layers' ops.
+pub fn logits(x: &Tensor, blocks: &[Block], out: OutputLayers, side: &SideGrads) -> Result<Tensor> {
+    let (_, t, _) = x.dims3()?;
+    if t < 2 {
+        candle_core::bail!("transformer output: {t} positions, none after the conditioning slot");
+    }
+    if fused_kernels(x.device())
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && !blocks.is_empty()
+    {
+        return crate::cpu::block::blocks_and_output(x, blocks, out, side);
+    }
+    let h = stack(x, blocks, side)?.narrow(1, 1, t - 1)?;
+    out.head.forward(&out.ln_f.forward(&h)?)
+}
+
+/// [`logits`] composed of candle ops (the reference of the fused CPU node).
+pub fn logits_composed(x: &Tensor, blocks: &[Block], out: OutputLayers) -> Result<Tensor> {
+    let (_, t, _) = x.dims3()?;
+    let h = composed(x, blocks)?.narrow(1, 1, t - 1)?;
+    out.head.forward(&out.ln_f.forward(&h)?)
+}
+
 /// [`stack`] composed of candle ops, block after block (and the reference of the fused stacks).
 pub fn composed(x: &Tensor, blocks: &[Block]) -> Result<Tensor> {
     let mut h = x.clone();

@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::config::TransformerConfig;
 use crate::gpu::side_grads::SideGrads;
 use crate::nn::layers::{LayerNorm, Linear};
-use crate::ops::block::{layer_norm, linear, stack, Block};
+use crate::ops::block::{layer_norm, linear, logits, stack, Block, OutputLayers};
 use crate::ops::embedding::embed;
 use crate::transformer::tokens::TokenLayout;
 
@@ -120,16 +120,22 @@ impl MaskTransformer {
 
     /// `tokens`: `[B, L]` u32 (codes or `[MASK]`), `cond`: `[B]` u32 → logits `[B, L, K]`.
     pub fn forward(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        let l = self.layout.seq_len();
-        let h = self
-            .ln_f
-            .forward(&self.hidden(tokens, cond)?.narrow(1, 1, l)?)?;
-        self.head.forward(&h)?.to_dtype(DType::F32)
+        let out = OutputLayers {
+            ln_f: &self.ln_f,
+            head: &self.head,
+        };
+        logits(&self.embedded(tokens, cond)?, &self.blocks, out, &self.side)?.to_dtype(DType::F32)
     }
 
     /// The last block's output `[B, 1 + L, D]` (the conditioning slot first), in the blocks'
     /// compute dtype.
     fn hidden(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        stack(&self.embedded(tokens, cond)?, &self.blocks, &self.side)
+    }
+
+    /// The blocks' input `[B, 1 + L, D]`: the conditioning slot, then each token's embedding
+    /// plus its position's and channel's, in the compute dtype.
+    fn embedded(&self, tokens: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let (_, l) = tokens.dims2()?;
         if l != self.layout.seq_len() {
             candle_core::bail!(
@@ -142,8 +148,7 @@ impl MaskTransformer {
         let c = embed(&self.cond_emb, cond)?
             .broadcast_add(&self.cond_pos)?
             .unsqueeze(1)?; // [B, 1, D]
-        let h = Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype)?; // [B, L+1, D]
-        stack(&h, &self.blocks, &self.side)
+        Tensor::cat(&[&c, &x], 1)?.to_dtype(self.dtype) // [B, L+1, D]
     }
 
     /// The logits of the `L` token positions `[B, L, K]` in the compute dtype: a view of the

@@ -346,6 +346,15 @@ pub type FusedBlocks = dyn Fn(
     &movq::gpu::side_grads::SideGrads,
 ) -> candle_core::Result<Tensor>;
 
+/// A fused block stack with the output layers after it: input, blocks, output layers, the list
+/// its parameters' gradients go to.
+pub type FusedLogits = dyn Fn(
+    &Tensor,
+    &[movq::ops::block::Block],
+    movq::ops::block::OutputLayers,
+    &movq::gpu::side_grads::SideGrads,
+) -> candle_core::Result<Tensor>;
+
 /// Two fused transformer blocks (`fused`: one graph node with its own backward pass) against the
 /// same blocks composed of layers ([`movq::ops::block::composed`]) on `dev`, the input in `dt`,
 /// at `(batch, tokens, width, mlp, heads)`: the output, and the gradients of the input and of all
@@ -354,17 +363,53 @@ pub type FusedBlocks = dyn Fn(
 pub fn blocks_match_composed(
     dev: &Device,
     dt: DType,
-    (b, t, d, m, heads): (usize, usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize, usize),
     fused: &FusedBlocks,
+    tol: (f64, f64),
+) {
+    let fused: &UnderTest = &|x, ws, _, side| fused(x, ws, side);
+    against_composed(dev, dt, dims, None, fused, tol);
+}
+
+/// [`blocks_match_composed`] for the blocks followed by the output layers (final LayerNorm and a
+/// `k`-wide head on the positions after the first, [`movq::ops::block::logits_composed`]): the
+/// logits, and the gradients of the input and of all 28 parameters.
+pub fn logits_match_composed(
+    dev: &Device,
+    dt: DType,
+    dims: (usize, usize, usize, usize, usize),
+    k: usize,
+    fused: &FusedLogits,
+    tol: (f64, f64),
+) {
+    let fused: &UnderTest = &|x, ws, out, side| fused(x, ws, out.expect("output layers"), side);
+    against_composed(dev, dt, dims, Some(k), fused, tol);
+}
+
+type UnderTest<'a> = dyn Fn(
+        &Tensor,
+        &[movq::ops::block::Block],
+        Option<movq::ops::block::OutputLayers>,
+        &movq::gpu::side_grads::SideGrads,
+    ) -> candle_core::Result<Tensor>
+    + 'a;
+
+fn against_composed(
+    dev: &Device,
+    dt: DType,
+    (b, t, d, m, heads): (usize, usize, usize, usize, usize),
+    k: Option<usize>,
+    fused: &UnderTest,
     tol: (f64, f64),
 ) {
     use movq::gpu::side_grads::SideGrads;
     use movq::nn::layers::{LayerNorm, Linear};
+    use movq::ops::block::OutputLayers;
     let var = |shape: &[usize], seed: u64, scale: f64, shift: f64| {
         Var::from_tensor(&randn(shape, seed, dev).affine(scale, shift).unwrap()).unwrap()
     };
     let block_params = |s: u64| {
-        [
+        vec![
             var(&[d], s, 0.1, 1.0),
             var(&[d], s + 1, 0.1, 0.0),
             var(&[3 * d, d], s + 2, 0.05, 0.0),
@@ -379,27 +424,39 @@ pub fn blocks_match_composed(
             var(&[d], s + 11, 0.1, 0.0),
         ]
     };
-    let params = [block_params(60), block_params(80)];
+    let mut params = vec![block_params(60), block_params(80)];
+    if let Some(k) = k {
+        params.push(vec![
+            var(&[d], 90, 0.1, 1.0),
+            var(&[d], 91, 0.1, 0.0),
+            var(&[k, d], 92, 0.05, 0.0),
+            var(&[k], 93, 0.1, 0.0),
+        ]);
+    }
     let p: Vec<Vec<Tensor>> = params
         .iter()
         .map(|ps| ps.iter().map(|v| v.as_tensor().clone()).collect())
         .collect();
-    let block = |p: &[Tensor]| {
-        let ln = |i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
-        let lin = |i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
-        movq::ops::block::Block {
-            ln1: ln(0),
-            qkv: lin(2),
-            proj: lin(4),
-            ln2: ln(6),
-            fc1: lin(8),
-            fc2: lin(10),
-            heads,
-        }
+    let ln = |p: &[Tensor], i: usize| LayerNorm::new(p[i].clone(), p[i + 1].clone(), 1e-5);
+    let lin = |p: &[Tensor], i: usize| Linear::new(p[i].clone(), Some(p[i + 1].clone()));
+    let block = |p: &[Tensor]| movq::ops::block::Block {
+        ln1: ln(p, 0),
+        qkv: lin(p, 2),
+        proj: lin(p, 4),
+        ln2: ln(p, 6),
+        fc1: lin(p, 8),
+        fc2: lin(p, 10),
+        heads,
     };
     let ws = [block(&p[0]), block(&p[1])];
+    let top = k.map(|_| (ln(&p[2], 0), lin(&p[2], 2)));
+    let out_layers = top.as_ref().map(|(ln_f, head)| OutputLayers { ln_f, head });
     let x = Var::from_tensor(&randn(&[b, t, d], 72, dev).to_dtype(dt).unwrap()).unwrap();
-    let r = randn(&[b, t, d], 73, dev);
+    let out_dims = match k {
+        Some(k) => vec![b, t - 1, k],
+        None => vec![b, t, d],
+    };
+    let r = randn(&out_dims, 73, dev);
     let grads_of = |y: &Tensor, side: Option<&SideGrads>| {
         let loss = (y.to_dtype(DType::F32).unwrap() * &r)
             .unwrap()
@@ -423,22 +480,33 @@ pub fn blocks_match_composed(
         gs
     };
     let side = SideGrads::new();
-    let out = fused(x.as_tensor(), &ws, &side).unwrap();
+    let out = fused(x.as_tensor(), &ws, out_layers, &side).unwrap();
     let g1 = grads_of(&out, Some(&side));
-    let composed = movq::ops::block::composed(x.as_tensor(), &ws).unwrap();
+    let composed = match out_layers {
+        Some(o) => movq::ops::block::logits_composed(x.as_tensor(), &ws, o).unwrap(),
+        None => movq::ops::block::composed(x.as_tensor(), &ws).unwrap(),
+    };
     let g0 = grads_of(&composed, None);
+    assert_eq!(out.dims(), composed.dims());
     let e = rel_err(
         &out.to_dtype(DType::F32).unwrap(),
         &composed.to_dtype(DType::F32).unwrap(),
     );
-    assert!(e < tol.0, "blocks' output: relative error {e}");
+    assert!(e < tol.0, "output: relative error {e}");
     let names = [
         "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b", "ln2.w", "ln2.b", "fc1.w", "fc1.b",
         "fc2.w", "fc2.b",
     ];
     let names: Vec<String> = std::iter::once("x".to_string())
         .chain((0..2).flat_map(|i| names.iter().map(move |n| format!("block {i} {n}"))))
+        .chain(
+            ["ln_f.w", "ln_f.b", "head.w", "head.b"]
+                .iter()
+                .take(if k.is_some() { 4 } else { 0 })
+                .map(|n| n.to_string()),
+        )
         .collect();
+    assert_eq!(names.len(), g1.len());
     let mut worst = 0f64;
     for (name, (a, b)) in names.iter().zip(g1.iter().zip(&g0)) {
         assert_eq!(a.dims(), b.dims(), "{name}");
@@ -454,7 +522,7 @@ pub fn blocks_match_composed(
         .backward();
     assert!(again.is_err());
     println!(
-        "fused blocks vs composed layers ({dt:?} on {dev:?}): output {e:.1e}, largest gradient error {worst:.1e}"
+        "fused vs composed ({dt:?} on {dev:?}, output layers {k:?}): output {e:.1e}, largest gradient error {worst:.1e}"
     );
 }
 
@@ -468,6 +536,22 @@ fn cpu_blocks_match_composed_layers() {
             DType::F32,
             dims,
             &movq::cpu::block::blocks,
+            F32_TOL,
+        );
+    }
+}
+
+/// The CPU's blocks and output layers as one node against the composed layers, in f32, at the
+/// quickstart transformer's size (37 positions, 256 codes) and at an odd one.
+#[test]
+fn cpu_blocks_and_output_match_composed_layers() {
+    for (dims, k) in [((3, 37, 128, 256, 4), 256), ((2, 19, 48, 96, 2), 33)] {
+        logits_match_composed(
+            &Device::Cpu,
+            DType::F32,
+            dims,
+            k,
+            &movq::cpu::block::blocks_and_output,
             F32_TOL,
         );
     }

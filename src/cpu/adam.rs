@@ -12,16 +12,10 @@ use crate::ops::adam::AdamStep;
 /// Updates `param` and its moments `m`, `v` in place from `grad` (all f32, contiguous, one
 /// shape, on the CPU; `m` and `v` not shared with any other tensor).
 pub fn step(param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, s: AdamStep) -> Result<()> {
-    for (what, t) in [("parameter", param), ("m", m), ("v", v), ("gradient", grad)] {
-        if t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != param.dims() {
-            candle_core::bail!(
-                "CPU Adam: the {what} must be contiguous f32 of shape {:?} (got {:?} {:?})",
-                param.dims(),
-                t.dtype(),
-                t.dims()
-            );
-        }
-    }
+    crate::ops::adam::check_operands(
+        "CPU Adam",
+        [("parameter", param), ("m", m), ("v", v), ("gradient", grad)],
+    )?;
     m.inplace_op3(grad, param, &Moment { s, second: false })?;
     v.inplace_op3(grad, param, &Moment { s, second: true })?;
     param.inplace_op3(m, v, &Update { s })

@@ -19,16 +19,10 @@ const MODULE: &str = "movq_adam";
 /// Updates `param` and its moments `m`, `v` in place from `grad` (all f32, contiguous, one
 /// shape, on one CUDA device; `m` and `v` not shared with any other tensor).
 pub fn step(param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, s: AdamStep) -> Result<()> {
-    for (what, t) in [("parameter", param), ("m", m), ("v", v), ("gradient", grad)] {
-        if t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != param.dims() {
-            candle_core::bail!(
-                "fused Adam: the {what} must be contiguous f32 of shape {:?} (got {:?} {:?})",
-                param.dims(),
-                t.dtype(),
-                t.dims()
-            );
-        }
-    }
+    crate::ops::adam::check_operands(
+        "fused Adam",
+        [("parameter", param), ("m", m), ("v", v), ("gradient", grad)],
+    )?;
     param.inplace_op2(
         grad,
         &Step {

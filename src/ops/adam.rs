@@ -24,6 +24,22 @@ pub struct AdamStep {
     pub grad_scale: f32,
 }
 
+/// Checks what the in-place steps need: the parameter, both moments and the gradient
+/// contiguous f32 of one shape; `who` names the step in the error.
+pub(crate) fn check_operands(who: &str, operands: [(&str, &Tensor); 4]) -> Result<()> {
+    let shape = operands[0].1.dims();
+    for (what, t) in operands {
+        if t.dtype() != DType::F32 || !t.is_contiguous() || t.dims() != shape {
+            candle_core::bail!(
+                "{who}: the {what} must be contiguous f32 of shape {shape:?} (got {:?} {:?})",
+                t.dtype(),
+                t.dims()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Updates `param` and its moments `m`, `v` (f32) with the gradient `grad`.
 pub fn step(param: &Var, m: &mut Tensor, v: &mut Tensor, grad: &Tensor, s: AdamStep) -> Result<()> {
     #[cfg(feature = "cuda")]

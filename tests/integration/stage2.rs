@@ -221,10 +221,9 @@ fn classifier_free_guidance() {
     let u = m
         .forward(&tokens, &Tensor::new(&[4u32], &Device::Cpu).unwrap())
         .unwrap();
-    assert_eq!(
-        max_abs_diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c),
-        0.0
-    );
+    // the sampler's logits against the training pass's (on the CPU the latter run the output
+    // layers inside the fused node: the same values up to rounding)
+    assert!(max_abs_diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c) < 1e-6);
     let want = ((&c * 3.0).unwrap() - (&u * 2.0).unwrap()).unwrap();
     assert!(max_abs_diff(&m.guided_logits(&tokens, &cond, 2.0).unwrap(), &want) < 1e-5);
 }

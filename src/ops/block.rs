@@ -130,15 +130,20 @@ pub fn stack(x: &Tensor, blocks: &[Block], side: &SideGrads) -> Result<Tensor> {
             return crate::gpu::block::blocks(x, blocks, side);
         }
     }
-    if fused_kernels(x.device())
+    if cpu_fused(x, blocks) {
+        return crate::cpu::block::blocks(x, blocks, side);
+    }
+    composed(x, blocks)
+}
+
+/// Whether the CPU's fused node runs the blocks on `x`: movq's kernels on, f32 `[B, T, D]` on
+/// the CPU, at least one block.
+fn cpu_fused(x: &Tensor, blocks: &[Block]) -> bool {
+    fused_kernels(x.device())
         && x.device().is_cpu()
         && x.dtype() == DType::F32
         && x.rank() == 3
         && !blocks.is_empty()
-    {
-        return crate::cpu::block::blocks(x, blocks, side);
-    }
-    composed(x, blocks)
 }
 
 /// The layers after the blocks: the final LayerNorm and the head, which maps each position's
@@ -158,22 +163,24 @@ pub fn logits(x: &Tensor, blocks: &[Block], out: OutputLayers, side: &SideGrads)
     if t < 2 {
         candle_core::bail!("transformer output: {t} positions, none after the conditioning slot");
     }
-    if fused_kernels(x.device())
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && !blocks.is_empty()
-    {
+    if cpu_fused(x, blocks) {
         return crate::cpu::block::blocks_and_output(x, blocks, out, side);
     }
-    let h = stack(x, blocks, side)?.narrow(1, 1, t - 1)?;
-    out.head.forward(&out.ln_f.forward(&h)?)
+    out.after(&stack(x, blocks, side)?)
 }
 
 /// [`logits`] composed of candle ops (the reference of the fused CPU node).
 pub fn logits_composed(x: &Tensor, blocks: &[Block], out: OutputLayers) -> Result<Tensor> {
-    let (_, t, _) = x.dims3()?;
-    let h = composed(x, blocks)?.narrow(1, 1, t - 1)?;
-    out.head.forward(&out.ln_f.forward(&h)?)
+    out.after(&composed(x, blocks)?)
+}
+
+impl OutputLayers<'_> {
+    /// The logits of the last block's output `h` `[B, T, D]` at the positions after the first.
+    fn after(&self, h: &Tensor) -> Result<Tensor> {
+        let t = h.dim(1)?;
+        self.head
+            .forward(&self.ln_f.forward(&h.narrow(1, 1, t - 1)?)?)
+    }
 }
 
 /// [`stack`] composed of candle ops, block after block (and the reference of the fused stacks).

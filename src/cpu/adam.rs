@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
 
-use super::values;
+use super::{values, values_mut};
 use crate::ops::adam::AdamStep;
 
 /// Updates `param` and its moments `m`, `v` in place from `grad` (all f32, contiguous, one
@@ -30,7 +30,7 @@ pub fn sum_of_squares(grads: &[&Tensor]) -> Result<f64> {
         let candle_core::Storage::Cpu(storage) = &*storage else {
             candle_core::bail!("CPU sum of squares: the gradient is not on the CPU");
         };
-        let x = values(storage, layout, "the gradient")?;
+        let x = values(storage, layout, "CPU sum of squares: the gradient")?;
         // f32 partial sums over short runs, added in f64
         total += x
             .chunks(1024)
@@ -72,10 +72,10 @@ impl InplaceOp3 for Moment {
         pl: &Layout,
     ) -> Result<()> {
         let (g, p) = (
-            values(g, gl, "the gradient")?,
-            values(p, pl, "the parameter")?,
+            values(g, gl, "CPU Adam: the gradient")?,
+            values(p, pl, "CPU Adam: the parameter")?,
         );
-        let m = values_mut(m, ml, "the moment")?;
+        let m = values_mut(m, ml, "CPU Adam: the moment")?;
         let s = &self.s;
         if self.second {
             let b = s.betas.1;
@@ -112,8 +112,8 @@ impl InplaceOp3 for Update {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<()> {
-        let (m, v) = (values(m, ml, "m")?, values(v, vl, "v")?);
-        let p = values_mut(p, pl, "the parameter")?;
+        let (m, v) = (values(m, ml, "CPU Adam: m")?, values(v, vl, "CPU Adam: v")?);
+        let p = values_mut(p, pl, "CPU Adam: the parameter")?;
         let s = &self.s;
         let decay = if s.decoupled {
             1.0 - s.lr * s.weight_decay
@@ -125,16 +125,5 @@ impl InplaceOp3 for Update {
             *p = *p * decay - s.lr * (m * c1) / ((v * c2).sqrt() + s.eps);
         }
         Ok(())
-    }
-}
-
-/// The f32 values of a contiguous tensor's storage, to write.
-fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("CPU Adam: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut v[a..b]),
-        None => candle_core::bail!("CPU Adam: {what} must be contiguous"),
     }
 }

@@ -133,12 +133,9 @@ struct Layer {
 impl Params {
     fn of(blk: &Block, d: usize) -> Result<Self> {
         let (p, eps) = blk.parameters()?;
-        let values = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1();
-        let v: Vec<Vec<f32>> = p.iter().map(|t| values(t)).collect::<Result<_>>()?;
-        let Ok(v) = <[Vec<f32>; 12]>::try_from(v) else {
-            unreachable!("Block::parameters gives twelve tensors")
-        };
-        let m = p[8].dim(0)?;
+        let keys = p.map(|p| p.clone());
+        let v = values_of(&keys)?;
+        let m = keys[8].dim(0)?;
         if blk.heads == 0
             || !d.is_multiple_of(blk.heads)
             || v[2].len() != 3 * d * d
@@ -148,7 +145,7 @@ impl Params {
         }
         Ok(Self {
             v,
-            keys: p.map(|p| p.clone()),
+            keys,
             eps,
             heads: blk.heads,
             m,
@@ -205,7 +202,7 @@ impl Layer {
         let dy2 = linear_back(&dh, &s.y2, &v[8], n, d, m, 8, &mut grads);
         drop((dh, s.y2));
         // the residual path's g joins LayerNorm's input gradient in its pass
-        let dx2 = layer_norm_back(&s.x2, &v[6], &s.st2, &dy2, &g, d, 6, &mut grads);
+        let dx2 = layer_norm_back(&s.x2, &v[6], &s.st2, &dy2, Some(&g), d, 6, &mut grads);
         drop((g, dy2, s.x2));
         // x2 = x + a Wprojᵀ + bproj, a = attention(qkv), qkv = y1 Wqkvᵀ + bqkv
         let da = linear_back(&dx2, &s.a, &v[4], n, d, d, 4, &mut grads);
@@ -214,12 +211,8 @@ impl Layer {
         drop((da, s.qkv, s.probs));
         let dy1 = linear_back(&dqkv, &s.y1, &v[2], n, d, 3 * d, 2, &mut grads);
         drop((dqkv, s.y1));
-        let dx = layer_norm_back(&s.x, &v[0], &s.st1, &dy1, &dx2, d, 0, &mut grads);
-        let dev = candle_core::Device::Cpu;
-        for (i, g) in grads {
-            let key = &p.keys[i];
-            side.push(key, Tensor::from_vec(g, key.shape(), &dev)?);
-        }
+        let dx = layer_norm_back(&s.x, &v[0], &s.st1, &dy1, Some(&dx2), d, 0, &mut grads);
+        push_grads(side, &p.keys, grads)?;
         Ok(dx)
     }
 }
@@ -268,6 +261,29 @@ impl CustomOp2 for Node {
     }
 }
 
+/// The f32 values of parameter tensors, in their order.
+fn values_of<const N: usize>(keys: &[Tensor; N]) -> Result<[Vec<f32>; N]> {
+    let v: Vec<Vec<f32>> = keys
+        .iter()
+        .map(|t| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1())
+        .collect::<Result<_>>()?;
+    Ok(v.try_into()
+        .unwrap_or_else(|_| unreachable!("one value list per tensor")))
+}
+
+/// Hands parameter gradients `(index into keys, values)` to the side list, keyed by the
+/// parameter tensors.
+fn push_grads(side: &SideGrads, keys: &[Tensor], grads: Vec<(usize, Vec<f32>)>) -> Result<()> {
+    for (i, g) in grads {
+        let key = &keys[i];
+        side.push(
+            key,
+            Tensor::from_vec(g, key.shape(), &candle_core::Device::Cpu)?,
+        );
+    }
+    Ok(())
+}
+
 /// The output layers' parameters as f32 values (final LayerNorm scale and shift, head weight
 /// `[K, D]` and bias), with the tensors they came from.
 struct OutputParams {
@@ -298,11 +314,7 @@ impl OutputParams {
             candle_core::bail!("fused transformer output: the head has no bias")
         };
         let keys = [w, b, top.head.weight(), bias].map(|t| t.clone());
-        let values = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1();
-        let v: Vec<Vec<f32>> = keys.iter().map(values).collect::<Result<_>>()?;
-        let Ok(v) = <[Vec<f32>; 4]>::try_from(v) else {
-            unreachable!("four output parameters")
-        };
+        let v = values_of(&keys)?;
         let k = keys[2].dim(0)?;
         if v[0].len() != d || v[2].len() != k * d || v[3].len() != k {
             candle_core::bail!(
@@ -334,17 +346,12 @@ impl Output {
         let mut grads: Vec<(usize, Vec<f32>)> = Vec::with_capacity(4);
         let dy = linear_back(&g, &s.y, &p.v[2], n, d, p.k, 2, &mut grads);
         drop((g, s.y));
-        let no_residual = vec![0f32; n * d];
-        let dx = layer_norm_back(&s.x, &p.v[0], &s.st, &dy, &no_residual, d, 0, &mut grads);
+        let dx = layer_norm_back(&s.x, &p.v[0], &s.st, &dy, None, d, 0, &mut grads);
         let mut dh = vec![0f32; b * t * d];
         for (seq, rows) in dh.chunks_mut(t * d).zip(dx.chunks((t - 1) * d)) {
             seq[d..].copy_from_slice(rows);
         }
-        let dev = candle_core::Device::Cpu;
-        for (i, g) in grads {
-            let key = &p.keys[i];
-            side.push(key, Tensor::from_vec(g, key.shape(), &dev)?);
-        }
+        push_grads(side, &p.keys, grads)?;
         Ok(dh)
     }
 }
@@ -424,7 +431,7 @@ fn layer_norm(x: &[f32], w: &[f32], b: &[f32], d: usize, eps: f32) -> (Vec<f32>,
 }
 
 /// Backward through LayerNorm (scale `w`, statistics `st`) from its output's gradient `dy`, where
-/// its input also feeds the residual path that brings the gradient `r`: the input's gradient
+/// its input may also feed a residual path that brings the gradient `r`: the input's gradient
 /// (with `r`) returned, the scale's and shift's into `grads` at `i` and `i + 1`.
 #[allow(clippy::too_many_arguments)]
 fn layer_norm_back(
@@ -432,7 +439,7 @@ fn layer_norm_back(
     w: &[f32],
     st: &[f32],
     dy: &[f32],
-    r: &[f32],
+    r: Option<&[f32]>,
     d: usize,
     i: usize,
     grads: &mut Vec<(usize, Vec<f32>)>,
@@ -447,7 +454,7 @@ fn layer_norm_back(
             *db += g;
         }
     });
-    let mut dx = r.to_vec();
+    let mut dx = r.map_or_else(|| vec![0f32; x.len()], <[f32]>::to_vec);
     dx.par_chunks_mut(d * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(task, dx)| {

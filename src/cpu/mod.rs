@@ -25,6 +25,21 @@ pub(crate) fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'
     }
 }
 
+/// [`values`], to write (an in-place op's destination).
+pub(crate) fn values_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
 /// A row-major matrix view: `rs` between rows, `cs` between columns.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {

@@ -199,6 +199,31 @@ fn every_preset_and_config_file_loads() {
     assert!(files >= movq::config::PRESETS.len() + 4);
 }
 
+/// `configs/fashion-32-f2-t16.json` is the `fashion-32-f2` preset with another transformer: its
+/// size, steps and learning rate, nothing else (so run I's tokenizer recipe is the preset's).
+#[test]
+fn the_large_transformer_config_differs_from_its_preset_only_in_the_transformer() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let preset = RunConfig::resolve("fashion-32-f2").unwrap();
+    let mut cfg = RunConfig::load(&root.join("fashion-32-f2-t16.json")).unwrap();
+    let tr = cfg.transformer.as_mut().unwrap();
+    assert_eq!(
+        (
+            tr.model.layers,
+            tr.model.width,
+            tr.model.heads,
+            tr.model.mlp
+        ),
+        (16, 512, 8, 2048)
+    );
+    assert_eq!((tr.train.steps, tr.train.lr), (10_000, 3e-4));
+    let base = preset.transformer.as_ref().unwrap();
+    tr.model = base.model.clone();
+    tr.train.steps = base.train.steps;
+    tr.train.lr = base.train.lr;
+    assert_eq!(cfg, preset);
+}
+
 #[test]
 fn the_ablation_runs_differ_only_in_decoder_norm_and_quantizer_channels() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/ablation");

@@ -69,6 +69,11 @@ pub struct TransformerSection {
     /// gradients: the same optimizer step with less activation memory (absent = whole batch).
     #[serde(default)]
     pub micro_batch: Option<usize>,
+    /// Train on horizontally mirrored copies of the images too (absent: the stage-1 run's
+    /// `data.flip`). Off for data whose objects all face one way, such as Fashion-MNIST's
+    /// shoes: with it on, the transformer learns to draw mirrored ones as often as real ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip: Option<bool>,
 }
 
 fn default_label_smoothing() -> f64 {
@@ -948,6 +953,11 @@ impl TransformerRunConfig {
             data: vq_cfg.data.clone(),
             transformer: TransformerSection::for_tokens_of(config, vq_cfg)?,
         })
+    }
+
+    /// Whether the transformer trains on mirrored copies of the images too.
+    pub fn flip(&self) -> bool {
+        self.transformer.flip.unwrap_or(self.data.flip)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self> {

@@ -40,7 +40,7 @@ impl TrainingTokens {
             dataset: ds,
             vq_checkpoint: &vq.checkpoint.model,
             side,
-            flip: cfg.data.flip,
+            flip: cfg.flip(),
             val_fraction: cfg.data.val_fraction,
         };
         let workers = cfg.data.worker_threads();

@@ -669,3 +669,75 @@ fn bench_table_joins_movq_eager_and_compiled() {
         1
     );
 }
+
+/// The training sequences a stage-2 run reports: "N training / M validation sequences".
+fn sequence_counts(stderr: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" training / "))
+        .unwrap_or_else(|| panic!("no sequence counts in {stderr}"));
+    let number_before = |word: &str| -> usize {
+        let head = &line[..line.find(word).unwrap()];
+        head.rsplit([' ', ','])
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number_before(" training"), number_before(" validation"))
+}
+
+#[test]
+fn the_transformer_trains_on_mirrored_copies_unless_its_flip_is_off() {
+    let dir = tmp();
+    // data.flip is on in the tiny preset: the stage-1 run's images are mirrored at random
+    let cfg = tiny_config(dir.path(), |v| {
+        v["train"]["steps"] = 1.into();
+        v["transformer"]["train"]["steps"] = 1.into();
+        crate::harness::small_batches(v);
+    });
+    let vq = dir.path().join("vq");
+    train_vq(&cfg, "builtin:shapes:40", &vq).ok();
+    let stage2 = |name: &str, config: Option<&Path>| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "train-transformer",
+            "--vq",
+            s(&vq),
+            "--data",
+            "builtin:shapes:40",
+        ];
+        args.extend(["--out", s(&out), "--device", "cpu"]);
+        if let Some(c) = config {
+            args.extend(["--config", s(c)]);
+        }
+        let r = movq(&args);
+        r.ok();
+        let recorded: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        (
+            sequence_counts(&r.stderr),
+            recorded["transformer"]["flip"].clone(),
+        )
+    };
+    // without the field the transformer follows data.flip, and its config stays as it was
+    let ((inherited, val), field) = stage2("inherited", None);
+    assert!(field.is_null(), "{field}");
+    assert!(val > 0);
+    // `transformer.flip: false`: each training image once
+    let off = tiny_config(dir.path(), |v| {
+        v["transformer"]["train"]["steps"] = 1.into();
+        v["transformer"]["flip"] = false.into();
+        crate::harness::small_batches(v);
+    });
+    let ((once, val_off), field) = stage2("off", Some(&off));
+    assert_eq!(field, serde_json::json!(false));
+    assert_eq!(val_off, val);
+    assert_eq!(
+        inherited,
+        2 * once,
+        "mirrored copies of the training images only"
+    );
+    assert_eq!(once + val, 40);
+}

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::harness::{data_dir, movq, quick_config, s, tiny_config, tmp, train_vq};
+use crate::harness::{data_dir, movq, quick_config, s, small_batches, tiny_config, tmp, train_vq};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -694,7 +694,7 @@ fn the_transformer_trains_on_mirrored_copies_unless_its_flip_is_off() {
     let cfg = tiny_config(dir.path(), |v| {
         v["train"]["steps"] = 1.into();
         v["transformer"]["train"]["steps"] = 1.into();
-        crate::harness::small_batches(v);
+        small_batches(v);
     });
     let vq = dir.path().join("vq");
     train_vq(&cfg, "builtin:shapes:40", &vq).ok();
@@ -729,7 +729,7 @@ fn the_transformer_trains_on_mirrored_copies_unless_its_flip_is_off() {
     let off = tiny_config(dir.path(), |v| {
         v["transformer"]["train"]["steps"] = 1.into();
         v["transformer"]["flip"] = false.into();
-        crate::harness::small_batches(v);
+        small_batches(v);
     });
     let ((once, val_off), field) = stage2("off", Some(&off));
     assert_eq!(field, serde_json::json!(false));

@@ -453,6 +453,9 @@ pub struct DecodeArgs {
     /// Classifier-free guidance scale s: logits = (1+s)·cond − s·uncond.
     #[arg(long, default_value_t = 0.0)]
     pub cfg_scale: f64,
+    /// Which predictions each step keeps.
+    #[arg(long, value_enum, default_value_t = OrderArg::Confidence)]
+    pub order: OrderArg,
 }
 
 #[derive(Debug, Args)]
@@ -621,6 +624,24 @@ pub enum ScheduleArg {
     Square,
     /// γ(r) = 1 − r³
     Cubic,
+}
+
+/// `--order`: which of its predictions a MaskGIT step keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderArg {
+    /// The most confident ones, with annealed Gumbel noise (MaskGIT)
+    Confidence,
+    /// The next positions of a fixed order spread evenly over the grid (the Halton sequence)
+    Halton,
+}
+
+impl From<OrderArg> for crate::transformer::order::TokenOrder {
+    fn from(o: OrderArg) -> Self {
+        match o {
+            OrderArg::Confidence => Self::Confidence,
+            OrderArg::Halton => Self::Halton,
+        }
+    }
 }
 
 impl From<ScheduleArg> for crate::transformer::schedule::MaskSchedule {

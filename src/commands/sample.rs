@@ -45,6 +45,7 @@ impl DecodeArgs {
             schedule: self.schedule.into(),
             top1,
             cfg_scale: self.cfg_scale,
+            order: self.order.into(),
         })
     }
 }

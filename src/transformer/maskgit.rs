@@ -14,6 +14,7 @@ use rand::Rng;
 
 use crate::ops::token_choice::{choose_tokens, TokenChoice};
 use crate::transformer::model::MaskTransformer;
+use crate::transformer::order::{priorities, TokenOrder};
 use crate::transformer::schedule::{masked_counts, MaskSchedule};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct SamplerOptions {
     /// depends on the model alone.
     pub top1: bool,
     pub cfg_scale: f64,
+    /// Which predictions each step keeps: the most confident, or a fixed spread-out order.
+    pub order: TokenOrder,
 }
 
 impl SamplerOptions {
@@ -39,6 +42,7 @@ impl SamplerOptions {
             schedule: MaskSchedule::Cosine,
             top1: false,
             cfg_scale: 0.0,
+            order: TokenOrder::Confidence,
         }
     }
 }
@@ -136,6 +140,11 @@ pub fn steps_on_device(
         .to_dtype(DType::F32)?
         .broadcast_as((b, l))?
         .contiguous()?;
+    // a fixed order ranks the masked tokens by their turn instead of the model's confidence
+    let turn = match priorities(opts.order, model.layout()) {
+        Some(p) => Some(Tensor::from_vec(p, (1, l), &device)?.broadcast_as((b, l))?),
+        None => None,
+    };
     let temp = if opts.top1 {
         1.0
     } else {
@@ -151,6 +160,10 @@ pub fn steps_on_device(
             seed: step_seed(seed, t),
         };
         let (predicted, conf) = choose_tokens(&logits, &tokens, &choice)?;
+        let conf = match &turn {
+            Some(turn) => tokens.eq(mask_id)?.where_cond(turn, &conf)?,
+            None => conf,
+        };
         // Known tokens (confidence +∞) rank after every newly predicted one.
         let order = conf.arg_sort_last_dim(true)?; // [B, L], lowest confidence first
         let rank =

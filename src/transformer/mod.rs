@@ -6,6 +6,7 @@ pub mod editing;
 pub mod maskgit;
 pub mod masking;
 pub mod model;
+pub mod order;
 pub mod schedule;
 pub mod stage;
 pub mod tokens;

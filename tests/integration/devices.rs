@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use movq::config::{RunConfig, TransformerConfig};
 use movq::nn::params::ParamStore;
 use movq::transformer::maskgit::{step_counts, steps_on_device, SamplerOptions};
-use movq::transformer::schedule::MaskSchedule;
+use movq::transformer::order::{priorities, TokenOrder};
 use movq::transformer::{MaskTransformer, TokenLayout};
 use movq::vq::MoVq;
 use rand::{Rng, SeedableRng};
@@ -313,14 +313,17 @@ fn device_sampler_leaves_exact_counts_per_step(dev: &Device) {
     for &(i, v) in &known {
         rows[2][i] = v;
     }
-    for top1 in [false, true] {
+    // the Halton order's turn of each sequence index, earliest first
+    let turn = priorities(TokenOrder::Halton, &l).unwrap();
+    for (top1, order) in [
+        (false, TokenOrder::Confidence),
+        (true, TokenOrder::Confidence),
+        (false, TokenOrder::Halton),
+    ] {
         let opts = SamplerOptions {
-            steps: 8,
-            temperature: 1.0,
-            choice_temperature: 4.5,
-            schedule: MaskSchedule::Cosine,
             top1,
-            cfg_scale: 0.0,
+            order,
+            ..SamplerOptions::maskgit(8)
         };
         let counts = step_counts(&rows, mask, n, &opts);
         let flat: Vec<u32> = rows.iter().flatten().copied().collect();
@@ -337,6 +340,17 @@ fn device_sampler_leaves_exact_counts_per_step(dev: &Device) {
             }
             for &(i, v) in &known {
                 assert_eq!(out[2][i], v, "known token {i} changed");
+            }
+            if order == TokenOrder::Halton {
+                // the tokens drawn so far are the masked ones whose turn came first
+                for (b, row) in out.iter().enumerate() {
+                    let mut masked: Vec<usize> = (0..n).filter(|&i| rows[b][i] == mask).collect();
+                    masked.sort_by(|&i, &j| turn[j].total_cmp(&turn[i]));
+                    let drawn = masked.len() - counts[s - 1][b];
+                    for (k, &i) in masked.iter().enumerate() {
+                        assert_eq!(row[i] != mask, k < drawn, "row {b}, step {s}, token {i}");
+                    }
+                }
             }
         }
     }

@@ -148,12 +148,9 @@ fn model(l: TokenLayout, seed: u64) -> MaskTransformer {
 
 fn opts(steps: usize, top1: bool, cfg_scale: f64) -> SamplerOptions {
     SamplerOptions {
-        steps,
-        temperature: 1.0,
-        choice_temperature: 4.5,
-        schedule: MaskSchedule::Cosine,
         top1,
         cfg_scale,
+        ..SamplerOptions::maskgit(steps)
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::cli::{DecodeArgs, ScheduleArg, ServeArgs};
+use crate::cli::{DecodeArgs, OrderArg, ScheduleArg, ServeArgs};
 use crate::commands::edit::{edit_image, EditRequest};
 use crate::data::classes::resolve_class;
 use crate::data::transform::{eval_view, mask_view};
@@ -162,6 +162,7 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
         choice_temperature: b.choice_temperature,
         schedule: ScheduleArg::Cosine,
         cfg_scale: b.cfg_scale,
+        order: OrderArg::Confidence,
     };
     let opts = decode.options(b.steps, false)?;
     let side = tr.vq_cfg.model.resolution as u32;

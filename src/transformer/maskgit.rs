@@ -4,7 +4,8 @@
 //! argmax with `top1`); score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel`
 //! (known tokens never change); keep all but the `n_t` lowest-scoring, which are masked again, with
 //! `n_t` from [`masked_counts`]. A partly masked start continues the schedule from its masked
-//! fraction.
+//! fraction. With [`TokenOrder::Halton`] the score is instead each token's fixed turn
+//! ([`crate::transformer::order`]).
 //!
 //! The per-token choice runs where the logits are ([`choose_tokens`]: a kernel on the CPU or
 //! the GPU, its noise from a seed), so logits never leave the device.

@@ -6,15 +6,11 @@
 //! 2-D Halton sequence (bases 2 and 3) first falls in their cells, so each step's tokens are
 //! spread evenly over the grid and few of them are neighbours drawn at once.
 
-use serde::{Deserialize, Serialize};
-
 use crate::transformer::tokens::TokenLayout;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenOrder {
     /// The most confident predictions first (MaskGIT).
-    #[default]
     Confidence,
     /// A fixed order of positions, spread evenly over the grid (the Halton sequence).
     Halton,

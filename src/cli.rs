@@ -447,6 +447,10 @@ pub struct DecodeArgs {
     /// Scale of the Gumbel noise on the confidence, annealed linearly to 0 over the steps.
     #[arg(long, default_value_t = 4.5)]
     pub choice_temperature: f64,
+    /// Min-p truncation: draw each token among the codes at least this fraction as likely as the
+    /// most likely one (after the temperature); 0 draws from every code.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f64,
     /// Mask schedule γ.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     pub schedule: ScheduleArg,

@@ -35,6 +35,9 @@ impl DecodeArgs {
                 self.choice_temperature
             );
         }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            bail!("--min-p must be from 0 to 1, got {}", self.min_p);
+        }
         if !self.cfg_scale.is_finite() {
             bail!("--cfg-scale must be a number, got {}", self.cfg_scale);
         }
@@ -42,6 +45,7 @@ impl DecodeArgs {
             steps,
             temperature: self.temperature,
             choice_temperature: self.choice_temperature,
+            min_p: self.min_p,
             schedule: self.schedule.into(),
             top1,
             cfg_scale: self.cfg_scale,

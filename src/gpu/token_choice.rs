@@ -4,8 +4,8 @@
 //! Composed of candle ops the choice is ~15 passes over the `[B, L, K]` logits (the scaling,
 //! six for the Gumbel noise, the log-softmax, the argmax, the gather) with all of their
 //! temporaries alive at once: 12 ms of a 100 ms decoding step at 64 × 1,024 tokens and 1,024
-//! codes on the H200. The kernel reads each masked token's row of logits twice (its maximum and
-//! perturbed argmax, then the softmax's sum), draws its Gumbel noise from a counter-based
+//! codes on the H200. The kernel reads each masked token's row of logits twice (its maximum,
+//! then the perturbed argmax over the codes min-p keeps and the softmax's sum), draws its Gumbel noise from a counter-based
 //! generator (so the result depends on the seed alone, not on the launch), and skips the rows of
 //! known tokens.
 
@@ -58,6 +58,7 @@ pub fn launch(
             .arg(&c.mask)
             .arg(&c.inv_temp)
             .arg(&top1)
+            .arg(&c.min_p)
             .arg(&c.noise)
             .arg(&c.seed);
         // SAFETY: the arguments of choose_tokens_* in rows.cu; a warp per row.

@@ -1,5 +1,6 @@
 //! One MaskGIT step's token choice: for every `[MASK]` token a sample (or the argmax) of
-//! softmax(logits / temperature) and its confidence log p(choice) + noise · Gumbel; a known
+//! softmax(logits / temperature), truncated to the codes at least `min_p` times as likely as the
+//! most likely one, and its confidence log p(choice) + noise · Gumbel (p untruncated); a known
 //! token keeps its value with confidence +∞.
 //!
 //! One op with two kernels: on CUDA a warp per token ([`crate::gpu::token_choice`]), on the CPU
@@ -21,6 +22,9 @@ pub struct TokenChoice {
     pub inv_temp: f32,
     /// The argmax instead of a sample.
     pub top1: bool,
+    /// Min-p truncation: a sample is drawn among the codes whose probability is at least this
+    /// fraction of the most likely code's (0: every code).
+    pub min_p: f32,
     /// The weight of the Gumbel noise on the confidence.
     pub noise: f32,
     /// The random stream of this step.
@@ -86,12 +90,15 @@ impl Choose {
             return (f32::INFINITY, current as f32);
         }
         let base = r as u64 * k as u64;
-        let (mut mz, mut best, mut pick) = (f32::NEG_INFINITY, f32::NEG_INFINITY, 0usize);
+        let mz = (0..k).fold(f32::NEG_INFINITY, |m, j| m.max(z(j) * c.inv_temp));
+        let cut = mz + c.min_p.ln();
+        let (mut best, mut pick) = (f32::NEG_INFINITY, 0usize);
         for j in 0..k {
             let v = z(j) * c.inv_temp;
-            mz = mz.max(v);
             let p = if c.top1 {
                 v
+            } else if v < cut {
+                continue;
             } else {
                 v + gumbel(c.seed, base + j as u64)
             };
@@ -163,7 +170,17 @@ pub fn composed(logits: &Tensor, tokens: &Tensor, c: &TokenChoice) -> Result<(Te
     let sampled = if c.top1 {
         scaled.argmax(D::Minus1)?
     } else {
-        (&scaled + gumbel_tensor(scaled.dims(), device)?)?.argmax(D::Minus1)?
+        // codes under the min-p cut lose the draw: their perturbed value is −∞
+        let cut = scaled
+            .max_keepdim(D::Minus1)?
+            .affine(1.0, (c.min_p as f64).ln())?
+            .broadcast_as(scaled.shape())?;
+        let perturbed = (&scaled + gumbel_tensor(scaled.dims(), device)?)?;
+        let lost = Tensor::full(f32::NEG_INFINITY, scaled.shape(), device)?;
+        scaled
+            .ge(&cut)?
+            .where_cond(&perturbed, &lost)?
+            .argmax(D::Minus1)?
     }; // [B, L] u32
     let logp = candle_nn::ops::log_softmax(&scaled, D::Minus1)?
         .gather(&sampled.unsqueeze(2)?, 2)?

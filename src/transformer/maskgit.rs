@@ -1,7 +1,7 @@
 //! MaskGIT parallel decoding.
 //!
 //! For t = 0..T−1: predict every masked token (sampled from softmax(logits / temperature), or the
-//! argmax with `top1`); score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel`
+//! argmax with `top1`; `min_p` drops the codes less than that fraction as likely as the best); score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel`
 //! (known tokens never change); keep all but the `n_t` lowest-scoring, which are masked again, with
 //! `n_t` from [`masked_counts`]. A partly masked start continues the schedule from its masked
 //! fraction. With [`TokenOrder::Halton`] the score is instead each token's fixed turn
@@ -23,6 +23,9 @@ pub struct SamplerOptions {
     pub steps: usize,
     pub temperature: f64,
     pub choice_temperature: f64,
+    /// Min-p truncation of each draw: only codes at least this fraction as likely as the most
+    /// likely one (0: all).
+    pub min_p: f64,
     pub schedule: MaskSchedule,
     /// Argmax instead of sampling; also drops the Gumbel noise of the confidence, so the result
     /// depends on the model alone.
@@ -33,13 +36,14 @@ pub struct SamplerOptions {
 }
 
 impl SamplerOptions {
-    /// MaskGIT's defaults: temperature 1, choice temperature 4.5, cosine schedule, sampling
-    /// (not top-1), no guidance.
+    /// MaskGIT's defaults: temperature 1, choice temperature 4.5, no truncation, cosine
+    /// schedule, sampling (not top-1), no guidance.
     pub fn maskgit(steps: usize) -> Self {
         Self {
             steps,
             temperature: 1.0,
             choice_temperature: 4.5,
+            min_p: 0.0,
             schedule: MaskSchedule::Cosine,
             top1: false,
             cfg_scale: 0.0,
@@ -157,6 +161,7 @@ pub fn steps_on_device(
             mask: mask_id,
             inv_temp: (1.0 / temp) as f32,
             top1: opts.top1,
+            min_p: opts.min_p as f32,
             noise: choice_noise(opts, t) as f32,
             seed: step_seed(seed, t),
         };

@@ -380,6 +380,12 @@ fn stage2_pipeline_sample_and_masked_reconstruction() {
         "unknown class name",
         "circle-red",
     ]);
+    // min-p truncation: a fraction from 0 to 1, checked before anything is written
+    let e = dir.path().join("e");
+    sample(&e, &["--min-p", "1.5"]).fails_with(&["--min-p", "from 0 to 1", "1.5"]);
+    assert!(!e.exists());
+    sample(&e, &["--seed", "1", "--min-p", "0.2"]).ok();
+    assert!(e.join("grid.png").is_file());
 
     // masked reconstruction at several ratios (figure A.1 layout) and at R = 0
     let m = dir.path().join("m");

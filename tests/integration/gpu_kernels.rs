@@ -665,6 +665,7 @@ mod token_choice {
             mask: MASK,
             inv_temp: 1.0 / 0.7,
             top1,
+            min_p: 0.0,
             noise,
             seed,
         }
@@ -766,6 +767,11 @@ mod token_choice {
         assert!((mean - 0.5772).abs() < 0.03, "Gumbel mean {mean}");
         assert!((sd - 1.2825).abs() < 0.03, "Gumbel standard deviation {sd}");
     }
+}
+
+#[test]
+fn min_p_keeps_the_codes_above_the_cut() {
+    crate::kernels::min_p_cases(&cuda_device());
 }
 
 /// A bf16 transformer prepared for sampling (parameters detached, weights cast once, bias and

@@ -312,6 +312,7 @@ fn cpu_token_choice_matches_composed_ops() {
         mask,
         inv_temp: 1.0 / 0.7,
         top1,
+        min_p: 0.0,
         noise,
         seed,
     };
@@ -337,6 +338,77 @@ fn cpu_token_choice_matches_composed_ops() {
             assert!(t < k as u32 && c.is_finite());
         }
     }
+}
+
+/// Min-p truncation on `dev`, in the device's kernel and composed of candle ops: with
+/// sampling probabilities 0.4, 0.3, 0.05 and a floor of 0.25 spread over 1,021 codes (the
+/// label-smoothing floor of a trained transformer), min-p 0.1 draws only the first three codes,
+/// as often as their renormalised probabilities (0.533, 0.4, 0.067), and still reports the
+/// untruncated log-probability as the confidence; min-p 0 draws a floor code a quarter of the
+/// time.
+pub fn min_p_cases(dev: &Device) {
+    use movq::ops::token_choice::{choose_tokens, composed, TokenChoice};
+    let (b, l, k, mask) = (20, 1000, 1024, 1_000_000u32);
+    let mut q = vec![0.25f32 / (k - 3) as f32; k];
+    q[..3].copy_from_slice(&[0.4, 0.3, 0.05]);
+    // logits · (1/0.7) = ln q: the sampling distribution is q itself
+    let row: Vec<f32> = q.iter().map(|p| p.ln() * 0.7).collect();
+    let logits = Tensor::new(row.as_slice(), dev)
+        .unwrap()
+        .broadcast_as((b, l, k))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let masked = Tensor::full(mask, (b, l), dev).unwrap();
+    let n = (b * l) as f64;
+    for fused in [true, false] {
+        let draw = |min_p: f32| {
+            let c = TokenChoice {
+                mask,
+                inv_temp: 1.0 / 0.7,
+                top1: false,
+                min_p,
+                noise: 0.0,
+                seed: 3,
+            };
+            let (t, conf) = if fused {
+                choose_tokens(&logits, &masked, &c).unwrap()
+            } else {
+                composed(&logits, &masked, &c).unwrap()
+            };
+            let t: Vec<u32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let conf: Vec<f32> = conf.flatten_all().unwrap().to_vec1().unwrap();
+            (t, conf)
+        };
+        let (t, conf) = draw(0.1);
+        let mut counts = [0usize; 3];
+        for (&t, &c) in t.iter().zip(&conf) {
+            assert!(t < 3, "fused {fused}: code {t} is below the cut");
+            counts[t as usize] += 1;
+            assert!(
+                (c - q[t as usize].ln()).abs() < 1e-4,
+                "confidence {c} of {t}"
+            );
+        }
+        for (i, p) in [0.4f64 / 0.75, 0.3 / 0.75, 0.05 / 0.75].iter().enumerate() {
+            let f = counts[i] as f64 / n;
+            // four standard deviations of a frequency over 20,000 draws: < 0.015
+            assert!(
+                (f - p).abs() < 0.015,
+                "fused {fused}: code {i} at {f} for {p}"
+            );
+        }
+        let floor = draw(0.0).0.iter().filter(|&&t| t >= 3).count() as f64 / n;
+        assert!(
+            (floor - 0.25).abs() < 0.015,
+            "fused {fused}: floor drawn {floor}"
+        );
+    }
+}
+
+#[test]
+fn cpu_min_p_keeps_the_codes_above_the_cut() {
+    min_p_cases(&Device::Cpu);
 }
 
 /// A fused block stack: input, blocks, the list its parameters' gradients go to.

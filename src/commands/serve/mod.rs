@@ -91,6 +91,8 @@ struct EditBody {
     #[serde(default = "default_choice_temperature")]
     choice_temperature: f64,
     #[serde(default)]
+    min_p: f64,
+    #[serde(default)]
     cfg_scale: f64,
 }
 
@@ -160,6 +162,7 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
     let decode = DecodeArgs {
         temperature: b.temperature,
         choice_temperature: b.choice_temperature,
+        min_p: b.min_p,
         schedule: ScheduleArg::Cosine,
         cfg_scale: b.cfg_scale,
         order: OrderArg::Confidence,

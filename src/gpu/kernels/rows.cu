@@ -159,14 +159,16 @@ __device__ __forceinline__ void arg_max_merge(float& v, int& i, float v2, int i2
 }
 
 // One MaskGIT step's token choice, a warp per token: for a `[MASK]` token (`tokens[r] ==
-// mask`), z = logits[r, :] · inv_temp; the choice is argmax z (top1) or argmax z + Gumbel (a
-// sample of softmax z); conf = log softmax(z)[choice] + noise · Gumbel. A known token keeps its
-// value with conf +∞ (it never competes for a mask). out[r] = conf, out[rows + r] = the token
-// (as f32; ids below 2²⁴). Row r = (b, t) of the logits lies at b·batch_stride + t·K.
+// mask`), z = logits[r, :] · inv_temp; the choice is argmax z (top1) or argmax z + Gumbel over
+// the codes with z ≥ max z + ln min_p (a sample of softmax z truncated to the codes at least
+// min_p times as likely as the most likely one; min_p 0 keeps all); conf = log softmax(z)[choice]
+// + noise · Gumbel. A known token keeps its value with conf +∞ (it never competes for a mask).
+// out[r] = conf, out[rows + r] = the token (as f32; ids below 2²⁴). Row r = (b, t) of the logits
+// lies at b·batch_stride + t·K.
 template <typename T>
 __device__ void choose_tokens(const T* logits, const uint32_t* tokens, float* out, int rows, int L, int K,
-                              size_t batch_stride, uint32_t mask, float inv_temp, int top1, float noise,
-                              unsigned long long seed) {
+                              size_t batch_stride, uint32_t mask, float inv_temp, int top1, float min_p,
+                              float noise, unsigned long long seed) {
     const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (r >= rows) return;
     const uint32_t current = tokens[r];
@@ -179,21 +181,23 @@ __device__ void choose_tokens(const T* logits, const uint32_t* tokens, float* ou
     }
     const T* z = logits + (size_t)(r / L) * batch_stride + (size_t)(r % L) * K;
     const unsigned long long base = (unsigned long long)r * K;
-    // the maximum of z, and of the perturbed z that picks the token
-    float mz = -INFINITY, best = -INFINITY;
+    float mz = -INFINITY;
+    for (int k = lane; k < K; k += 32) mz = fmaxf(mz, load(z, k) * inv_temp);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mz = fmaxf(mz, __shfl_xor_sync(0xffffffffu, mz, o));
+    // the perturbed maximum that picks the token, and the softmax's sum
+    const float cut = min_p > 0.f ? mz + logf(min_p) : -INFINITY;
+    float best = -INFINITY, s = 0.f;
     int pick = 0;
     for (int k = lane; k < K; k += 32) {
         const float v = load(z, k) * inv_temp;
-        mz = fmaxf(mz, v);
-        arg_max_merge(best, pick, top1 ? v : v + gumbel(seed, base + k), k);
+        s += __expf(v - mz);
+        if (top1) arg_max_merge(best, pick, v, k);
+        else if (v >= cut) arg_max_merge(best, pick, v + gumbel(seed, base + k), k);
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mz = fmaxf(mz, __shfl_xor_sync(0xffffffffu, mz, o));
+    for (int o = 16; o > 0; o >>= 1)
         arg_max_merge(best, pick, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, pick, o));
-    }
-    float s = 0.f;
-    for (int k = lane; k < K; k += 32) s += __expf(load(z, k) * inv_temp - mz);
     s = warp_sum(s);
     if (lane == 0) {
         float conf = load(z, pick) * inv_temp - mz - logf(s);
@@ -428,9 +432,10 @@ extern "C" __global__ void scatter_add_rows_f32(const float* g, const uint32_t* 
     extern "C" __global__ void choose_tokens_##S(const T* logits, const uint32_t* tokens, float* out, \
                                                  int rows, int L, int K, size_t batch_stride,       \
                                                  uint32_t mask, float inv_temp, int top1,           \
-                                                 float noise, unsigned long long seed) {            \
-        choose_tokens(logits, tokens, out, rows, L, K, batch_stride, mask, inv_temp, top1, noise,   \
-                      seed);                                                                        \
+                                                 float min_p, float noise,                          \
+                                                 unsigned long long seed) {                         \
+        choose_tokens(logits, tokens, out, rows, L, K, batch_stride, mask, inv_temp, top1, min_p,   \
+                      noise, seed);                                                                 \
     }                                                                                               \
     extern "C" __global__ void bias_gelu_bwd_##S(const T* x, const float* b, const T* dy, T* dx,    \
                                                  size_t n, int N) {                                 \

@@ -5,9 +5,9 @@
 //! six for the Gumbel noise, the log-softmax, the argmax, the gather) with all of their
 //! temporaries alive at once: 12 ms of a 100 ms decoding step at 64 × 1,024 tokens and 1,024
 //! codes on the H200. The kernel reads each masked token's row of logits twice (its maximum,
-//! then the perturbed argmax over the codes min-p keeps and the softmax's sum), draws its Gumbel noise from a counter-based
-//! generator (so the result depends on the seed alone, not on the launch), and skips the rows of
-//! known tokens.
+//! then the perturbed argmax over the codes min-p keeps and the softmax's sum), draws its Gumbel
+//! noise from a counter-based generator (so the result depends on the seed alone, not on the
+//! launch), and skips the rows of known tokens.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;

@@ -92,9 +92,11 @@ impl Choose {
         let base = r as u64 * k as u64;
         let mz = (0..k).fold(f32::NEG_INFINITY, |m, j| m.max(z(j) * c.inv_temp));
         let cut = mz + c.min_p.ln();
-        let (mut best, mut pick) = (f32::NEG_INFINITY, 0usize);
+        // the perturbed maximum that picks the token, and the softmax's sum
+        let (mut best, mut pick, mut s) = (f32::NEG_INFINITY, 0usize, 0f32);
         for j in 0..k {
             let v = z(j) * c.inv_temp;
+            s += (v - mz).exp();
             let p = if c.top1 {
                 v
             } else if v < cut {
@@ -107,7 +109,6 @@ impl Choose {
                 pick = j;
             }
         }
-        let s: f32 = (0..k).map(|j| (z(j) * c.inv_temp - mz).exp()).sum();
         let mut conf = z(pick) * c.inv_temp - mz - s.ln();
         if c.noise != 0.0 {
             conf += c.noise * gumbel(!c.seed, r as u64);

@@ -1,9 +1,10 @@
 //! MaskGIT parallel decoding.
 //!
 //! For t = 0..T−1: predict every masked token (sampled from softmax(logits / temperature), or the
-//! argmax with `top1`; `min_p` drops the codes less than that fraction as likely as the best); score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel`
-//! (known tokens never change); keep all but the `n_t` lowest-scoring, which are masked again, with
-//! `n_t` from [`masked_counts`]. A partly masked start continues the schedule from its masked
+//! argmax with `top1`; `min_p` drops the codes less than that fraction as likely as the best);
+//! score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel` (known tokens never
+//! change); keep all but the `n_t` lowest-scoring, which are masked again, with `n_t` from
+//! [`masked_counts`]. A partly masked start continues the schedule from its masked
 //! fraction. With [`TokenOrder::Halton`] the score is instead each token's fixed turn
 //! ([`crate::transformer::order`]).
 //!

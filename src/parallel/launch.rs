@@ -9,7 +9,8 @@ use crate::parallel::local::ABORTED;
 use crate::parallel::{Communicator, LocalGroup, Placement, Shard};
 
 /// The devices of `ranks` ranks when the run asked for `first`: GPUs 0..ranks−1 for a CUDA
-/// device (each rank its own GPU), the CPU `ranks` times (threads; for testing, no faster).
+/// device (each rank its own GPU), the CPU `ranks` times (threads, each rank with its share of
+/// the cores: [`cpu_threads_per_rank`]).
 pub fn rank_devices(first: &Device, ranks: usize) -> Result<Vec<Device>> {
     match (ranks, first) {
         (0, _) => bail!("--ranks must be at least 1"),
@@ -116,6 +117,7 @@ pub fn run_ranks<T: Send>(
         return f(Shard::single(), &devices[0]);
     }
     let world = placement.world;
+    let local = devices.len();
     let transport = transport(devices, placement)?;
     let (f, transport) = (&f, &transport);
     let mut results: Vec<Result<T>> = std::thread::scope(|s| {
@@ -129,7 +131,7 @@ pub fn run_ranks<T: Send>(
                         let (comm, abort) = join(transport, rank, placement, dev)?;
                         // aborts the group if this rank fails or panics
                         let mut guard = AbortOnDrop(abort);
-                        let out = f(Shard::new(comm, dev), dev);
+                        let out = on_own_threads(dev, local, || f(Shard::new(comm, dev), dev));
                         if out.is_ok() {
                             guard.0 = None;
                         }
@@ -165,4 +167,28 @@ pub fn run_ranks<T: Send>(
         return Err(e.context(format!("rank {rank} of {world}")));
     }
     results.swap_remove(0)
+}
+
+/// Runs `f` for one of this process's `local` ranks: a CPU rank in a thread pool of its own
+/// with its share of the cores, so that the ranks' parallel passes do not queue behind each
+/// other's in the one global pool; a GPU rank as it is.
+fn on_own_threads<T: Send>(
+    dev: &Device,
+    local: usize,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    if !dev.is_cpu() {
+        return f();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cpu_threads_per_rank(local))
+        .thread_name(|i| format!("movq-cpu-{i}"))
+        .build()?;
+    pool.install(f)
+}
+
+/// The threads of each of `local` CPU ranks: the machine's cores shared out, at least one.
+pub fn cpu_threads_per_rank(local: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local.max(1)).max(1)
 }

@@ -749,3 +749,30 @@ fn a_run_on_two_ranks_resumes_exactly() {
     assert!(read(&run_a.checkpoint(4).model) == read(&run_b.checkpoint(4).model));
     assert!(read(&run_a.checkpoint(4).train_state) == read(&run_b.checkpoint(4).train_state));
 }
+
+#[test]
+fn cpu_ranks_run_on_thread_pools_of_their_own() {
+    let devices = movq::parallel::rank_devices(&Device::Cpu, 2).unwrap();
+    let placement = movq::parallel::Placement::single_process(2);
+    let seen = std::sync::Mutex::new(Vec::new());
+    movq::parallel::run_ranks(&devices, &placement, |shard, _| {
+        // a worker of a pool (not the rank's own thread queueing work on the global pool), of
+        // its share of the cores
+        let pool = (
+            rayon::current_thread_index().is_some(),
+            rayon::current_num_threads(),
+        );
+        seen.lock().unwrap().push((shard.rank(), pool));
+        Ok(())
+    })
+    .unwrap();
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort();
+    let share = movq::parallel::cpu_threads_per_rank(2);
+    assert_eq!(share, (num_cores() / 2).max(1));
+    assert_eq!(seen, vec![(0, (true, share)), (1, (true, share))]);
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

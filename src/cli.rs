@@ -105,7 +105,8 @@ pub struct TrainFlags {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Data-parallel ranks, each with 1/N of every batch (the batch size must split evenly):
-    /// with --device cuda, GPUs 0..N-1, one per rank; on the CPU, N threads (for testing).
+    /// with --device cuda, GPUs 0..N-1, one per rank; on the CPU, N threads with 1/N of the
+    /// cores each (on 2 cores, --ranks 2 trains small models faster than one rank).
     /// Gradients are summed over the ranks before one identical step; rank 0 writes. A run
     /// resumes on any number of ranks.
     #[arg(long, default_value_t = 1)]

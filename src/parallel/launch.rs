@@ -187,8 +187,8 @@ fn on_own_threads<T: Send>(
     pool.install(f)
 }
 
-/// The threads of each of `local` CPU ranks: the machine's cores shared out, at least one.
+/// The threads of each of `local` CPU ranks: the process's CPU threads (`RAYON_NUM_THREADS`,
+/// else one per core: [`crate::compute::configure_cpu_threads`]) shared out, at least one.
 pub fn cpu_threads_per_rank(local: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / local.max(1)).max(1)
+    (rayon::current_num_threads() / local.max(1)).max(1)
 }

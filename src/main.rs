@@ -7,7 +7,10 @@ fn main() -> ExitCode {
     match movq::commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", movq::commands::describe_failure(&err));
+            if let Some(bt) = movq::commands::backtrace(&err) {
+                eprintln!("{bt}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde_json::json;
 
+use super::failure;
 use crate::cli::{BenchArgs, BenchSection};
 use crate::compute::{set_tf32, Precision};
 use crate::config::{OptimizerKind, RunConfig, TransformerConfig, TransformerSection};
@@ -406,8 +407,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             let mut result = run_workload(w, p, micro, &device, &a);
             // A transformer batch that does not fit runs again in micro-batches (a quarter,
             // then halved until they fit): the same optimizer step, gradients added up.
-            let oom =
-                |r: &Result<_>| matches!(r, Err(e) if format!("{e:#}").contains("OUT_OF_MEMORY"));
+            let oom = |r: &Result<_>| matches!(r, Err(e) if failure::is_out_of_gpu_memory(e));
             while w.kind == "tr-train" && oom(&result) && micro.unwrap_or(w.batch) > 1 {
                 micro = Some(match micro {
                     None => (w.batch / 4).max(1),
@@ -438,10 +438,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                         "device": device::describe(&device)})
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
-                    // the first line names the failure; candle appends a backtrace
-                    let first = msg.lines().next().unwrap_or("").to_string();
-                    let status = if msg.contains("OUT_OF_MEMORY") {
+                    let first = format!("{e:#}").lines().next().unwrap_or("").to_string();
+                    let status = if failure::is_out_of_gpu_memory(&e) {
                         "oom"
                     } else {
                         "error"

@@ -6,6 +6,7 @@ mod compare;
 mod edit;
 mod eval;
 mod eval_samples;
+mod failure;
 mod fid;
 mod import;
 mod masked;
@@ -23,6 +24,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 
 pub use crate::train::setup::EXIT_INTERRUPTED;
+pub use failure::{backtrace, describe as describe_failure};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {

@@ -27,7 +27,7 @@ fn stats(n: usize, d: usize, seed: u64) -> Result<FeatureStats> {
 }
 
 fn main() -> Result<()> {
-    movq::compute::configure_cpu_threads();
+    movq::compute::configure_cpu_threads(1);
     let iters = iterations().min(3);
     let d = 2048;
     // two large sets (full-rank covariances), then one class of `eval-samples` (1,000 images a

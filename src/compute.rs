@@ -74,11 +74,19 @@ pub fn cudnn(dev: &Device) -> bool {
 /// Settles how many threads candle's CPU kernels use, once, before any of them runs: the
 /// `RAYON_NUM_THREADS` the user set, else one per core the process may use. candle reads this
 /// variable at every matrix product and, when it is unset, parses `/proc/cpuinfo` each time.
-pub fn configure_cpu_threads() {
+///
+/// With `ranks` CPU ranks in the process (`--ranks`), each rank already computes on its own
+/// share of the cores, so candle's element-wise ops run in the calling rank's thread
+/// (`CANDLE_NUM_THREADS=1`, unless the user set it): its one process-wide pool for them would
+/// otherwise make the ranks queue for it and its workers take the cores the other ranks use.
+pub fn configure_cpu_threads(ranks: usize) {
+    // called at start-up, before any other thread exists
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // called at start-up, before any other thread exists
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if ranks > 1 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

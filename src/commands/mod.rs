@@ -28,7 +28,12 @@ pub use failure::{backtrace, describe as describe_failure};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    crate::compute::configure_cpu_threads();
+    let ranks = match &cli.command {
+        Command::TrainVq(a) => a.train.ranks,
+        Command::TrainTransformer(a) => a.train.ranks,
+        _ => 1,
+    };
+    crate::compute::configure_cpu_threads(ranks);
     match cli.command {
         Command::TrainVq(a) => train_vq::run(a),
         Command::TrainTransformer(a) => train_transformer::run(a),

@@ -4,22 +4,25 @@
 
 use std::backtrace::Backtrace;
 
+/// One cause's message: candle's without the backtrace it carries (formatting that resolves
+/// every frame's symbols).
+fn message(cause: &(dyn std::error::Error + 'static)) -> String {
+    match cause.downcast_ref::<candle_core::Error>() {
+        Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
+        _ => cause.to_string(),
+    }
+}
+
 /// Whether the failure (any cause in its chain) is the GPU running out of memory.
 pub fn is_out_of_gpu_memory(err: &anyhow::Error) -> bool {
     err.chain()
-        .any(|cause| cause.to_string().contains("CUDA_ERROR_OUT_OF_MEMORY"))
+        .any(|cause| message(cause).contains("CUDA_ERROR_OUT_OF_MEMORY"))
 }
 
-/// The failure on one line: each cause's message (candle's without its backtrace), joined by
-/// ": " as anyhow's `{:#}` joins them, then a hint when the GPU ran out of memory.
+/// The failure on one line: each cause's [`message`], joined by ": " as anyhow's `{:#}` joins
+/// them, then a hint when the GPU ran out of memory.
 pub fn describe(err: &anyhow::Error) -> String {
-    let causes: Vec<String> = err
-        .chain()
-        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
-            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
-            _ => cause.to_string(),
-        })
-        .collect();
+    let causes: Vec<String> = err.chain().map(message).collect();
     let mut line = causes.join(": ");
     if is_out_of_gpu_memory(err) {
         line.push_str(

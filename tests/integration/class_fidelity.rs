@@ -6,7 +6,7 @@ use movq::metrics::shape_classifier::classify;
 use rand::{Rng, SeedableRng};
 
 /// The quickstart's resolution.
-const SIDE: u32 = 32;
+const SIDE: u32 = 24;
 
 #[test]
 fn classifies_freshly_rendered_shapes() {
@@ -39,7 +39,7 @@ fn classifies_shapes_at_other_resolutions() {
         count: 200,
         seed: 5,
     };
-    for side in [24, 64] {
+    for side in [32, 64] {
         let right = (0..set.count)
             .filter(|&i| classify(&set.render(i, side)).class == Some(set.label(i)))
             .count();

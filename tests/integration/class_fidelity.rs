@@ -5,8 +5,11 @@ use movq::data::shapes::{Shapes, CLASSES};
 use movq::metrics::shape_classifier::classify;
 use rand::{Rng, SeedableRng};
 
-/// The quickstart's resolution.
-const SIDE: u32 = 24;
+/// The quickstart's resolution, as its preset sets it.
+fn quickstart_side() -> u32 {
+    let preset = movq::config::RunConfig::resolve("shapes").expect("the shapes preset");
+    preset.model.resolution as u32
+}
 
 #[test]
 fn classifies_freshly_rendered_shapes() {
@@ -15,19 +18,20 @@ fn classifies_freshly_rendered_shapes() {
         count: 1000,
         seed: 90_210,
     };
+    let side = quickstart_side();
     let mut seen = [0usize; CLASSES];
     let mut right = 0;
     for i in 0..set.count {
         let label = set.label(i);
         seen[label as usize] += 1;
-        if classify(&set.render(i, SIDE)).class == Some(label) {
+        if classify(&set.render(i, side)).class == Some(label) {
             right += 1;
         }
     }
     assert!(seen.iter().all(|&n| n > 0), "classes seen: {seen:?}");
     let accuracy = right as f64 / set.count as f64;
     println!(
-        "{right} of {} rendered shapes classified right at {SIDE} px",
+        "{right} of {} rendered shapes classified right at {side} px",
         set.count
     );
     assert!(accuracy >= 0.98, "accuracy {accuracy} on rendered shapes");
@@ -51,16 +55,17 @@ fn classifies_shapes_at_other_resolutions() {
 #[test]
 fn noise_is_near_chance() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let side = quickstart_side();
     let n = 800;
     let mut right = 0;
     for i in 0..n {
         let img = match i % 2 {
             // uniform noise
-            0 => RgbImage::from_fn(SIDE, SIDE, |_, _| Rgb(rng.random())),
+            0 => RgbImage::from_fn(side, side, |_, _| Rgb(rng.random())),
             // smooth coloured blobs: noise at a quarter of the resolution, upscaled
             _ => {
-                let small = RgbImage::from_fn(SIDE / 4, SIDE / 4, |_, _| Rgb(rng.random()));
-                image::imageops::resize(&small, SIDE, SIDE, image::imageops::FilterType::Triangle)
+                let small = RgbImage::from_fn(side / 4, side / 4, |_, _| Rgb(rng.random()));
+                image::imageops::resize(&small, side, side, image::imageops::FilterType::Triangle)
             }
         };
         // each noise image is asked to be one class, in turn

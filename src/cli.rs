@@ -458,6 +458,9 @@ pub struct DecodeArgs {
     /// Classifier-free guidance scale s: logits = (1+s)·cond − s·uncond.
     #[arg(long, default_value_t = 0.0)]
     pub cfg_scale: f64,
+    /// How the guidance scale runs over the decoding steps.
+    #[arg(long, value_enum, default_value_t = GuidanceArg::Constant)]
+    pub cfg_schedule: GuidanceArg,
     /// Which predictions each step keeps.
     #[arg(long, value_enum, default_value_t = OrderArg::Confidence)]
     pub order: OrderArg,
@@ -629,6 +632,27 @@ pub enum ScheduleArg {
     Square,
     /// γ(r) = 1 − r³
     Cubic,
+}
+
+/// `--cfg-schedule`: how classifier-free guidance is spread over the decoding steps (also the
+/// edit API's `cfg_schedule`, "constant" by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuidanceArg {
+    #[default]
+    /// The full --cfg-scale at every step
+    Constant,
+    /// Rising linearly to --cfg-scale: step t of T uses s·(t+1)/T (MUSE)
+    Linear,
+}
+
+impl From<GuidanceArg> for crate::transformer::guidance::GuidanceSchedule {
+    fn from(g: GuidanceArg) -> Self {
+        match g {
+            GuidanceArg::Constant => Self::Constant,
+            GuidanceArg::Linear => Self::Linear,
+        }
+    }
 }
 
 /// `--order`: which of its predictions a MaskGIT step keeps.

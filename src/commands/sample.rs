@@ -49,6 +49,7 @@ impl DecodeArgs {
             schedule: self.schedule.into(),
             top1,
             cfg_scale: self.cfg_scale,
+            cfg_schedule: self.cfg_schedule.into(),
             order: self.order.into(),
         })
     }

@@ -5,7 +5,8 @@
 //! score each by `log p(sampled) + choice_temperature·(1 − (t+1)/T)·Gumbel` (known tokens never
 //! change); keep all but the `n_t` lowest-scoring, which are masked again, with `n_t` from
 //! [`masked_counts`]. A partly masked start continues the schedule from its masked
-//! fraction. With [`TokenOrder::Halton`] the score is instead each token's fixed turn
+//! fraction. Classifier-free guidance mixes the logits at each step's scale
+//! ([`GuidanceSchedule`]). With [`TokenOrder::Halton`] the score is instead each token's fixed turn
 //! ([`crate::transformer::order`]).
 //!
 //! The per-token choice runs where the logits are ([`choose_tokens`]: a kernel on the CPU or
@@ -15,6 +16,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
 
 use crate::ops::token_choice::{choose_tokens, TokenChoice};
+use crate::transformer::guidance::GuidanceSchedule;
 use crate::transformer::model::MaskTransformer;
 use crate::transformer::order::{priorities, TokenOrder};
 use crate::transformer::schedule::{masked_counts, MaskSchedule};
@@ -32,6 +34,8 @@ pub struct SamplerOptions {
     /// depends on the model alone.
     pub top1: bool,
     pub cfg_scale: f64,
+    /// How the guidance scale runs over the steps.
+    pub cfg_schedule: GuidanceSchedule,
     /// Which predictions each step keeps: the most confident, or a fixed spread-out order.
     pub order: TokenOrder,
 }
@@ -48,6 +52,7 @@ impl SamplerOptions {
             schedule: MaskSchedule::Cosine,
             top1: false,
             cfg_scale: 0.0,
+            cfg_schedule: GuidanceSchedule::Constant,
             order: TokenOrder::Confidence,
         }
     }
@@ -157,7 +162,8 @@ pub fn steps_on_device(
         opts.temperature.max(1e-6)
     };
     for (t, step_counts) in counts.iter().enumerate() {
-        let logits = model.sampling_logits(&tokens, cond, opts.cfg_scale)?; // [B, L, K]
+        let scale = opts.cfg_schedule.scale_at(opts.cfg_scale, t, opts.steps);
+        let logits = model.sampling_logits(&tokens, cond, scale)?; // [B, L, K]
         let choice = TokenChoice {
             mask: mask_id,
             inv_temp: (1.0 / temp) as f32,

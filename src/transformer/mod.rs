@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod editing;
+pub mod guidance;
 pub mod maskgit;
 pub mod masking;
 pub mod model;

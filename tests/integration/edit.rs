@@ -503,6 +503,18 @@ fn serve_answers_the_page_and_the_edit_api() {
     );
     assert_eq!(status, 400);
     assert!(err.contains("unknown class name"), "{err}");
+    // the guidance schedule: "constant" (the default) or "linear"
+    let guided = |schedule: &str| {
+        let mut b = body.clone();
+        b["cfg_scale"] = 3.0.into();
+        b["cfg_schedule"] = schedule.into();
+        http(port, "POST", "/api/edit", &b.to_string())
+    };
+    let (status, out) = guided("linear");
+    assert_eq!(status, 200, "{out}");
+    let (status, err) = guided("ramp");
+    assert_eq!(status, 400);
+    assert!(err.contains("unknown variant `ramp`"), "{err}");
     assert_eq!(http(port, "GET", "/nowhere", "").0, 404);
     // no file outside what the page offers
     for path in [

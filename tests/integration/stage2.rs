@@ -5,7 +5,8 @@ use movq::config::{RunConfig, TransformerConfig};
 use movq::nn::params::ParamStore;
 use movq::rng::{rng_for, Stream};
 use movq::train::{Stage, StepContext};
-use movq::transformer::maskgit::{complete, SamplerOptions};
+use movq::transformer::guidance::GuidanceSchedule;
+use movq::transformer::maskgit::{complete, step_counts, steps_on_device, SamplerOptions};
 use movq::transformer::masking::{hidden_per_channel, per_channel_mask, training_count};
 use movq::transformer::model::{masked_cross_entropy, parameter_count};
 use movq::transformer::schedule::{masked_counts, MaskSchedule};
@@ -223,6 +224,45 @@ fn classifier_free_guidance() {
     assert!(max_abs_diff(&m.guided_logits(&tokens, &cond, 0.0).unwrap(), &c) < 1e-6);
     let want = ((&c * 3.0).unwrap() - (&u * 2.0).unwrap()).unwrap();
     assert!(max_abs_diff(&m.guided_logits(&tokens, &cond, 2.0).unwrap(), &want) < 1e-5);
+}
+
+#[test]
+fn a_linear_guidance_schedule_starts_at_a_fraction_of_the_scale() {
+    let l = layout(4, 2, 16, 3);
+    let m = model(l, 3);
+    let rows = vec![vec![l.mask_id(); l.seq_len()]; 3];
+    let start = Tensor::new(rows.clone(), &Device::Cpu).unwrap();
+    let cond = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    // two top-1 steps of half the grid each, so that the first step's picks are many and
+    // follow the guided logits alone
+    let with = |scale: f64, cfg_schedule: GuidanceSchedule| SamplerOptions {
+        cfg_scale: scale,
+        cfg_schedule,
+        top1: true,
+        schedule: MaskSchedule::Linear,
+        ..SamplerOptions::maskgit(2)
+    };
+    // the first step alone: the linear schedule guides it at half the scale
+    let first = |o: &SamplerOptions| {
+        let counts = step_counts(&rows, l.mask_id(), l.seq_len(), o);
+        let out = steps_on_device(&m, start.clone(), &cond, o, &counts[..1], 11).unwrap();
+        out.to_vec2::<u32>().unwrap()
+    };
+    let linear = first(&with(16.0, GuidanceSchedule::Linear));
+    assert_eq!(linear, first(&with(8.0, GuidanceSchedule::Constant)));
+    assert_ne!(linear, first(&with(16.0, GuidanceSchedule::Constant)));
+    // a whole run completes every token
+    let mut rows = rows.clone();
+    complete(
+        &m,
+        &mut rows,
+        &[0, 1, 2],
+        &with(16.0, GuidanceSchedule::Linear),
+        &mut rng_for(0, Stream::Sample, &[]),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(rows.iter().all(|r| !r.contains(&l.mask_id())));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::cli::{DecodeArgs, OrderArg, ScheduleArg, ServeArgs};
+use crate::cli::{DecodeArgs, GuidanceArg, OrderArg, ScheduleArg, ServeArgs};
 use crate::commands::edit::{edit_image, EditRequest};
 use crate::data::classes::resolve_class;
 use crate::data::transform::{eval_view, mask_view};
@@ -94,6 +94,8 @@ struct EditBody {
     min_p: f64,
     #[serde(default)]
     cfg_scale: f64,
+    #[serde(default)]
+    cfg_schedule: GuidanceArg,
 }
 
 fn default_steps() -> usize {
@@ -165,6 +167,7 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
         min_p: b.min_p,
         schedule: ScheduleArg::Cosine,
         cfg_scale: b.cfg_scale,
+        cfg_schedule: b.cfg_schedule,
         order: OrderArg::Confidence,
     };
     let opts = decode.options(b.steps, false)?;

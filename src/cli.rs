@@ -464,6 +464,13 @@ pub struct DecodeArgs {
     /// Which predictions each step keeps.
     #[arg(long, value_enum, default_value_t = OrderArg::Confidence)]
     pub order: OrderArg,
+    /// Rounds of refinement after the last step: each masks the decoded tokens least likely
+    /// given the rest and puts back the model's most likely code for each (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub refine: usize,
+    /// The share of the decoded tokens each refinement round re-predicts.
+    #[arg(long, default_value_t = 0.1)]
+    pub refine_fraction: f64,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use crate::fsutil;
 use crate::rng::{rng_for, Stream};
 use crate::train::runs::TransformerRun;
 use crate::transformer::maskgit::{complete, SamplerOptions};
+use crate::transformer::refine::Refinement;
 use image::RgbImage;
 
 /// Samples per class shown in the grid of `--class all`.
@@ -41,6 +42,12 @@ impl DecodeArgs {
         if !self.cfg_scale.is_finite() {
             bail!("--cfg-scale must be a number, got {}", self.cfg_scale);
         }
+        if !(self.refine_fraction > 0.0 && self.refine_fraction <= 1.0) {
+            bail!(
+                "--refine-fraction must be above 0 and at most 1, got {}",
+                self.refine_fraction
+            );
+        }
         Ok(SamplerOptions {
             steps,
             temperature: self.temperature,
@@ -51,6 +58,10 @@ impl DecodeArgs {
             cfg_scale: self.cfg_scale,
             cfg_schedule: self.cfg_schedule.into(),
             order: self.order.into(),
+            refine: Refinement {
+                rounds: self.refine,
+                fraction: self.refine_fraction,
+            },
         })
     }
 }

@@ -7,7 +7,8 @@
 //! [`masked_counts`]. A partly masked start continues the schedule from its masked
 //! fraction. Classifier-free guidance mixes the logits at each step's scale
 //! ([`GuidanceSchedule`]). With [`TokenOrder::Halton`] the score is instead each token's fixed turn
-//! ([`crate::transformer::order`]).
+//! ([`crate::transformer::order`]). Rounds of [`crate::transformer::refine`] may follow the last
+//! step.
 //!
 //! The per-token choice runs where the logits are ([`choose_tokens`]: a kernel on the CPU or
 //! the GPU, its noise from a seed), so logits never leave the device.
@@ -19,6 +20,7 @@ use crate::ops::token_choice::{choose_tokens, TokenChoice};
 use crate::transformer::guidance::GuidanceSchedule;
 use crate::transformer::model::MaskTransformer;
 use crate::transformer::order::{priorities, TokenOrder};
+use crate::transformer::refine::{refine, Refinement};
 use crate::transformer::schedule::{masked_counts, MaskSchedule};
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub struct SamplerOptions {
     pub cfg_schedule: GuidanceSchedule,
     /// Which predictions each step keeps: the most confident, or a fixed spread-out order.
     pub order: TokenOrder,
+    /// Rounds that re-predict the least likely tokens after the last step.
+    pub refine: Refinement,
 }
 
 impl SamplerOptions {
@@ -54,6 +58,7 @@ impl SamplerOptions {
             cfg_scale: 0.0,
             cfg_schedule: GuidanceSchedule::Constant,
             order: TokenOrder::Confidence,
+            refine: Refinement::NONE,
         }
     }
 }
@@ -123,7 +128,14 @@ fn complete_on_device(
     let cond_t = Tensor::new(cond, device)?;
     let flat: Vec<u32> = rows.iter().flatten().copied().collect();
     let tokens = Tensor::from_vec(flat, (rows.len(), l), device)?;
-    let tokens = steps_on_device(model, tokens, &cond_t, opts, &counts, seed)?;
+    let decoded = tokens.eq(mask_id)?;
+    let mut tokens = steps_on_device(model, tokens, &cond_t, opts, &counts, seed)?;
+    if opts.refine.rounds > 0 {
+        let last = opts.steps.saturating_sub(1);
+        let scale = opts.cfg_schedule.scale_at(opts.cfg_scale, last, opts.steps);
+        let sampler = model.for_inference()?;
+        tokens = refine(&sampler, tokens, &decoded, &cond_t, scale, &opts.refine)?;
+    }
     for (row, values) in rows.iter_mut().zip(tokens.to_vec2::<u32>()?) {
         *row = values;
     }

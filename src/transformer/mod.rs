@@ -8,6 +8,7 @@ pub mod maskgit;
 pub mod masking;
 pub mod model;
 pub mod order;
+pub mod refine;
 pub mod schedule;
 pub mod stage;
 pub mod tokens;

@@ -515,6 +515,26 @@ fn serve_answers_the_page_and_the_edit_api() {
     let (status, err) = guided("ramp");
     assert_eq!(status, 400);
     assert!(err.contains("unknown variant `ramp`"), "{err}");
+    // refinement rounds after decoding change the completion; a share of 0 is refused
+    let refined = |rounds: usize, fraction: f64| {
+        let mut b = body.clone();
+        b["refine"] = rounds.into();
+        b["refine_fraction"] = fraction.into();
+        http(port, "POST", "/api/edit", &b.to_string())
+    };
+    let (status, out) = refined(2, 0.1);
+    assert_eq!(status, 200, "{out}");
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let refined_png = base64::engine::general_purpose::STANDARD
+        .decode(out["completions"][0].as_str().unwrap())
+        .unwrap();
+    assert_ne!(
+        image::load_from_memory(&refined_png).unwrap().to_rgb8(),
+        want
+    );
+    let (status, err) = refined(2, 0.0);
+    assert_eq!(status, 400);
+    assert!(err.contains("--refine-fraction must be above 0"), "{err}");
     assert_eq!(http(port, "GET", "/nowhere", "").0, 404);
     // no file outside what the page offers
     for path in [

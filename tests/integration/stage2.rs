@@ -9,6 +9,7 @@ use movq::transformer::guidance::GuidanceSchedule;
 use movq::transformer::maskgit::{complete, step_counts, steps_on_device, SamplerOptions};
 use movq::transformer::masking::{hidden_per_channel, per_channel_mask, training_count};
 use movq::transformer::model::{masked_cross_entropy, parameter_count};
+use movq::transformer::refine::{lowest, pseudo_log_likelihood, refine, Refinement};
 use movq::transformer::schedule::{masked_counts, MaskSchedule};
 use movq::transformer::stage::{TokenBatch, TransformerStage};
 use movq::transformer::{MaskTransformer, TokenLayout};
@@ -263,6 +264,177 @@ fn a_linear_guidance_schedule_starts_at_a_fraction_of_the_scale() {
     )
     .unwrap();
     assert!(rows.iter().all(|r| !r.contains(&l.mask_id())));
+}
+
+/// The log-probabilities of `tokens` (one row) at `scale`, with the tokens `hide` marks masked:
+/// one composed pass per call, the reference for the refinement's scores.
+fn composed_logp(
+    m: &MaskTransformer,
+    tokens: &[u32],
+    hide: &[bool],
+    cond: u32,
+    scale: f64,
+) -> Vec<Vec<f32>> {
+    let mask = m.layout().mask_id();
+    let input: Vec<u32> = tokens
+        .iter()
+        .zip(hide)
+        .map(|(&t, &h)| if h { mask } else { t })
+        .collect();
+    let input = Tensor::new(input.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let cond = Tensor::new(&[cond], &Device::Cpu).unwrap();
+    let logits = m.guided_logits(&input, &cond, scale).unwrap();
+    candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+#[test]
+fn refinement_re_predicts_the_least_likely_decoded_tokens() {
+    let l = layout(4, 2, 16, 3);
+    let m = model(l, 4).for_inference().unwrap();
+    let n = l.seq_len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let rows: Vec<Vec<u32>> = (0..2)
+        .map(|_| (0..n).map(|_| rng.random_range(0..16u32)).collect())
+        .collect();
+    // row 0 was decoded whole; row 1 had every third token given (a masked reconstruction)
+    let decoded: Vec<Vec<bool>> = vec![vec![true; n], (0..n).map(|i| i % 3 != 0).collect()];
+    let conds = [1u32, 2];
+    let scale = 2.0;
+    let dev = Device::Cpu;
+    let tokens = Tensor::new(rows.clone(), &dev).unwrap();
+    let dec_u8: Vec<Vec<u8>> = decoded
+        .iter()
+        .map(|r| r.iter().map(|&d| d as u8).collect())
+        .collect();
+    let dec = Tensor::new(dec_u8, &dev).unwrap();
+    let cond = Tensor::new(&conds, &dev).unwrap();
+
+    // scores: each decoded token given the other checkerboard colour and every given token
+    let score: Vec<Vec<f32>> = pseudo_log_likelihood(&m, &tokens, &dec, &cond, scale)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let colour = |i: usize| {
+        let p = i / l.channels;
+        (p / l.w + p % l.w) % 2
+    };
+    for b in 0..2 {
+        for c in 0..2 {
+            let hide: Vec<bool> = (0..n).map(|i| decoded[b][i] && colour(i) == c).collect();
+            let logp = composed_logp(&m, &rows[b], &hide, conds[b], scale);
+            for i in (0..n).filter(|&i| hide[i]) {
+                let want = logp[i][rows[b][i] as usize];
+                assert!(
+                    (score[b][i] - want).abs() < 1e-4,
+                    "row {b} token {i}: {} against {want}",
+                    score[b][i]
+                );
+            }
+        }
+    }
+
+    // the chosen: exactly k decoded tokens a row, none scoring above an unchosen decoded one
+    let per_row = [4usize, 3];
+    let chosen: Vec<Vec<u8>> = lowest(&Tensor::new(score.clone(), &dev).unwrap(), &dec, &per_row)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for b in 0..2 {
+        let picked: Vec<usize> = (0..n).filter(|&i| chosen[b][i] == 1).collect();
+        assert_eq!(picked.len(), per_row[b]);
+        assert!(
+            picked.iter().all(|&i| decoded[b][i]),
+            "a given token was chosen"
+        );
+        let worst_picked = picked.iter().map(|&i| score[b][i]).fold(f32::MIN, f32::max);
+        let best_left = (0..n)
+            .filter(|&i| decoded[b][i] && chosen[b][i] == 0)
+            .map(|i| score[b][i])
+            .fold(f32::MAX, f32::min);
+        assert!(worst_picked <= best_left);
+    }
+
+    // one round: the chosen tokens become the argmax given the rest; nothing else changes
+    let one = Refinement {
+        rounds: 1,
+        fraction: 0.1,
+    };
+    assert_eq!(one.per_round(n), 4);
+    assert_eq!(one.per_round(decoded[1].iter().filter(|&&d| d).count()), 3);
+    let out: Vec<Vec<u32>> = refine(&m, tokens.clone(), &dec, &cond, scale, &one)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for b in 0..2 {
+        let hide: Vec<bool> = chosen[b].iter().map(|&c| c == 1).collect();
+        let logp = composed_logp(&m, &rows[b], &hide, conds[b], scale);
+        for i in 0..n {
+            if hide[i] {
+                let best = (0..16)
+                    .max_by(|&x, &y| logp[i][x].total_cmp(&logp[i][y]))
+                    .unwrap();
+                assert_eq!(out[b][i] as usize, best, "row {b} token {i}");
+            } else {
+                assert_eq!(out[b][i], rows[b][i], "row {b} token {i} changed");
+            }
+        }
+    }
+    let none = Refinement { rounds: 0, ..one };
+    let same: Vec<Vec<u32>> = refine(&m, tokens, &dec, &cond, scale, &none)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(same, rows);
+}
+
+#[test]
+fn sampling_with_refinement_keeps_known_tokens_and_its_seed() {
+    let l = layout(4, 2, 16, 3);
+    let m = model(l, 5);
+    let start: Vec<u32> = (0..l.seq_len() as u32)
+        .map(|i| if i % 4 == 0 { i % 16 } else { l.mask_id() })
+        .collect();
+    let run = |refine: usize, seed: u64| {
+        let o = SamplerOptions {
+            cfg_scale: 2.0,
+            refine: Refinement {
+                rounds: refine,
+                fraction: 0.25,
+            },
+            ..SamplerOptions::maskgit(6)
+        };
+        let mut rows = vec![start.clone(); 4];
+        complete(
+            &m,
+            &mut rows,
+            &[0, 1, 2, 0],
+            &o,
+            &mut rng_for(seed, Stream::Sample, &[]),
+            &Device::Cpu,
+        )
+        .unwrap();
+        rows
+    };
+    let plain = run(0, 9);
+    let refined = run(3, 9);
+    assert_eq!(refined, run(3, 9), "same seed, same samples");
+    assert_ne!(refined, plain, "three rounds changed nothing");
+    for row in &refined {
+        for (i, (&got, &orig)) in row.iter().zip(&start).enumerate() {
+            assert_ne!(got, l.mask_id());
+            if orig != l.mask_id() {
+                assert_eq!(got, orig, "known token {i} changed");
+            }
+        }
+    }
 }
 
 #[test]

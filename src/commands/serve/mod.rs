@@ -96,6 +96,10 @@ struct EditBody {
     cfg_scale: f64,
     #[serde(default)]
     cfg_schedule: GuidanceArg,
+    #[serde(default)]
+    refine: usize,
+    #[serde(default = "default_refine_fraction")]
+    refine_fraction: f64,
 }
 
 fn default_steps() -> usize {
@@ -109,6 +113,9 @@ fn default_temperature() -> f64 {
 }
 fn default_choice_temperature() -> f64 {
     4.5
+}
+fn default_refine_fraction() -> f64 {
+    0.1
 }
 
 /// A refused request: its status and reason.
@@ -169,6 +176,8 @@ fn api_edit(tr: &TransformerRun, body: &[u8]) -> Result<Value> {
         cfg_scale: b.cfg_scale,
         cfg_schedule: b.cfg_schedule,
         order: OrderArg::Confidence,
+        refine: b.refine,
+        refine_fraction: b.refine_fraction,
     };
     let opts = decode.options(b.steps, false)?;
     let side = tr.vq_cfg.model.resolution as u32;

@@ -159,10 +159,6 @@ pub fn steps_on_device(
     let (b, l) = tokens.dims2()?;
     let mask_id = model.layout().mask_id();
     let mask_tok = Tensor::full(mask_id, (b, l), &device)?;
-    let ranks_src = Tensor::arange(0u32, l as u32, &device)?
-        .to_dtype(DType::F32)?
-        .broadcast_as((b, l))?
-        .contiguous()?;
     // a fixed order ranks the masked tokens by their turn instead of the model's confidence
     let turn = match priorities(opts.order, model.layout()) {
         Some(p) => Some(Tensor::from_vec(p, (1, l), &device)?.broadcast_as((b, l))?),
@@ -190,17 +186,28 @@ pub fn steps_on_device(
             None => conf,
         };
         // Known tokens (confidence +∞) rank after every newly predicted one.
-        let order = conf.arg_sort_last_dim(true)?; // [B, L], lowest confidence first
-        let rank =
-            Tensor::zeros((b, l), DType::F32, &device)?.scatter_add(&order, &ranks_src, 1)?;
-        let keep: Vec<f32> = step_counts.iter().map(|&n| n as f32).collect();
-        let remask = rank.broadcast_lt(&Tensor::from_vec(keep, (b, 1), &device)?)?;
+        let remask = lowest_ranked(&conf, step_counts)?;
         tokens = remask.where_cond(&mask_tok, &predicted)?;
         if step_counts.iter().all(|&n| n == 0) {
             break;
         }
     }
     Ok(tokens)
+}
+
+/// A u8 `[B, L]` mask of the `counts[b]` lowest values of each row of `score` (f32 `[B, L]`;
+/// ties in the order of a stable sort).
+pub fn lowest_ranked(score: &Tensor, counts: &[usize]) -> Result<Tensor> {
+    let (b, l) = score.dims2()?;
+    let device = score.device();
+    let order = score.arg_sort_last_dim(true)?; // lowest first
+    let ranks = Tensor::arange(0u32, l as u32, device)?
+        .to_dtype(DType::F32)?
+        .broadcast_as((b, l))?
+        .contiguous()?;
+    let rank = Tensor::zeros((b, l), DType::F32, device)?.scatter_add(&order, &ranks, 1)?;
+    let counts: Vec<f32> = counts.iter().map(|&n| n as f32).collect();
+    rank.broadcast_lt(&Tensor::from_vec(counts, (b, 1), device)?)
 }
 
 /// The random stream of step `t` of a sampling run seeded with `seed`.

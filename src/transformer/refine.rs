@@ -18,6 +18,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::ops::token_choice::{choose_tokens, TokenChoice};
+use crate::transformer::maskgit::lowest_ranked;
 use crate::transformer::model::MaskTransformer;
 
 /// How many rounds of refinement, and how many tokens each re-predicts.
@@ -70,22 +71,19 @@ pub fn pseudo_log_likelihood(
     let device = tokens.device();
     let odd = Tensor::from_vec(checkerboard(model), (1, l), device)?.broadcast_as((b, l))?;
     let mask_tok = Tensor::full(model.layout().mask_id(), (b, l), device)?;
-    let mut score: Option<Tensor> = None;
-    for colour in [odd.eq(0u8)?, odd.eq(1u8)?] {
-        let hidden = (&colour * decoded)?;
-        let input = hidden.where_cond(&mask_tok, tokens)?;
+    // the log-probabilities of every token with the decoded ones of one colour hidden
+    let with_hidden = |colour: &Tensor| -> Result<Tensor> {
+        let input = (colour * decoded)?.where_cond(&mask_tok, tokens)?;
         let logits = model
             .sampling_logits(&input, cond, scale)?
             .to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+        candle_nn::ops::log_softmax(&logits, D::Minus1)?
             .gather(&tokens.unsqueeze(2)?.contiguous()?, 2)?
-            .squeeze(2)?;
-        score = Some(match score {
-            None => logp,
-            Some(s) => colour.where_cond(&logp, &s)?,
-        });
-    }
-    score.ok_or_else(|| candle_core::Error::Msg("no checkerboard colour".into()))
+            .squeeze(2)
+    };
+    let even = with_hidden(&odd.eq(0u8)?)?;
+    let odd_scores = with_hidden(&odd)?;
+    odd.where_cond(&odd_scores, &even)
 }
 
 /// The tokens each row re-predicts in one round: its `per_row[b]` decoded tokens (u8 `decoded`
@@ -95,14 +93,7 @@ pub fn lowest(score: &Tensor, decoded: &Tensor, per_row: &[usize]) -> Result<Ten
     let device = score.device();
     let inf = Tensor::full(f32::INFINITY, (b, l), device)?;
     let score = decoded.where_cond(score, &inf)?;
-    let order = score.arg_sort_last_dim(true)?; // lowest first
-    let ranks = Tensor::arange(0u32, l as u32, device)?
-        .to_dtype(DType::F32)?
-        .broadcast_as((b, l))?
-        .contiguous()?;
-    let rank = Tensor::zeros((b, l), DType::F32, device)?.scatter_add(&order, &ranks, 1)?;
-    let k: Vec<f32> = per_row.iter().map(|&n| n as f32).collect();
-    let chosen = rank.broadcast_lt(&Tensor::from_vec(k, (b, 1), device)?)?;
+    let chosen = lowest_ranked(&score, per_row)?;
     chosen * decoded
 }
 
